@@ -1,0 +1,234 @@
+"""The `orchestrate` command line.
+
+`main` first tries the no-op fast path (plain Python, no click/rich/yaml/jsonschema/torch), then
+falls back to the click application. Exit codes: 0 success, 1 a check failed (verify), 2 bad
+input (pipeline file, paths, tensors), 3 a stage crashed (traceback saved in the store), 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+EXIT_CHECK_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_CRASH = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    from orchestrator import fastpath
+
+    answered = fastpath.replay(arguments)
+    if answered is not None:
+        return answered
+    return _click_main(arguments)
+
+
+def _click_main(arguments: list[str]) -> int:
+    import click
+
+    from orchestrator.errors import UserError
+    from orchestrator.executor import StageCrashed
+
+    try:
+        _make_app().main(args=arguments, prog_name="orchestrate", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USER_ERROR
+    except click.exceptions.Abort:
+        return 130
+    except UserError as exc:
+        _error(str(exc))
+        return EXIT_USER_ERROR
+    except StageCrashed as exc:
+        _error(f"{exc}\n  full traceback: {exc.log}")
+        return EXIT_CRASH
+    except KeyboardInterrupt:
+        _error("interrupted; nothing half-written was kept")
+        return 130
+    return _RESULT.get("code", 0)
+
+
+def _error(text: str) -> None:
+    from orchestrator import ui
+
+    print(ui.paint("error:", "31;1", ui.colour_enabled(sys.stderr)) + " " + text, file=sys.stderr)
+
+
+_RESULT: dict[str, int] = {}
+
+
+def _load(path: str) -> Any:
+    from orchestrator import spec as spec_module
+
+    return spec_module.load(path)
+
+
+def _store(ctx_store: str | None) -> Any:
+    from orchestrator.store import Store
+
+    return Store(ctx_store or os.environ.get("ORCHESTRATE_STORE", "artifacts"))
+
+
+def _only(values: tuple[str, ...]) -> dict[str, list[str]] | None:
+    from orchestrator.errors import UserError
+
+    if not values:
+        return None
+    selected: dict[str, list[str]] = {}
+    for item in values:
+        if "=" not in item:
+            raise UserError(f"--only takes FIELD=VALUE (e.g. precision=fp16), got '{item}'")
+        key, value = item.split("=", 1)
+        selected.setdefault(key.strip(), []).extend(v.strip() for v in value.split(","))
+    return selected
+
+
+def _make_app() -> Any:
+    import click
+
+    store_option = click.option("--store", envvar="ORCHESTRATE_STORE", default="artifacts", show_default=True,
+                                help="Artifact store directory (env ORCHESTRATE_STORE).")
+    only_option = click.option("--only", multiple=True, metavar="FIELD=VALUE",
+                               help="Select variants of a matrix, e.g. --only precision=fp16 (repeatable).")
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    @click.version_option(package_name="orchestrate", prog_name="orchestrate")
+    def cli() -> None:
+        """Take a PyTorch model to a verified TensorRT engine, with plugins, from one YAML file.
+
+        A pipeline file declares where tensors are captured, how the plugin graph is exported,
+        optional graph surgery, the build and the verification tolerances. Every stage is cached
+        under a content key: a rerun reuses what did not change and says why anything re-ran.
+
+        \b
+        Typical use:
+          orchestrate validate pipelines/msda_layer07.yaml   check the file, no work done
+          orchestrate plan pipelines/msda_layer07.yaml --why  what would run, and why
+          orchestrate run pipelines/msda_layer07.yaml         capture -> export -> build -> verify -> bench
+          orchestrate show pipelines/msda_layer07.yaml        the last results as a table
+          orchestrate doctor                                  which backends and tools are here
+
+        Exit codes: 0 ok, 1 a check failed (verify), 2 bad input, 3 a stage crashed.
+        """
+
+    @cli.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @store_option
+    @click.option("--force", multiple=True, metavar="STAGE",
+                  type=click.Choice(["capture", "export", "surgery", "build", "verify", "bench", "all"]),
+                  help="Re-run this stage even if cached (repeatable; 'all' for every stage).")
+    @only_option
+    @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
+                  help="Run independent stages in this many worker processes.")
+    def run(file: str, store: str, force: tuple[str, ...], only: tuple[str, ...], jobs: int) -> None:
+        """Run the pipeline FILE: every stage whose inputs changed, reusing the rest.
+
+        Prints one line per stage: name, short key, ran/cached/passed/failed, time, summary.
+        """
+        from orchestrator import fastpath
+        from orchestrator import spec as spec_module
+        from orchestrator.executor import Executor, variant_label
+        from orchestrator.plan import make_plan
+
+        started = time.perf_counter()
+        spec = _load(file)
+        artifacts = _store(store)
+        plan = make_plan(spec, artifacts.digests, _only(only))
+        executor = Executor(plan, artifacts, set(force), jobs=jobs)
+        report = executor.run()
+        executed = report.executed
+        elapsed = time.perf_counter() - started
+        if not executed:
+            click.echo(f"nothing to do: all {len(report.outcomes)} stages cached")
+        else:
+            click.echo(f"{len(executed)} of {len(report.outcomes)} stages ran in {elapsed:.1f} s")
+        for failure in report.failed_checks:
+            click.echo(f"FAILED {failure}", err=True)
+        if not only and not force:
+            lines = [{"kind": o.node.kind, "short": o.node.short, "label": variant_label(o.node, plan),
+                      "status": "failed" if not o.artifact.manifest.get("passed", True) else "cached",
+                      "summary": o.summary} for o in report.outcomes]
+            fastpath.remember(artifacts.root, spec.path, plan.watched, spec_module.schema_path(), lines,
+                              [o.artifact.path for o in report.outcomes], report.exit_code)
+        _RESULT["code"] = report.exit_code
+
+    @cli.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @store_option
+    @only_option
+    @click.option("--why", is_flag=True, help="For each stage that would run, the first difference from the last run.")
+    def plan(file: str, store: str, only: tuple[str, ...], why: bool) -> None:
+        """Show the stages of FILE, their keys, and whether each is cached or would run."""
+        from orchestrator import reporting
+
+        spec = _load(file)
+        artifacts = _store(store)
+        from orchestrator.plan import make_plan
+
+        planned = make_plan(spec, artifacts.digests, _only(only))
+        reporting.print_plan(planned, artifacts, why)
+        artifacts.save()
+
+    @cli.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    def validate(file: str) -> None:
+        """Check FILE against the schema and the plugin catalog; do no work."""
+        spec = _load(file)
+        count = len(spec.variants)
+        click.echo(f"{file}: valid ({count} variant{'s' if count != 1 else ''})")
+
+    @cli.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @store_option
+    @only_option
+    @click.option("--stage", type=click.Choice(["capture", "export", "surgery", "build", "verify", "bench"]),
+                  help="Details of one stage.")
+    def show(file: str, store: str, only: tuple[str, ...], stage: str | None) -> None:
+        """Summarise the results of FILE's last run (verify statistics, bench figures)."""
+        from orchestrator import reporting
+        from orchestrator.plan import make_plan
+
+        spec = _load(file)
+        artifacts = _store(store)
+        planned = make_plan(spec, artifacts.digests, _only(only))
+        reporting.print_show(planned, artifacts, stage)
+
+    @cli.command()
+    @store_option
+    @click.option("--repair", is_flag=True, help="Remove every artifact whose files do not match its manifest.")
+    def fsck(store: str, repair: bool) -> None:
+        """Re-hash every artifact in the store and report those whose files do not match."""
+        from orchestrator import maintenance
+
+        _RESULT["code"] = maintenance.fsck(_store(store), repair, click.echo)
+
+    @cli.command()
+    @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+    @store_option
+    @click.option("--older-than", metavar="AGE", help="Only remove artifacts older than AGE (e.g. 7d, 12h, 30m).")
+    @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+    def gc(files: tuple[str, ...], store: str, older_than: str | None, dry_run: bool) -> None:
+        """Remove artifacts not reachable from the pipeline FILES (never ones in use by a running process)."""
+        from orchestrator import maintenance
+
+        maintenance.gc(_store(store), [_load(f) for f in files], older_than, dry_run, click.echo)
+
+    @cli.command()
+    def doctor() -> None:
+        """List the backends, plugins, GPUs and tool versions available here, and why others are not."""
+        from orchestrator import maintenance
+
+        maintenance.doctor(click.echo)
+
+    return cli
+
+
+if __name__ == "__main__":
+    sys.exit(main())

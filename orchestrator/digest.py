@@ -1,0 +1,100 @@
+"""Content digests: canonical JSON for configs, BLAKE3 for files, and a stat cache.
+
+A file is hashed once; later runs trust the digest while (size, mtime_ns, inode) are unchanged,
+which is what keeps a no-op run from re-reading hundreds of megabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+DIGEST_SIZE = 32  # bytes; hex digests are 64 characters
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal data gives equal text, whatever its YAML form."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def digest_bytes(data: bytes) -> str:
+    import blake3
+
+    return blake3.blake3(data).hexdigest()
+
+
+def digest_json(value: Any) -> str:
+    return digest_bytes(canonical_json(value).encode())
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """BLAKE3 of a file's bytes (memory-mapped; ~3-4 GB/s on one core from the page cache)."""
+    import blake3
+
+    if os.path.getsize(path) < 1 << 20:
+        with open(path, "rb") as handle:
+            return blake3.blake3(handle.read()).hexdigest()
+    hasher = blake3.blake3()
+    hasher.update_mmap(os.fspath(path))
+    return hasher.hexdigest()
+
+
+def stat_signature(path: str | os.PathLike[str]) -> list[int]:
+    """What must stay equal for a recorded digest to be trusted without rehashing."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class DigestCache:
+    """Remembers file digests by absolute path and stat signature, in one JSON file.
+
+    Concurrent writers may each drop the other's new entries; that costs a rehash, never a wrong
+    answer, because an entry is only used while the file's signature is unchanged.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list[Any]] = {}
+        self.dirty = False
+        if path is not None and path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def file(self, path: str | os.PathLike[str]) -> str:
+        real = os.path.realpath(path)
+        signature = stat_signature(real)
+        known = self.entries.get(real)
+        if known is not None and known[:3] == signature:
+            return str(known[3])
+        value = hash_file(real)
+        self.entries[real] = [*signature, value]
+        self.dirty = True
+        return value
+
+    def remember(self, path: str | os.PathLike[str], value: str) -> None:
+        """Record a digest computed elsewhere (e.g. while writing the file)."""
+        real = os.path.realpath(path)
+        self.entries[real] = [*stat_signature(real), value]
+        self.dirty = True
+
+    def tree(self, root: str | os.PathLike[str]) -> dict[str, str]:
+        """Digest of every regular file under `root`, by path relative to it (sorted)."""
+        base = Path(root)
+        found = {}
+        for item in sorted(base.rglob("*")):
+            if item.is_file():
+                found[item.relative_to(base).as_posix()] = self.file(item)
+        return found
+
+    def save(self) -> None:
+        if not self.dirty or self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries))
+        os.replace(tmp, self.path)
+        self.dirty = False

@@ -1,0 +1,46 @@
+"""The two ways a run ends badly, each with its own exit code.
+
+`UserError` (exit 2) is bad input: the message names the file, line and field where one exists,
+and the CLI prints it without a traceback. `CheckFailed` (exit 1) is a verification that ran and
+did not pass.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input the user can fix: a pipeline field, a file, an import path, a tensor."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str | None = None, file: str | None = None,
+                 line: int | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.file = file
+        self.line = line
+        self.hint = hint
+
+    def located(self, file: str | None, line: int | None) -> UserError:
+        """Fill in the place in the pipeline file, unless the error already names one."""
+        if self.file is None:
+            self.file = file
+        if self.line is None:
+            self.line = line
+        return self
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "") + ": "
+        text = where + (f"{self.field}: " if self.field else "") + self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class CheckFailed(Exception):
+    """A stage ran to the end and its checks failed (verification mismatch, NaN, all-zero output)."""
+
+    exit_code = 1

@@ -1,0 +1,213 @@
+"""Runs a plan against the store: reuse what exists, run the rest once, print one line per stage.
+
+Each stage runs under a per-key file lock, so concurrent `orchestrate run`s of the same pipeline
+produce every artifact once and the others wait and reuse it. A stage's `UserError` stops the run
+(exit 2) with nothing published; a failed check (verify) is published and makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import plan as planning
+from orchestrator import stages, ui
+from orchestrator.errors import UserError
+from orchestrator.plan import Node, Plan
+from orchestrator.store import Artifact, Store
+
+
+@dataclass
+class Outcome:
+    node: Node
+    status: str  # ran | cached | waited | failed | rebuilt
+    seconds: float | None
+    summary: str
+    artifact: Artifact
+    reason: str = ""
+
+
+@dataclass
+class RunReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed_checks else 0
+
+    @property
+    def executed(self) -> list[Outcome]:
+        """The stages that ran in this process (reused ones have no time)."""
+        return [o for o in self.outcomes if o.seconds is not None]
+
+
+def variant_label(node: Node, plan: Plan) -> str:
+    """The matrix choices all of a node's variants share, e.g. 'module=encoder.layers.3.self_attn'."""
+    variants = [v for v in plan.spec.variants if v.name in node.variants]
+    if not variants or not variants[0].name:
+        return ""
+    common = []
+    for key in variants[0].choices:
+        values = {repr(v.choices[key]) for v in variants}
+        if len(values) == 1:
+            common.append(variants[0].name.split(",")[list(variants[0].choices).index(key)])
+    return ",".join(common) if common else "all variants"
+
+
+class Executor:
+    def __init__(self, plan: Plan, store: Store, force: set[str] | None = None,
+                 echo: Callable[[str], None] | None = None, progress: bool | None = None, jobs: int = 1):
+        self.plan = plan
+        self.jobs = jobs
+        self.store = store
+        self.force = force or set()
+        self.echo = echo or (lambda text: print(text, flush=True))
+        self.colour = ui.colour_enabled()
+        self.show_progress = sys.stderr.isatty() if progress is None else progress
+        self.record = store.run_record(plan.spec.name)
+        self.reasons: dict[str, str] = {}
+
+    def previous_parts(self, node: Node) -> dict[str, Any] | None:
+        for variant in node.variants:
+            entry = self.record.get("stages", {}).get(f"{variant}/{node.kind}")
+            if entry:
+                return entry.get("parts")  # type: ignore[no-any-return]
+        return None
+
+    def why(self, node: Node) -> str:
+        reason = planning.explain(node, self.previous_parts(node))
+        if reason.startswith("input changed: "):
+            upstream = self.reasons.get(node.parts["inputs"].get(reason.split(": ", 1)[1], ""))
+            if upstream:
+                reason += f" ({upstream})"
+        self.reasons[node.key] = reason
+        return reason
+
+    def run(self) -> RunReport:
+        report = RunReport()
+        artifacts: dict[str, Artifact] = {}
+        self.store.ensure()
+        try:
+            with self.store.in_use(list(self.plan.nodes)):
+                for node in self.plan.order():
+                    outcome = self.run_node(node, artifacts)
+                    artifacts[node.key] = outcome.artifact
+                    report.outcomes.append(outcome)
+                    if not outcome.artifact.manifest.get("passed", True):
+                        report.failed_checks.append(f"{node.kind}{self._label(node)}: {outcome.summary}")
+                    self.echo(ui.stage_line(node.kind, node.short, outcome.status, outcome.seconds,
+                                            outcome.summary, variant_label(node, self.plan), self.colour))
+        finally:
+            self.store.save()
+        self.write_record(artifacts)
+        return report
+
+    def _label(self, node: Node) -> str:
+        label = variant_label(node, self.plan)
+        return f" [{label}]" if label else ""
+
+    def run_node(self, node: Node, artifacts: dict[str, Artifact]) -> Outcome:
+        forced = node.kind in self.force or "all" in self.force
+        if not forced:
+            existing, damage = self.store.check(node.kind, node.key)
+            if existing is not None:
+                return self._reused(node, existing, "cached")
+        else:
+            damage = "forced"
+        with self.store.lock(node.key):
+            if not forced:
+                existing, damage = self.store.check(node.kind, node.key)
+                if existing is not None:
+                    return self._reused(node, existing, "waited")
+                if damage and damage != "missing":
+                    self.store.discard(node.kind, node.key)
+            reason = "forced (--force)" if forced else (
+                f"rebuilt: artifact {damage}" if damage and damage != "missing" else self.why(node))
+            self.reasons.setdefault(node.key, reason)
+            return self._execute(node, artifacts, reason, forced)
+
+    def _reused(self, node: Node, artifact: Artifact, status: str) -> Outcome:
+        manifest = artifact.manifest
+        shown = "failed" if not manifest.get("passed", True) else status
+        return Outcome(node, shown, None, manifest.get("summary", ""), artifact)
+
+    def _execute(self, node: Node, artifacts: dict[str, Artifact], reason: str, forced: bool) -> Outcome:
+        inputs = {role: artifacts[key] for role, key in node.inputs.items()}
+        runner = stages.load(node.kind)
+        started = time.time()
+        clock = time.perf_counter()
+        spinner = _Progress(node, self.show_progress)
+        with self.store.writer(node.kind, node.key) as staging:
+            call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update)
+            try:
+                with spinner:
+                    result = runner(call)
+            except UserError as exc:
+                field_name = exc.field
+                raise exc.located(str(self.plan.spec.path),
+                                  self.plan.spec.line_of(field_name) if field_name else None) from None
+            except Exception as exc:  # a bug or a tool failure: keep the traceback in a log, say where
+                log = self.store.root / ".state" / "errors" / f"{node.kind}-{node.short}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text(traceback.format_exc())
+                raise StageCrashed(node.kind, node.short, exc, log) from exc
+            elapsed = time.perf_counter() - clock
+            if forced and self.store.get(node.kind, node.key) is not None:
+                self.store.discard(node.kind, node.key)
+            artifact = self.store.publish(staging, node.kind, node.key, {
+                "parts": node.parts, "summary": result.summary, "result": result.result, "passed": result.passed,
+                "seconds": elapsed, "started": started, "reason": reason, "pipeline": self.plan.spec.name,
+                "variants": node.variants, "paths": node.paths,
+            })
+        status = "ran" if result.passed else "failed"
+        if node.kind == "verify" and result.passed:
+            status = "passed"
+        return Outcome(node, status, elapsed, result.summary, artifact, reason)
+
+    def write_record(self, artifacts: dict[str, Artifact]) -> None:
+        stages_record = dict(self.record.get("stages", {}))
+        for variant, keys in self.plan.by_variant.items():
+            for key in keys:
+                node = self.plan.nodes[key]
+                if key in artifacts:
+                    stages_record[f"{variant}/{node.kind}"] = {"key": key, "parts": node.parts}
+        self.store.write_run_record(self.plan.spec.name, {"stages": stages_record, "updated": time.time()})
+
+
+class StageCrashed(Exception):
+    """A stage raised something that is not a user error: a bug, or a tool that broke."""
+
+    def __init__(self, kind: str, short: str, error: BaseException, log: Any):
+        super().__init__(f"{kind} {short} crashed: {type(error).__name__}: {error}")
+        self.log = log
+
+
+class _Progress:
+    """A live 'running' line on a terminal (rich), silent otherwise."""
+
+    def __init__(self, node: Node, enabled: bool):
+        self.node = node
+        self.enabled = enabled
+        self.status: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+            self.status = self.console.status(f"{self.node.kind} {self.node.short} running")
+            self.status.__enter__()
+        return self
+
+    def update(self, message: str) -> None:
+        if self.status is not None:
+            self.status.update(f"{self.node.kind} {self.node.short} running: {message}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)

@@ -1,0 +1,108 @@
+"""Import paths ('package.module:attr.sub') → objects, source files, and temporary swaps.
+
+`swap` is how a model the user cannot edit gets its call replaced: the object is swapped where it
+is defined and everywhere it was imported by name (`from lib import fn`), and restored afterwards,
+also when the body raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UserError
+
+
+def split(path: str) -> tuple[str, list[str]]:
+    module, _, attrs = path.partition(":")
+    return module, attrs.split(".") if attrs else []
+
+
+@contextlib.contextmanager
+def search_path(extra: Sequence[str | os.PathLike[str]] = ()) -> Iterator[None]:
+    """Put the current directory and `extra` in front of sys.path while resolving user code."""
+    added = [str(Path(p).absolute()) for p in extra] + [os.getcwd()]
+    fresh = [p for p in added if p not in sys.path]
+    sys.path[:0] = fresh
+    try:
+        yield
+    finally:
+        for item in fresh:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(item)
+
+
+def module_file(module: str, field: str | None = None) -> Path:
+    """The source file of `module`, found without running it (its parent packages are imported)."""
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"cannot find module '{module}': {exc}", field=field) from None
+    if found is None:
+        raise UserError(f"cannot find module '{module}' (not on sys.path: current directory and python_path)",
+                        field=field)
+    if found.origin is None or found.origin in ("built-in", "frozen"):
+        raise UserError(f"module '{module}' has no source file to fingerprint", field=field)
+    return Path(found.origin)
+
+
+def resolve(path: str, field: str | None = None) -> Any:
+    """Import `package.module` and walk the attributes after ':'."""
+    module_name, attrs = split(path)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import '{module_name}': {exc}", field=field) from None
+    walked = module_name
+    for attr in attrs:
+        if not hasattr(obj, attr):
+            options = sorted(a for a in dir(obj) if not a.startswith("_"))[:12]
+            raise UserError(f"'{walked}' has no attribute '{attr}'", field=field,
+                            hint=f"available: {', '.join(options)}" if options else None)
+        obj = getattr(obj, attr)
+        walked += f".{attr}" if walked != module_name else f":{attr}"
+    return obj
+
+
+@contextlib.contextmanager
+def swap(path: str, replacement: Any, field: str | None = None) -> Iterator[Any]:
+    """Replace the object at `path` by `replacement` for the duration of the block; yield the original.
+
+    Also rebinds module-level names elsewhere that refer to the same object, since models usually
+    do `from ops import fn`. Class attributes are swapped on their class.
+    """
+    module_name, attrs = split(path)
+    if not attrs:
+        raise UserError(f"'{path}' names a module; name a callable as module:attribute", field=field)
+    owner = resolve(f"{module_name}:{'.'.join(attrs[:-1])}" if len(attrs) > 1 else module_name, field)
+    name = attrs[-1]
+    if not hasattr(owner, name):
+        raise UserError(f"'{path}' does not exist", field=field)
+    inherited = isinstance(owner, type) and name not in owner.__dict__
+    raw = owner.__dict__[name] if isinstance(owner, type) and not inherited else getattr(owner, name)
+    original = getattr(owner, name)
+    rebound: list[tuple[Any, str, Any]] = [] if inherited else [(owner, name, raw)]
+    setattr(owner, name, replacement)
+    try:
+        if isinstance(owner, type(sys)):
+            for module in list(sys.modules.values()):
+                namespace = getattr(module, "__dict__", None)
+                if module is owner or not isinstance(namespace, dict):
+                    continue
+                for attr, value in list(namespace.items()):
+                    if value is original:
+                        rebound.append((module, attr, value))
+                        setattr(module, attr, replacement)
+        yield original
+    finally:
+        if inherited:
+            delattr(owner, name)
+        for target, attr, value in reversed(rebound):
+            setattr(target, attr, value)
+

@@ -1,0 +1,131 @@
+"""Store maintenance (fsck, gc) and `doctor`, the report of what this machine can do."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator import environment
+from orchestrator.errors import UserError
+from orchestrator.store import MANIFEST, Store
+
+
+def fsck(store: Store, repair: bool, echo: Callable[[str], None]) -> int:
+    """Re-hash every artifact; report (and with repair, remove) the damaged ones. Exit 1 if any found."""
+    checked = damaged = 0
+    for kind, key, _ in store.artifacts():
+        checked += 1
+        artifact, problem = store.check(kind, key, rehash=True)
+        if artifact is None:
+            damaged += 1
+            action = "removed" if repair else "damaged"
+            echo(f"{action}: {kind}/{key[:12]}: {problem}")
+            if repair:
+                with store.lock(key):
+                    store.discard(kind, key)
+    leftovers = store.stale_staging(min_age=0 if repair else 3600)
+    if repair:
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+    echo(f"checked {checked} artifacts: {damaged} damaged" + (", removed" if repair and damaged else "")
+         + (f"; {len(leftovers)} unfinished staging directories {'removed' if repair else 'left over'}"
+            if leftovers else ""))
+    return 1 if damaged and not repair else 0
+
+
+def parse_age(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not match:
+        raise UserError(f"--older-than takes a number and a unit (s, m, h, d, w), e.g. 7d; got '{text}'")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+
+
+def gc(store: Store, specs: list[Any], older_than: str | None, dry_run: bool, echo: Callable[[str], None]) -> None:
+    """Remove artifacts no given pipeline reaches (and, with an age, only older ones)."""
+    from orchestrator.plan import make_plan
+
+    keep: set[str] = set()
+    for spec in specs:
+        keep.update(make_plan(spec, store.digests).nodes)
+    if not specs and older_than is None:
+        raise UserError("name the pipelines whose artifacts to keep, or give --older-than")
+    max_age = parse_age(older_than) if older_than else None
+    in_use = store.keys_in_use()
+    now = time.time()
+    removed = kept_busy = 0
+    freed = 0
+    for kind, key, path in list(store.artifacts()):
+        if key in keep:
+            continue
+        if max_age is not None:
+            try:
+                age = now - (path / MANIFEST).stat().st_mtime
+            except OSError:
+                age = float("inf")
+            if age < max_age:
+                continue
+        if key in in_use:
+            kept_busy += 1
+            continue
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if dry_run:
+            echo(f"would remove {kind}/{key[:12]} ({size / 1e6:.1f} MB)")
+        else:
+            from filelock import Timeout
+
+            lock = store.lock(key)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                kept_busy += 1
+                continue
+            try:
+                store.discard(kind, key)
+            finally:
+                lock.release()
+        removed += 1
+        freed += size
+    if not dry_run:
+        for path in store.stale_staging():
+            shutil.rmtree(path, ignore_errors=True)
+    verb = "would remove" if dry_run else "removed"
+    echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB)" +
+         (f"; kept {kept_busy} in use by running processes" if kept_busy else ""))
+
+
+def doctor(echo: Callable[[str], None]) -> None:
+    """What is installed, which backends work, which plugins are known, which GPUs are visible."""
+    from orchestrator import plugins as catalog
+
+    echo("tools:")
+    for name in ("torch", "onnx", "onnxruntime", "onnx-graphsurgeon", "onnxscript", "numpy", "numba",
+                 "onnxruntime-extensions", "pycuda", "tensorrt"):
+        echo(f"  {name:24} {environment.tool_version(name) or 'not installed'}")
+    echo("backends:")
+    echo("  onnxruntime              available" if environment.importable("onnxruntime")
+         else "  onnxruntime              missing: pip install onnxruntime")
+    trt = environment.tensorrt_version()
+    echo("  tensorrt                 " + (f"available, TensorRT {trt}" if trt else
+                                          "unavailable: tensorrt not importable (install it from NVIDIA's index)"))
+    from orchestrator.backends import trtexec
+
+    found = shutil.which("trtexec")
+    version = trtexec.detected_version()
+    echo("  trtexec                  " + (f"{found} (TensorRT {version or '?'})" if found else
+                                          "unavailable: trtexec not on PATH"))
+    echo("plugins (catalog):")
+    for op in catalog.BUILTIN:
+        entry = catalog.builtin(op)
+        assert entry is not None
+        inputs = ", ".join(f"{c.name}:{'|'.join(c.dtypes)}[rank {c.rank}]" for c in entry.inputs)
+        echo(f"  {op} v{'/'.join(entry.versions)} ({', '.join(entry.precisions)}): {inputs}")
+    gpus = environment.gpus()
+    echo("gpus:")
+    if gpus:
+        for name, capability in gpus:
+            echo(f"  {name} (compute capability {capability})")
+    else:
+        echo("  none visible (nvidia-smi not found or no device)")

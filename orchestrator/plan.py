@@ -1,0 +1,365 @@
+"""Spec → DAG of stage nodes, each with a content key. All cache-key logic lives here.
+
+A key covers exactly what can change a stage's output:
+  * the stage's normalised config (defaults filled, canonical JSON: key order and YAML layout
+    do not matter), without file locations;
+  * the content digests of the files it reads (capture folders, plugin libraries, the source
+    files of the model factory, the inputs callable and the replaced callables, `model.sources`);
+  * the keys of its input artifacts;
+  * the versions of the tools that produce it (torch, onnx, onnxruntime, tensorrt + GPU);
+  * the stage implementation's version (STAGE_VERSIONS, bumped when a stage's output changes).
+The pipeline's name and file path are in no key. Variants whose stages coincide share nodes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import environment, imports
+from orchestrator.digest import DigestCache, digest_json
+from orchestrator.errors import UserError
+from orchestrator.spec import Spec, Variant
+
+# Bump a stage's number when its code changes what it writes for the same inputs.
+STAGE_VERSIONS = {"capture": 1, "export": 1, "surgery": 1, "build": 1, "verify": 1, "bench": 1}
+STAGE_ORDER = ("capture", "export", "surgery", "build", "verify", "bench")
+
+
+@dataclass
+class Node:
+    """One stage to run (or reuse): what it gets, and what its key is made of."""
+
+    kind: str
+    key: str
+    config: dict[str, Any]  # keyed settings, by YAML section ({"verify": {...}})
+    paths: dict[str, Any]  # where files are; not keyed (their digests are, in parts["files"])
+    inputs: dict[str, str]  # role -> key of the upstream node
+    parts: dict[str, Any]  # everything that went into the key
+    variants: list[str] = field(default_factory=list)
+
+    @property
+    def short(self) -> str:
+        return self.key[:8]
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    nodes: dict[str, Node]  # by key, in topological order
+    by_variant: dict[str, list[str]]  # variant name -> its node keys in stage order
+    backend_reason: dict[str, str]  # variant -> why this backend
+    watched: list[str] = field(default_factory=list)  # files whose stat signatures validate this plan
+
+    def order(self) -> list[Node]:
+        return list(self.nodes.values())
+
+    def node(self, variant: str, kind: str) -> Node | None:
+        for key in self.by_variant.get(variant, []):
+            if self.nodes[key].kind == kind:
+                return self.nodes[key]
+        return None
+
+
+class Planner:
+    def __init__(self, spec: Spec, digests: DigestCache):
+        self.spec = spec
+        self.digests = digests
+        self.watched: set[str] = set()
+
+    # ------------------------------------------------------------------ file digests
+    def file_digest(self, path: Path, field: str) -> str:
+        try:
+            value = self.digests.file(path)
+        except OSError as exc:
+            raise self.spec.error(f"cannot read '{path}': {exc.strerror}", field) from None
+        self.watched.add(os.path.realpath(path))
+        return value
+
+    def source_digest(self, import_path: str, field: str) -> tuple[str, str]:
+        """Digest of the source file of the module an import path ('pkg.mod:attr') points into."""
+        return self.module_digest(imports.split(import_path)[0], field)
+
+    def module_digest(self, module: str, field: str) -> tuple[str, str]:
+        try:
+            with imports.search_path(self.python_path):
+                source = imports.module_file(module)
+        except UserError as exc:
+            raise self.spec.error(exc.message, field, hint=exc.hint) from None
+        return f"module:{module}", self.file_digest(source, field)
+
+    def paths_digests(self, entries: list[str], field: str) -> dict[str, str]:
+        found = {}
+        for index, entry in enumerate(entries):
+            target = self.spec.resolve_path(entry)
+            where = f"{field}[{index}]"
+            if target.is_dir():
+                for relative, digest in self.digests.tree(target).items():
+                    if "__pycache__" not in relative and not relative.endswith(".pyc"):
+                        found[f"source:{entry}/{relative}"] = digest
+                self.watched.update(os.path.realpath(p) for p in target.rglob("*") if p.is_file())
+            elif target.is_file():
+                found[f"source:{entry}"] = self.file_digest(target, where)
+            else:
+                raise self.spec.error(f"'{entry}' does not exist (looked in {target})", where)
+        return found
+
+    @property
+    def python_path(self) -> list[Path]:
+        return [self.spec.resolve_path(p) for p in self.spec.data.get("python_path", [])]
+
+    # ------------------------------------------------------------------ nodes
+    def make(self, kind: str, config: dict[str, Any], paths: dict[str, Any], inputs: dict[str, Node],
+             files: dict[str, str], tools: dict[str, str]) -> Node:
+        parts = {
+            "stage": kind,
+            "stage_version": STAGE_VERSIONS[kind],
+            "config": config,
+            "inputs": {role: node.key for role, node in sorted(inputs.items())},
+            "files": dict(sorted(files.items())),
+            "tools": dict(sorted(tools.items())),
+        }
+        return Node(kind, digest_json(parts), config, paths, parts["inputs"], parts)
+
+    def plugins(self, export: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each plugin with its catalog contract resolved (the contract shapes the export)."""
+        from orchestrator import plugins as catalog
+
+        resolved = []
+        for plugin in export["plugins"]:
+            entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+            names = plugin.get("inputs") or entry.input_names()
+            dtypes = {}
+            for contract, name in zip(entry.inputs, names, strict=True):
+                wanted = plugin["dtypes"].get(name)
+                dtypes[name] = wanted or (contract.dtypes[0] if contract.is_integer else None)
+            resolved.append({**plugin, "inputs": names, "dtypes": {k: v for k, v in dtypes.items() if v},
+                             "contract": [{"name": c.name, "rank": c.rank, "dtypes": list(c.dtypes)}
+                                          for c in entry.inputs]})
+        return resolved
+
+    def capture(self, data: dict[str, Any], plugins: list[dict[str, Any]]) -> Node:
+        capture = copy.deepcopy(data["capture"])
+        export = data["export"]
+        expect = []
+        if export["scope"] == "call":
+            for plugin in plugins[:1]:
+                for name, contract in zip(plugin["inputs"], plugin["contract"], strict=True):
+                    expect.append({"name": name, "rank": contract["rank"], "dtypes": contract["dtypes"]})
+        files: dict[str, str] = {}
+        paths: dict[str, Any] = {"python_path": [str(p) for p in self.python_path]}
+        if capture.get("from_dir"):
+            from orchestrator.stages.capture import match_folder
+
+            folder = self.spec.resolve_path(capture["from_dir"])
+            wanted = [e["name"] for e in expect] or list(capture.get("names") or [])
+            try:
+                matched, ignored = match_folder(folder, wanted, capture["outputs"], capture["files"])
+            except UserError as exc:
+                raise self.spec.error(exc.message, "capture.from_dir", hint=exc.hint) from None
+            for name, file in matched.items():
+                files[f"tensor:{name}"] = self.file_digest(folder / file, "capture.from_dir")
+            config = {"capture": {"source": "dir", "names": list(matched), "outputs": capture["outputs"],
+                                  "expect": expect}}
+            paths.update(folder=str(folder), files=matched, ignored=ignored)
+        else:
+            model = data["model"]
+            config = {"model": {k: v for k, v in model.items() if k != "sources"},
+                      "capture": {**{k: v for k, v in capture.items() if k not in ("files", "from_dir")},
+                                  "source": "model", "expect": expect}}
+            for field_name in ("factory", "inputs"):
+                label, digest = self.source_digest(model[field_name], f"model.{field_name}")
+                files[label] = digest
+            if capture.get("call"):
+                label, digest = self.source_digest(capture["call"], "capture.call")
+                files[label] = digest
+            files.update(self.paths_digests(model.get("sources", []), "model.sources"))
+        tools = environment.tools("numpy") | (environment.tools("torch"))
+        return self.make("capture", config, paths, {}, files, tools)
+
+    def export(self, data: dict[str, Any], plugins: list[dict[str, Any]], capture: Node) -> Node:
+        export = {k: v for k, v in data["export"].items() if k not in ("plugins", "onnx")}
+        config: dict[str, Any] = {"export": {**export, "plugins": plugins}}
+        files: dict[str, str] = {}
+        paths: dict[str, Any] = {"python_path": [str(p) for p in self.python_path]}
+        for index, plugin in enumerate(plugins):
+            if plugin.get("replace"):
+                label, digest = self.source_digest(plugin["replace"], f"export.plugins[{index}].replace")
+                files[label] = digest
+        if data["export"].get("onnx"):
+            onnx_path = self.spec.resolve_path(data["export"]["onnx"])
+            files["onnx"] = self.file_digest(onnx_path, "export.onnx")
+            paths["onnx"] = str(onnx_path)
+        if data["export"]["scope"] == "model":
+            model = data["model"]
+            config["model"] = {k: v for k, v in model.items() if k != "sources"}
+            for field_name in ("factory", "inputs"):
+                label, digest = self.source_digest(model[field_name], f"model.{field_name}")
+                files[label] = digest
+            files.update(self.paths_digests(model.get("sources", []), "model.sources"))
+        tools = environment.tools("onnx") if data["export"].get("onnx") else environment.tools("torch", "onnx")
+        if data["export"]["exporter"] == "dynamo":
+            tools |= environment.tools("onnxscript")
+        return self.make("export", config, paths, {"capture": capture}, files, tools)
+
+    def surgery(self, data: dict[str, Any], plugins: list[dict[str, Any]], export: Node) -> Node:
+        config = {"surgery": data["surgery"], "contracts": plugins}
+        return self.make("surgery", config, {}, {"onnx": export}, {}, environment.tools("onnx", "onnx-graphsurgeon"))
+
+    def build(self, data: dict[str, Any], plugins: list[dict[str, Any]], graph: Node, variant: str) -> tuple[Node, str]:
+        from orchestrator import plugins as catalog
+
+        build = data["build"]
+        backend, reason = environment.resolve_backend(build["backend"])
+        if backend == "tensorrt" and not environment.importable("tensorrt"):
+            raise self.spec.error("backend 'tensorrt' needs the tensorrt Python package, which is not importable",
+                                  "build.backend", hint="pip install tensorrt (from NVIDIA's index), or use "
+                                  "backend: onnxruntime to run the plugin graph on the CPU")
+        config_build = {k: v for k, v in build.items() if k not in ("threads", "plugin_libraries", "backend")}
+        config = {"build": {**config_build, "backend": backend}, "plugins": [
+            {"op": p["op"], "version": p["version"], "namespace": p["namespace"]} for p in plugins]}
+        files: dict[str, str] = {}
+        libraries = []
+        for index, library in enumerate(build["plugin_libraries"]):
+            path = self.spec.resolve_path(library)
+            files[f"library:{Path(library).name}#{index}"] = self.file_digest(path, f"build.plugin_libraries[{index}]")
+            libraries.append(str(path))
+        if backend == "onnxruntime":
+            tools = environment.tools("onnxruntime", "onnx", "numpy", "numba")
+            for plugin in plugins:
+                entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+                label, digest = self.module_digest(entry.kernel.partition(":")[0], "build.backend")
+                files[f"kernel:{label}"] = digest
+        else:
+            tools = {"tensorrt": environment.tensorrt_version() or "absent",
+                     "gpu": ";".join(f"{name} sm{cap}" for name, cap in environment.gpus()) or "none"}
+            if backend == "trtexec":
+                from orchestrator.backends import trtexec
+
+                tools["trtexec"] = trtexec.detected_version() or "absent"
+        paths = {"plugin_libraries": libraries, "threads": build["threads"],
+                 "backend_reason": reason if build["backend"] == "auto" else None}
+        return self.make("build", config, paths, {"graph": graph}, files, tools), reason
+
+    def verify(self, data: dict[str, Any], build: Node, capture: Node) -> Node:
+        return self.make("verify", {"verify": data["verify"]}, {}, {"build": build, "capture": capture}, {},
+                         environment.tools("numpy"))
+
+    def bench(self, data: dict[str, Any], build: Node, capture: Node) -> Node:
+        settings = {k: v for k, v in data["bench"].items() if k != "enabled"}
+        return self.make("bench", {"bench": settings}, {"threads": data["build"]["threads"]},
+                         {"build": build, "capture": capture}, {}, environment.tools("numpy"))
+
+    def variant_nodes(self, variant: Variant) -> tuple[list[Node], str]:
+        data = variant.data
+        try:
+            plugins = self.plugins(data["export"])
+        except UserError as exc:
+            raise exc.located(str(self.spec.path), self.spec.line_of("export.plugins")) from None
+        capture = self.capture(data, plugins)
+        export = self.export(data, plugins, capture)
+        nodes = [capture, export]
+        graph = export
+        if data.get("surgery"):
+            graph = self.surgery(data, plugins, export)
+            nodes.append(graph)
+        build, reason = self.build(data, plugins, graph, variant.name)
+        nodes += [build, self.verify(data, build, capture)]
+        if data["bench"]["enabled"]:
+            nodes.append(self.bench(data, build, capture))
+        return nodes, reason
+
+
+def make_plan(spec: Spec, digests: DigestCache, only: dict[str, list[str]] | None = None) -> Plan:
+    """Plan every variant (or those matching `only`: {field or its last part: [values]})."""
+    planner = Planner(spec, digests)
+    nodes: dict[str, Node] = {}
+    by_variant: dict[str, list[str]] = {}
+    reasons: dict[str, str] = {}
+    variants = [v for v in spec.variants if _selected(v, only)]
+    if not variants:
+        raise UserError(f"--only matches no variant; variants are: {', '.join(v.name for v in spec.variants)}")
+    for variant in variants:
+        variant_nodes, reasons[variant.name] = planner.variant_nodes(variant)
+        keys = []
+        for node in variant_nodes:
+            node = nodes.setdefault(node.key, node)
+            node.variants.append(variant.name)
+            keys.append(node.key)
+        by_variant[variant.name] = keys
+    ordered = sorted(nodes.values(), key=lambda n: STAGE_ORDER.index(n.kind))
+    planner.watched.add(os.path.realpath(spec.path))
+    return Plan(spec, {n.key: n for n in ordered}, by_variant, reasons, sorted(planner.watched))
+
+
+def _selected(variant: Variant, only: dict[str, list[str]] | None) -> bool:
+    if not only:
+        return True
+    for wanted_field, values in only.items():
+        matched = False
+        for full, value in variant.choices.items():
+            if full == wanted_field or full.rsplit(".", 1)[-1] == wanted_field:
+                shown = value if isinstance(value, str) else str(value)
+                matched = matched or shown in values or str(value).lower() in [v.lower() for v in values]
+        if not matched:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------- why is it stale
+
+def _first_difference(old: Any, new: Any, at: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            if key not in old:
+                return (f"{at}.{key}" if at else key, "(unset)", new[key])
+            if key not in new:
+                return (f"{at}.{key}" if at else key, old[key], "(unset)")
+            found = _first_difference(old[key], new[key], f"{at}.{key}" if at else key)
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+            found = _first_difference(a, b, f"{at}[{index}]")
+            if found:
+                return found
+        return None
+    return None if old == new else (at, old, new)
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+def explain(node: Node, previous: dict[str, Any] | None) -> str:
+    """Why `node` must run, compared with the parts of the artifact of the last run (if any)."""
+    if previous is None:
+        return "no earlier run of this stage"
+    if previous.get("stage_version") != node.parts["stage_version"]:
+        return (f"stage implementation changed (version {previous.get('stage_version')} -> "
+                f"{node.parts['stage_version']})")
+    found = _first_difference(previous.get("config", {}), node.parts["config"])
+    if found:
+        return f"config changed: {found[0]} {_show(found[1])} -> {_show(found[2])}"
+    old_files, new_files = previous.get("files", {}), node.parts["files"]
+    for label in sorted(set(old_files) | set(new_files)):
+        if old_files.get(label) != new_files.get(label):
+            what = label.split(":", 1)[-1]
+            if label not in old_files:
+                return f"file added: {what}"
+            if label not in new_files:
+                return f"file no longer used: {what}"
+            return f"file changed: {what}"
+    found = _first_difference(previous.get("tools", {}), node.parts["tools"])
+    if found:
+        return f"tool changed: {found[0]} {_show(found[1])} -> {_show(found[2])}"
+    old_inputs = previous.get("inputs", {})
+    for role, key in node.parts["inputs"].items():
+        if old_inputs.get(role) != key:
+            return f"input changed: {role}"
+    return "artifact missing (removed, or damaged and discarded)"

@@ -1,0 +1,137 @@
+"""The plugin catalog: one entry per TensorRT plugin orchestrate knows.
+
+An entry is the single source of truth for its plugin: input names, ranks and dtypes, attributes,
+versions, the output shape rule, the precisions it runs, and the reference kernel that the
+embedded backend runs in place of the plugin. The exporter, the build preflight and the verifier
+all read it from here, so a new plugin is one new module and one line in `BUILTIN`.
+
+Importing the catalog is cheap: kernels (NumPy, Numba) load only when a plugin node runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from orchestrator.spec import FieldPath, Spec
+
+Shape = tuple[int, ...]
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+INT_DTYPES = ("int32", "int64", "int8", "uint8")
+
+
+@dataclass(frozen=True)
+class TensorContract:
+    """One plugin input: its name, rank and the dtypes the plugin accepts."""
+
+    name: str
+    rank: int
+    dtypes: tuple[str, ...]
+    same_dtype_as: str | None = None  # e.g. sampling_locations must match value's dtype
+    doc: str = ""
+
+    @property
+    def is_integer(self) -> bool:
+        return all(d in INT_DTYPES for d in self.dtypes)
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """Everything orchestrate needs to export, check, build and emulate one plugin."""
+
+    op: str
+    versions: tuple[str, ...]
+    inputs: tuple[TensorContract, ...]
+    output_shape: Callable[[Sequence[Shape]], Shape]
+    kernel: str  # import path of `kernel(inputs: list[np.ndarray], attrs: dict) -> list[np.ndarray]`
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    attributes: dict[str, str] = field(default_factory=dict)  # plugin field name -> ONNX attribute type
+    check_shapes: Callable[[Sequence[Shape]], list[str]] | None = None
+    result_shape: Callable[[Shape], Shape] | None = None  # how the model used the output (e.g. merge heads)
+    library: str = "libnvinfer_plugin (NVIDIA's plugins, initialised with init_libnvinfer_plugins)"
+    doc: str = ""
+
+    def input_names(self) -> list[str]:
+        return [contract.name for contract in self.inputs]
+
+    def load_kernel(self) -> Callable[[list[Any], dict[str, Any]], list[Any]]:
+        module_name, _, attr = self.kernel.partition(":")
+        return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+
+    def contract_problems(self, shapes: Sequence[Shape], dtypes: Sequence[str], names: Sequence[str] | None = None,
+                          cast_integers: bool = False) -> list[str]:
+        """Everything wrong with these inputs for this plugin, as sentences (empty when they fit).
+
+        With `cast_integers`, an integer tensor of another integer dtype is accepted, because the
+        exporter casts it to the contract's dtype.
+        """
+        names = list(names or self.input_names())
+        problems: list[str] = []
+        if len(shapes) != len(self.inputs):
+            return [f"{self.op} takes {len(self.inputs)} inputs ({', '.join(self.input_names())}), got {len(shapes)}"]
+        by_name = dict(zip(self.input_names(), dtypes, strict=True))
+        for contract, label, shape, dtype in zip(self.inputs, names, shapes, dtypes, strict=True):
+            shown = f"input '{label}'" + (f" ({contract.name})" if label != contract.name else "")
+            if len(shape) != contract.rank:
+                problems.append(f"{shown} must have rank {contract.rank}, got shape {list(shape)}")
+            accepted = dtype in contract.dtypes or (cast_integers and contract.is_integer and dtype in INT_DTYPES)
+            if not accepted:
+                problems.append(f"{shown} must be {' or '.join(contract.dtypes)}, got {dtype}")
+            if contract.same_dtype_as and by_name.get(contract.same_dtype_as) != dtype and accepted:
+                problems.append(f"{shown} must have the same dtype as '{contract.same_dtype_as}' "
+                                f"({by_name.get(contract.same_dtype_as)}), got {dtype}")
+        if not problems and self.check_shapes is not None:
+            problems.extend(self.check_shapes(shapes))
+        return problems
+
+
+BUILTIN = {
+    "MultiscaleDeformableAttnPlugin_TRT": "orchestrator.plugins.msda:ENTRY",
+}
+
+
+def _load_entry(path: str) -> PluginEntry:
+    module_name, _, attr = path.partition(":")
+    entry = getattr(importlib.import_module(module_name), attr)
+    if not isinstance(entry, PluginEntry):
+        raise TypeError(f"{path} is a {type(entry).__name__}, not a PluginEntry")
+    return entry
+
+
+def builtin(op: str) -> PluginEntry | None:
+    path = BUILTIN.get(op)
+    return _load_entry(path) if path else None
+
+
+def lookup(op: str, catalog_path: str | None = None, spec: Spec | None = None,
+           at: FieldPath | None = None) -> PluginEntry:
+    """The catalog entry for `op`: the user's own (by import path) or a built-in one."""
+    if catalog_path:
+        try:
+            entry = _load_entry(catalog_path)
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise _error(f"cannot load catalog entry '{catalog_path}': {exc}", spec, at, "catalog") from None
+        if entry.op != op:
+            raise _error(f"catalog entry '{catalog_path}' describes {entry.op}, not {op}", spec, at, "op")
+        return entry
+    entry = builtin(op)
+    if entry is None:
+        import difflib
+
+        close = difflib.get_close_matches(op, list(BUILTIN), n=1)
+        raise _error(f"no catalog entry for plugin '{op}'; known: {', '.join(BUILTIN)}", spec, at, "op",
+                     hint=(f"did you mean '{close[0]}'?" if close else
+                           "point export.plugins[].catalog at your own PluginEntry"))
+    return entry
+
+
+def _error(message: str, spec: Spec | None, at: FieldPath | None, leaf: str, hint: str | None = None) -> UserError:
+    if spec is not None and at is not None:
+        return spec.error(message, (*at, leaf), hint=hint)
+    return UserError(message, hint=hint)

@@ -1,0 +1,130 @@
+"""Terminal tables for `plan` and `show` (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator import plan as planning
+from orchestrator.executor import variant_label
+from orchestrator.plan import Plan
+from orchestrator.store import Store
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def print_plan(plan: Plan, store: Store, why: bool) -> None:
+    from rich.table import Table
+
+    console = _console()
+    record = store.run_record(plan.spec.name)
+    matrix = [v for v in plan.spec.variants if v.name and v.name in plan.by_variant]
+    if matrix:
+        table = Table(title=f"{plan.spec.name}: {len(matrix)} variants", title_justify="left")
+        for field in matrix[0].choices:
+            table.add_column(field)
+        table.add_column("stages")
+        for variant in matrix:
+            table.add_row(*[str(v) for v in variant.choices.values()], str(len(plan.by_variant[variant.name])))
+        console.print(table)
+    table = Table(title=f"{plan.spec.name}: {len(plan.nodes)} stages", title_justify="left")
+    for column in ("stage", "key", "variant", "state", "why" if why else "inputs"):
+        table.add_column(column, overflow="fold")
+    reasons: dict[str, str] = {}
+    stale = 0
+    for node in plan.order():
+        artifact, damage = store.check(node.kind, node.key)
+        if artifact is not None:
+            state = "[red]cached (failed)[/red]" if not artifact.manifest.get("passed", True) else "[dim]cached[/dim]"
+            detail = ""
+        else:
+            stale += 1
+            state = "[yellow]will run[/yellow]"
+            previous = None
+            for variant in node.variants:
+                entry = record.get("stages", {}).get(f"{variant}/{node.kind}")
+                if entry:
+                    previous = entry.get("parts")
+                    break
+            detail = planning.explain(node, previous) if damage == "missing" else f"artifact {damage}"
+            if detail.startswith("input changed: "):
+                upstream = reasons.get(node.inputs.get(detail.split(": ", 1)[1], ""))
+                if upstream:
+                    detail += f" ({upstream})"
+            reasons[node.key] = detail
+        if not why:
+            detail = ", ".join(f"{role} {key[:8]}" for role, key in node.inputs.items())
+        table.add_row(node.kind, node.short, variant_label(node, plan) or "-", state, detail)
+    console.print(table)
+    console.print(f"{stale} of {len(plan.nodes)} stages would run" if stale else "nothing to do: all cached")
+
+
+def print_show(plan: Plan, store: Store, stage: str | None) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"{plan.spec.name}: last results", title_justify="left")
+    for column in ("stage", "key", "variant", "state", "seconds", "summary"):
+        table.add_column(column, overflow="fold")
+    details = []
+    for node in plan.order():
+        if stage and node.kind != stage:
+            continue
+        artifact = store.get(node.kind, node.key)
+        if artifact is None:
+            table.add_row(node.kind, node.short, variant_label(node, plan) or "-", "[yellow]not built[/yellow]", "",
+                          "")
+            continue
+        manifest = artifact.manifest
+        state = "[green]ok[/green]" if manifest.get("passed", True) else "[red]failed[/red]"
+        table.add_row(node.kind, node.short, variant_label(node, plan) or "-", state,
+                      f"{manifest.get('seconds', 0):.2f}", manifest.get("summary", ""))
+        details.append((node, artifact))
+    console.print(table)
+    for node, artifact in details:
+        if node.kind == "verify":
+            _verify_table(console, node, artifact, plan)
+        elif node.kind == "bench":
+            _bench_table(console, node, artifact, plan)
+        elif stage and node.kind == stage:
+            import json
+
+            console.print_json(json.dumps(artifact.result, default=str))
+
+
+def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
+    from rich.table import Table
+
+    label = variant_label(node, plan)
+    table = Table(title=f"verify {node.short}{f' [{label}]' if label else ''}", title_justify="left")
+    for column in ("output", "max abs", "mean abs", "max rel", "outside tol", "atol to pass", "NaN", "Inf",
+                   "all-zero", "result"):
+        table.add_column(column)
+    for name, stats in artifact.result.get("outputs", {}).items():
+        if stats.get("shape_mismatch"):
+            table.add_row(name, *[""] * 8, "[red]shape mismatch[/red]")
+            continue
+        table.add_row(name, f"{stats['max_abs']:.2e}", f"{stats['mean_abs']:.2e}", f"{stats['max_rel']:.2e}",
+                      f"{stats['outside']}/{stats['elements']}", f"{stats['min_atol_to_pass']:.2e}",
+                      str(stats["nan"]), str(stats["inf"]), str(stats["all_zero"]),
+                      "[red]" + "; ".join(stats["failed"]) + "[/red]" if stats["failed"] else "[green]passed[/green]")
+    console.print(table)
+
+
+def _bench_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
+    from rich.table import Table
+
+    figures = artifact.result
+    label = variant_label(node, plan)
+    table = Table(title=f"bench {node.short}{f' [{label}]' if label else ''} ({figures.get('backend')}, "
+                        f"{figures.get('timer')})", title_justify="left")
+    for column in ("min ms", "median ms", "p90 ms", "p99 ms", "runs", "per s", "MB in", "MB out", "GB/s"):
+        table.add_column(column)
+    table.add_row(f"{figures['min_ms']:.2f}", f"{figures['median_ms']:.2f}", f"{figures['p90_ms']:.2f}",
+                  f"{figures['p99_ms']:.2f}", str(figures["iterations"]), f"{figures['throughput_per_s']:.1f}",
+                  f"{figures['bytes_in'] / 1e6:.1f}", f"{figures['bytes_out'] / 1e6:.1f}",
+                  f"{figures['bandwidth_gb_s']:.2f}")
+    console.print(table)

@@ -1,0 +1,429 @@
+"""Pipeline file → validated, defaulted spec. Every user mistake becomes a `UserError` with file:line.
+
+This is the only module that reads the YAML. It checks the file's size and encoding, parses it
+while remembering the line of every key, bounds alias expansion (YAML bombs), validates against
+`schemas/pipeline.schema.json`, fills the schema's defaults, expands the `matrix` into variants and
+runs the checks that a schema cannot express (which capture source, known plugins).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UserError
+
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000
+SCHEMA_PATH_CANDIDATES = (
+    Path(__file__).resolve().parent / "schemas" / "pipeline.schema.json",  # installed wheel
+    Path(__file__).resolve().parent.parent / "schemas" / "pipeline.schema.json",  # source tree
+)
+
+FieldPath = tuple[str | int, ...]
+
+
+def schema_path() -> Path:
+    for candidate in SCHEMA_PATH_CANDIDATES:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("pipeline.schema.json is missing from the orchestrate installation")
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(schema_path().read_text())
+
+
+def dotted(path: FieldPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+@dataclass
+class Variant:
+    """One combination of the matrix (or the whole pipeline when there is no matrix)."""
+
+    name: str  # "" for the single variant; e.g. "precision=fp16,module=encoder.layers.3.self_attn"
+    data: dict[str, Any]
+    choices: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Spec:
+    """A validated pipeline: its data with defaults filled, and where each field was written."""
+
+    path: Path
+    data: dict[str, Any]
+    lines: dict[FieldPath, int]
+    variants: list[Variant]
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name") or self.path.stem)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def line_of(self, field_path: str | FieldPath | None) -> int | None:
+        """The line of the deepest written field on `field_path` ('capture.from_dir', ('export', 'plugins', 0))."""
+        if field_path is None:
+            return None
+        parts = parse_field(field_path) if isinstance(field_path, str) else tuple(field_path)
+        while parts:
+            if parts in self.lines:
+                return self.lines[parts]
+            parts = parts[:-1]
+        return None
+
+    def error(self, message: str, field_path: str | FieldPath, hint: str | None = None) -> UserError:
+        text = field_path if isinstance(field_path, str) else dotted(field_path)
+        return UserError(message, field=text, file=str(self.path), line=self.line_of(field_path), hint=hint)
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+
+def parse_field(text: str) -> FieldPath:
+    parts: list[str | int] = []
+    for piece in text.replace("[", ".").replace("]", "").split("."):
+        if piece:
+            parts.append(int(piece) if piece.isdigit() else piece)
+    return tuple(parts)
+
+
+# ----------------------------------------------------------------------------- reading YAML
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError("no such pipeline file", file=str(path)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read pipeline file: {exc.strerror}", file=str(path)) from None
+    if path.is_dir():
+        raise UserError("is a directory, expected a pipeline YAML file", file=str(path))
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"file is {size / 1e6:.1f} MB; a pipeline file may be at most {MAX_FILE_BYTES >> 10} KiB",
+                        file=str(path), hint="is this the right file? tensors belong in capture.from_dir")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} cannot be decoded",
+                        file=str(path), line=line) from None
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int]]:
+    """Parse YAML into plain data plus the line of every mapping key and list item."""
+    import yaml
+
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        root = yaml.compose(text, Loader=loader_cls)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise UserError(f"YAML syntax error: {problem}", file=str(path), line=line) from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"YAML error: {exc}", file=str(path)) from None
+    if root is None:
+        raise UserError("the pipeline file is empty; expected a mapping with version, export, …", file=str(path))
+
+    scalar_loader = yaml.SafeLoader("")
+    lines: dict[FieldPath, int] = {}
+    budget = [MAX_NODES]
+
+    def build(node: Any, at: FieldPath) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UserError(f"the document expands to more than {MAX_NODES} values (aliases repeated too often?)",
+                            file=str(path), line=node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            scalar_loader.flatten_mapping(node)
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = build(key_node, at)
+                if not isinstance(key, str | int | float | bool) or key is None:
+                    raise UserError("mapping keys must be plain scalars", file=str(path),
+                                    line=key_node.start_mark.line + 1)
+                key = str(key)
+                if key in result:
+                    raise UserError(f"duplicate key '{key}'", field=dotted((*at, key)), file=str(path),
+                                    line=key_node.start_mark.line + 1)
+                lines[(*at, key)] = key_node.start_mark.line + 1
+                result[key] = build(value_node, (*at, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                lines[(*at, index)] = item.start_mark.line + 1
+                items.append(build(item, (*at, index)))
+            return items
+        try:
+            return scalar_loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise UserError(f"cannot read value: {exc}", field=dotted(at) or None, file=str(path),
+                            line=node.start_mark.line + 1) from None
+
+    data = build(root, ())
+    lines[()] = root.start_mark.line + 1
+    return data, lines
+
+
+# ----------------------------------------------------------------------------- schema
+
+_TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+               "number": "a number", "boolean": "true or false", "null": "null"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if value is None:
+        return "null"
+    return "string"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(error: Any, schema_root: dict[str, Any]) -> tuple[str, FieldPath, str | None]:
+    """Turn one jsonschema error into (message, field path to point at, hint)."""
+    at: FieldPath = tuple(error.absolute_path)
+    validator, value, schema = error.validator, error.instance, error.schema
+    description = schema.get("description") if isinstance(schema, dict) else None
+    if validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        unknown = [key for key in value if key not in schema.get("properties", {})]
+        key = unknown[0] if unknown else "?"
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else None
+        expected = ", ".join(allowed) if allowed else "no keys"
+        return f"unknown key '{key}'; expected one of: {expected}", (*at, key), hint
+    if validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"missing required key '{missing}'", at, None
+    if validator == "type":
+        wanted = schema["type"]
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in (wanted if isinstance(wanted, list) else [wanted]))
+        return f"expected {words}, got {_kind(value)} {_short(value)}", at, description
+    if validator == "enum":
+        return f"expected one of {', '.join(map(str, schema['enum']))}; got {_short(value)}", at, None
+    if validator == "const":
+        return f"expected {_short(schema['const'])}; got {_short(value)}", at, description
+    if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[validator]
+        return f"must be {sign} {error.validator_value}; got {_short(value)}", at, description
+    if validator == "pattern":
+        return f"{_short(value)} is not valid here", at, description
+    if validator == "oneOf":
+        return f"{_short(value)} is not valid here", at, description
+    if validator in ("minItems", "minProperties", "maxProperties", "minLength"):
+        if validator == "maxProperties" and "surgery" in at:
+            return "each surgery edit must have exactly one key (rename_op, set_attrs, …)", at, None
+        return f"{error.message}", at, description
+    if validator == "propertyNames":
+        return f"{error.message}", at, "matrix keys are dotted field paths such as build.precision"
+    return error.message, at, description
+
+
+def _resolve_ref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        merged = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**target, **merged}
+    return schema
+
+
+def fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """Write every default the schema declares into `instance` (recursively, in place)."""
+    schema = _resolve_ref(schema, root)
+    if isinstance(instance, dict) and "properties" in schema:
+        for key, sub in schema["properties"].items():
+            sub_resolved = _resolve_ref(sub, root)
+            if key not in instance and "default" in sub_resolved:
+                instance[key] = copy.deepcopy(sub_resolved["default"])
+            if key in instance:
+                instance[key] = fill_defaults(instance[key], sub_resolved, root)
+    if isinstance(instance, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key in list(instance):
+            if key not in schema.get("properties", {}):
+                instance[key] = fill_defaults(instance[key], schema["additionalProperties"], root)
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        return [fill_defaults(item, schema["items"], root) for item in instance]
+    return instance
+
+
+def validate(data: Any, lines: dict[FieldPath, int], path: Path) -> None:
+    import jsonschema
+
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    problems = []
+    for error in errors:
+        message, at, hint = _describe(error, schema)
+        line = None
+        probe = at
+        while probe and line is None:
+            line = lines.get(probe)
+            probe = probe[:-1]
+        problems.append((line or lines.get((), 0), dotted(at), message, hint))
+    problems.sort(key=lambda p: (p[0], p[1]))
+    first = problems[0]
+    extra = ""
+    if len(problems) > 1:
+        extra = "\n" + "\n".join(
+            f"{path}:{line}: {fld + ': ' if fld else ''}{msg}" for line, fld, msg, _ in problems[1:10])
+        if len(problems) > 10:
+            extra += f"\n… and {len(problems) - 10} more"
+    raise UserError(first[2] + extra, field=first[1] or None, file=str(path), line=first[0], hint=first[3])
+
+
+# ----------------------------------------------------------------------------- matrix
+
+def _set_field(data: dict[str, Any], parts: FieldPath, value: Any) -> None:
+    target: Any = data
+    for part in parts[:-1]:
+        if isinstance(target, list) and isinstance(part, int) and part < len(target):
+            target = target[part]
+            continue
+        if not isinstance(target, dict):
+            raise KeyError(part)
+        target = target.setdefault(part, {})
+    if isinstance(target, list):
+        target[int(parts[-1])] = value
+    else:
+        target[parts[-1]] = value
+
+
+def expand_matrix(data: dict[str, Any], path: Path, lines: dict[FieldPath, int]) -> list[Variant]:
+    matrix: dict[str, list[Any]] = data.get("matrix") or {}
+    if not matrix:
+        return [Variant("", data)]
+    keys = list(matrix)
+    short = {}
+    for key in keys:
+        leaf = key.rsplit(".", 1)[-1]
+        short[key] = leaf if sum(k.rsplit(".", 1)[-1] == leaf for k in keys) == 1 else key
+    variants = []
+    for combo in itertools.product(*(matrix[k] for k in keys)):
+        variant = copy.deepcopy(data)
+        variant.pop("matrix", None)
+        choices = dict(zip(keys, combo, strict=True))
+        for key, value in choices.items():
+            try:
+                _set_field(variant, parse_field(key), copy.deepcopy(value))
+            except (KeyError, IndexError, ValueError):
+                raise UserError(f"matrix field '{key}' does not name a field of the pipeline", field=f"matrix.{key}",
+                                file=str(path), line=lines.get(("matrix", key))) from None
+        name = ",".join(f"{short[k]}={_label(v)}" for k, v in choices.items())
+        variants.append(Variant(name, variant, choices))
+    return variants
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------- semantics
+
+def _check_semantics(spec: Spec, variant: Variant) -> None:
+    """What the schema cannot say: one capture source, plugins the catalog knows, paths that exist."""
+    from orchestrator import plugins as catalog
+
+    data = variant.data
+    capture = data.get("capture", {})
+    model = data.get("model")
+    export = data["export"]
+    where = f" (variant {variant.name})" if variant.name else ""
+    if capture.get("from_dir"):
+        for key in ("module", "call", "names"):
+            if key in capture:
+                raise spec.error(f"'{key}' applies to a live model; capture.from_dir reads saved tensors{where}",
+                                 f"capture.{key}")
+        folder = spec.resolve_path(capture["from_dir"])
+        if not folder.is_dir():
+            raise spec.error(f"capture folder '{capture['from_dir']}' does not exist (looked in {folder})",
+                             "capture.from_dir")
+    else:
+        if capture.get("files"):
+            raise spec.error("capture.files only applies with capture.from_dir", "capture.files")
+        if model is None:
+            raise spec.error("give either capture.from_dir (saved tensors) or a model to capture from",
+                             "capture", hint="add model: {factory: pkg.mod:build, inputs: pkg.mod:inputs}")
+    if export["scope"] == "model" and model is None:
+        raise spec.error("export.scope 'model' exports the whole model; add a model section", "export.scope")
+    if export.get("onnx"):
+        onnx_path = spec.resolve_path(export["onnx"])
+        if not onnx_path.is_file():
+            raise spec.error(f"ONNX file '{export['onnx']}' does not exist (looked in {onnx_path})", "export.onnx")
+    for index, plugin in enumerate(export["plugins"]):
+        at = ("export", "plugins", index)
+        entry = catalog.lookup(plugin["op"], plugin.get("catalog"), spec, at)
+        if plugin["version"] not in entry.versions:
+            raise spec.error(f"{entry.op} has versions {', '.join(entry.versions)}; got '{plugin['version']}'",
+                             (*at, "version"))
+        names = plugin.get("inputs") or [i.name for i in entry.inputs]
+        if len(names) != len(entry.inputs):
+            raise spec.error(f"{entry.op} takes {len(entry.inputs)} inputs "
+                             f"({', '.join(i.name for i in entry.inputs)}); {len(names)} are listed", (*at, "inputs"))
+        for name, wanted in plugin["dtypes"].items():
+            if name not in names:
+                raise spec.error(f"'{name}' is not an input of this plugin; inputs are {', '.join(names)}",
+                                 (*at, "dtypes", name))
+            contract = entry.inputs[names.index(name)]
+            if wanted not in contract.dtypes:
+                raise spec.error(f"{entry.op} input '{contract.name}' takes {' or '.join(contract.dtypes)}, "
+                                 f"not {wanted}", (*at, "dtypes", name),
+                                 hint="the plugin's contract comes from its catalog entry; see `orchestrate doctor`")
+        if export["scope"] == "model" and not plugin.get("replace"):
+            raise spec.error("scope 'model' needs the callable to replace", (*at, "replace"))
+    for index, library in enumerate(data.get("build", {}).get("plugin_libraries", [])):
+        if not spec.resolve_path(library).is_file():
+            raise spec.error(f"plugin library '{library}' does not exist", ("build", "plugin_libraries", index))
+
+
+def load(path: str | Path) -> Spec:
+    """Read, validate and default a pipeline file; raise `UserError` naming file:line:field on any problem."""
+    path = Path(path)
+    text = _read_text(path)
+    data, lines = _parse_yaml(text, path)
+    if not isinstance(data, dict):
+        raise UserError(f"expected a mapping at the top of the file, got {_kind(data)}", file=str(path), line=1)
+    validate(data, lines, path)
+    schema = load_schema()
+    fill_defaults(data, schema, schema)
+    variants = expand_matrix(data, path, lines)
+    spec = Spec(path=path, data=data, lines=lines, variants=variants)
+    for variant in variants:
+        if variant.name:
+            validate(variant.data, lines, path)
+            fill_defaults(variant.data, schema, schema)
+        _check_semantics(spec, variant)
+    return spec

@@ -1,0 +1,66 @@
+"""bench: time the built artifact on the captured inputs.
+
+Warm-up runs, then timed runs until the iteration count or the time budget is reached (at least
+one). Reports min / median / p90 / p99 latency, throughput, bytes in and out and the bandwidth
+those bytes imply at the median latency. Writes bench.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from orchestrator import backends
+from orchestrator.stages import StageCall, StageResult
+from orchestrator.stages.verify import feeds_for
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(-(-fraction * len(sorted_values) // 1))))
+    return sorted_values[rank - 1]
+
+
+def run(call: StageCall) -> StageResult:
+    settings = call.config["bench"]
+    build, capture = call.inputs["build"], call.inputs["capture"]
+    backend = build.manifest["result"]["backend"]
+    runner = backends.open_runner(build.path, backend, call.paths.get("threads", 0))
+    feeds = feeds_for(runner, capture)
+    if hasattr(runner, "bench"):  # backends with their own timer (CUDA events, trtexec)
+        timings = runner.bench(feeds, settings["warmup"], settings["iterations"], settings["max_seconds"])
+        outputs = runner.run(feeds)
+    else:
+        for index in range(settings["warmup"]):
+            call.progress(f"warm-up {index + 1}/{settings['warmup']}")
+            runner.run(feeds)
+        timings = []
+        budget_end = time.perf_counter() + settings["max_seconds"]
+        outputs = {}
+        while len(timings) < settings["iterations"] and (not timings or time.perf_counter() < budget_end):
+            start = time.perf_counter()
+            outputs = runner.run(feeds)
+            timings.append(time.perf_counter() - start)
+            call.progress(f"iteration {len(timings)}/{settings['iterations']}")
+    runner.close()
+    ordered = sorted(timings)
+    median = percentile(ordered, 0.5)
+    bytes_in = sum(int(a.nbytes) for a in feeds.values())
+    bytes_out = sum(int(a.nbytes) for a in outputs.values())
+    figures = {
+        "backend": backend, "timer": "cuda events" if backend != "onnxruntime" else "perf_counter",
+        "iterations": len(timings), "warmup": settings["warmup"],
+        "min_ms": ordered[0] * 1e3, "median_ms": median * 1e3, "p90_ms": percentile(ordered, 0.9) * 1e3,
+        "p99_ms": percentile(ordered, 0.99) * 1e3, "mean_ms": sum(ordered) / len(ordered) * 1e3,
+        "throughput_per_s": 1.0 / median if median > 0 else float("inf"),
+        "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "bandwidth_gb_s": (bytes_in + bytes_out) / median / 1e9 if median > 0 else float("inf"),
+        "timings_ms": [t * 1e3 for t in timings],
+    }
+    (call.out / "bench.json").write_text(json.dumps(figures, indent=1))
+    summary = (f"median {figures['median_ms']:.2f} ms (min {figures['min_ms']:.2f}, p90 {figures['p90_ms']:.2f}, "
+               f"p99 {figures['p99_ms']:.2f}) over {len(timings)} runs, {figures['throughput_per_s']:.1f}/s, "
+               f"{figures['bandwidth_gb_s']:.2f} GB/s")
+    return StageResult(summary, {k: v for k, v in figures.items() if k != "timings_ms"})

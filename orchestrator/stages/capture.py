@@ -1,0 +1,294 @@
+"""capture: record the tensors a call receives and returns, from a live model or a folder.
+
+Live model: build it from its factory, run its inputs through it with a hook on the declared
+module, and record the declared call's arguments and result while that module runs (what one
+would otherwise do by stepping in with a debugger and `torch.save`). The forward stops as soon as
+the call is recorded. Folder: load `.pt` (weights_only) or `.npy` files named after the tensors.
+
+Writes tensors/<name>.npy and capture.json (argument order, dtypes, shapes, non-tensor
+arguments, notes). The tensors are checked against the plugin's contract (rank, dtype kind) here,
+so a wrong capture is refused before anything is published.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator import imports
+from orchestrator.errors import UserError
+from orchestrator.stages import StageCall, StageResult
+from orchestrator.tensors import describe, save_named, to_numpy, torch_dtype_name
+
+SUFFIXES = (".npy", ".pt", ".pth")
+
+
+def candidates(name: str) -> list[str]:
+    return [f"{stem}{suffix}" for stem in (name, f"input_{name}", f"{name}_np") for suffix in SUFFIXES]
+
+
+def match_folder(folder: Path, wanted: list[str], outputs: list[str],
+                 explicit: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Which file holds each wanted tensor; and the files nothing asked for (ignored with a note)."""
+    if not wanted:
+        raise UserError("capture.from_dir needs to know which tensors to read: export.plugins[].inputs "
+                        "(scope call) names them")
+    present = {p.name for p in folder.iterdir() if p.is_file()}
+    matched: dict[str, str] = {}
+    for name in [*wanted, *outputs]:
+        if name in explicit:
+            if explicit[name] not in present:
+                raise UserError(f"capture.files names '{explicit[name]}' for '{name}', which is not in {folder}")
+            matched[name] = explicit[name]
+            continue
+        found = [c for c in candidates(name) if c in present]
+        if not found:
+            role = "reference output" if name in outputs else "tensor"
+            raise UserError(f"capture folder {folder} has no {role} '{name}' "
+                            f"(looked for {', '.join(candidates(name)[:4])}, …)",
+                            hint=f"name the file in capture.files: {{{name}: <file>}}")
+        if len(found) > 1:
+            raise UserError(f"capture folder {folder} holds several files for '{name}': {', '.join(found)}",
+                            hint=f"keep one, or pick one in capture.files: {{{name}: {found[0]}}}")
+        matched[name] = found[0]
+    used = set(matched.values())
+    ignored = sorted(p for p in present if p not in used and Path(p).suffix in SUFFIXES)
+    return matched, ignored
+
+
+def _load_file(path: Path) -> Any:
+    import numpy as np
+
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        import torch
+
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise UserError(f"cannot read tensor file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                        field="capture.from_dir") from None
+    if not hasattr(value, "detach"):
+        raise UserError(f"{path} holds a {type(value).__name__}, expected one tensor", field="capture.from_dir")
+    return to_numpy(value)
+
+
+def check_contract(tensors: dict[str, Any], expect: list[dict[str, Any]], origin: str, field: str) -> None:
+    """Refuse tensors the plugin cannot take: wrong rank, or a float where an integer belongs (and back)."""
+    for rule in expect:
+        name = rule["name"]
+        if name not in tensors:
+            raise UserError(f"the capture has no tensor '{name}' (it has {', '.join(tensors) or 'none'})",
+                            field=field)
+        array = tensors[name]
+        dtype = str(array.dtype)
+        if array.ndim != rule["rank"]:
+            raise UserError(f"tensor '{name}' from {origin} has shape {list(array.shape)} (rank {array.ndim}); "
+                            f"the plugin takes rank {rule['rank']}", field=field)
+        wants_int = all(d.startswith(("int", "uint")) for d in rule["dtypes"])
+        is_int = dtype.startswith(("int", "uint"))
+        if wants_int != is_int or (not is_int and dtype not in rule["dtypes"]):
+            raise UserError(f"tensor '{name}' from {origin} is {dtype}; the plugin takes "
+                            f"{' or '.join(rule['dtypes'])}" + (" (integer dtypes are cast on export)"
+                                                                  if wants_int else ""), field=field)
+
+
+def run(call: StageCall) -> StageResult:
+    settings = call.config["capture"]
+    if settings["source"] == "dir":
+        return _from_dir(call, settings)
+    return _from_model(call, settings)
+
+
+def _from_dir(call: StageCall, settings: dict[str, Any]) -> StageResult:
+    folder = Path(call.paths["folder"])
+    files: dict[str, str] = call.paths["files"]
+    tensors = {}
+    for name, file in files.items():
+        call.progress(f"loading {file}")
+        tensors[name] = _load_file(folder / file)
+    outputs = settings["outputs"]
+    inputs = {n: t for n, t in tensors.items() if n not in outputs}
+    check_contract(inputs, settings["expect"], f"{folder.name}/", "capture.from_dir")
+    notes = [f"ignored {name} (no tensor asks for it)" for name in call.paths["ignored"]]
+    args = [{"name": n, "kind": "tensor"} for n in inputs]
+    return _write(call, inputs, {n: tensors[n] for n in outputs}, args, {}, notes, f"from {folder.name}/")
+
+
+def _resolve_module(model: Any, path: str) -> Any:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        known = [name for name, _ in model.named_modules() if name]
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        nearby = [n for n in known if n.startswith(parent)] if parent else known
+        import difflib
+
+        close = difflib.get_close_matches(path, known, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"modules there: {', '.join(nearby[:8])}"
+        raise UserError(f"no module '{path}' in {type(model).__name__}", field="capture.module",
+                        hint=hint) from None
+
+
+class _Recorded(Exception):
+    """Raised inside the model once the wanted call is recorded, to skip the rest of the forward."""
+
+
+def _move(value: Any, device: str) -> Any:
+    if hasattr(value, "to") and hasattr(value, "detach"):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_move(v, device) for v in value)
+    return value
+
+
+def build_model(model_cfg: dict[str, Any], python_path: list[str]) -> tuple[Any, Any]:
+    """The user's model (eval mode, on its device) and its forward arguments."""
+    import torch
+
+    with imports.search_path(python_path):
+        factory = imports.resolve(model_cfg["factory"], "model.factory")
+        make_inputs = imports.resolve(model_cfg["inputs"], "model.inputs")
+    model = factory(**model_cfg["kwargs"])
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"the factory returned a {type(model).__name__}, expected a torch.nn.Module",
+                        field="model.factory")
+    inputs = make_inputs(**model_cfg["inputs_kwargs"])
+    device = model_cfg["device"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device is cuda but torch sees no CUDA device", field="model.device")
+    return model.eval().to(device), _move(inputs, device)
+
+
+def forward(model: Any, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, list | tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
+    import torch
+
+    model_cfg = call.config["model"]
+    call.progress("building the model")
+    model, inputs = build_model(model_cfg, call.paths["python_path"])
+    target = _resolve_module(model, settings["module"]) if settings.get("module") else model
+    recorded: dict[str, Any] = {}
+    inside = [0]
+    seen = [0]
+
+    def enter(*_: Any) -> None:
+        inside[0] += 1
+
+    def leave(*_: Any) -> None:
+        inside[0] -= 1
+
+    def keep(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any, signature_of: Any) -> None:
+        recorded.update(args=args, kwargs=kwargs, result=result, signature_of=signature_of)
+
+    handles = []
+    call_path = settings.get("call")
+    call.progress("running the model")
+    with torch.inference_mode():
+        if call_path:
+            with imports.search_path(call.paths["python_path"]):
+                original = imports.resolve(call_path, "capture.call")
+
+            def recorder(*args: Any, **kwargs: Any) -> Any:
+                result = original(*args, **kwargs)
+                if inside[0] > 0:
+                    if seen[0] == settings["occurrence"]:
+                        keep(args, kwargs, result, original)
+                        raise _Recorded
+                    seen[0] += 1
+                return result
+
+            handles.append(target.register_forward_pre_hook(enter))
+            handles.append(target.register_forward_hook(leave, always_call=True))
+            try:
+                with imports.swap(call_path, recorder, "capture.call"):
+                    forward(model, inputs)
+            except _Recorded:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if not recorded:
+                where = f"inside '{settings['module']}'" if settings.get("module") else "during the forward"
+                raise UserError(f"'{call_path}' was called {seen[0]} time(s) {where}; "
+                                f"occurrence {settings['occurrence']} was asked for", field="capture.call",
+                                hint="check capture.module, or that the model calls this function by this name")
+        else:
+            def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+                if seen[0] == settings["occurrence"]:
+                    keep(args, kwargs, result, module.forward)
+                seen[0] += 1
+
+            handles.append(target.register_forward_hook(hook, with_kwargs=True))
+            try:
+                forward(model, inputs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    names = settings.get("names")
+    tensors, extras, args = _bind(recorded["signature_of"], recorded["args"], recorded["kwargs"], names)
+    result = recorded["result"]
+    results = result if isinstance(result, list | tuple) else [result]
+    output_names = list(settings["outputs"])
+    while len(output_names) < len(results):
+        output_names.append(f"output_{len(output_names)}")
+    outputs = {name: to_numpy(r) for name, r in zip(output_names, results, strict=False) if hasattr(r, "detach")}
+    check_contract(tensors, settings["expect"], "the call", "capture.call" if call_path else "capture.module")
+    where = settings.get("module") or type(model).__name__
+    return _write(call, tensors, outputs, args, extras, [], f"from {where}")
+
+
+def _bind(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+          names: list[str] | None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Name every argument: by `names`, else by the callable's signature."""
+    if names is None:
+        try:
+            parameters = [p.name for p in inspect.signature(function).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            parameters = []
+        names = parameters + [f"arg{i}" for i in range(len(parameters), len(args))]
+    if len(names) < len(args):
+        raise UserError(f"capture.names lists {len(names)} names but the call got {len(args)} positional "
+                        "arguments", field="capture.names")
+    tensors: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    order = []
+    for name, value in [*zip(names, args, strict=False), *kwargs.items()]:
+        if hasattr(value, "detach"):
+            tensors[name] = to_numpy(value)
+            order.append({"name": name, "kind": "tensor", "torch_dtype": torch_dtype_name(value.dtype)})
+        else:
+            extras[name] = value if isinstance(value, int | float | str | bool | type(None)) else repr(value)
+            order.append({"name": name, "kind": "extra"})
+    return tensors, extras, order
+
+
+def _write(call: StageCall, inputs: dict[str, Any], outputs: dict[str, Any], args: list[dict[str, Any]],
+           extras: dict[str, Any], notes: list[str], origin: str) -> StageResult:
+    if not outputs:
+        raise UserError("the captured call returned no tensor to compare against", field="capture")
+    call.progress("writing tensors")
+    index_inputs = save_named(call.out / "tensors", inputs)
+    index_outputs = save_named(call.out / "tensors", outputs)
+    record = {"inputs": index_inputs, "outputs": index_outputs, "args": args, "extras": extras, "notes": notes}
+    (call.out / "capture.json").write_text(json.dumps(record, indent=1))
+    first = next(iter(index_inputs.items()), None)
+    shown = f" ({describe(first[0], first[1]['dtype'], first[1]['shape'])} …)" if first else ""
+    summary = f"{len(inputs)} inputs, {len(outputs)} output{'s' if len(outputs) != 1 else ''}{shown} {origin}"
+    if notes:
+        summary += f"; {'; '.join(notes)}"
+    return StageResult(summary, {"inputs": index_inputs, "outputs": index_outputs, "extras": extras,
+                                 "notes": notes})

@@ -1,0 +1,133 @@
+"""verify: run the built artifact on the captured inputs and compare with the captured outputs.
+
+Per output: max/mean absolute error, max relative error, the count of elements outside
+`atol + rtol*|ref|`, the smallest atol that would pass at this rtol, NaN/Inf counts, and whether
+the result is all zeros or constant (the classic sign of int64 indices read as int32). Writes
+verify.json; any failed check marks the stage failed (exit code 1), naming the check.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator import backends
+from orchestrator.errors import UserError
+from orchestrator.stages import StageCall, StageResult
+from orchestrator.tensors import load_named
+
+
+def feeds_for(runner: Any, capture: Any) -> dict[str, Any]:
+    """The captured inputs by graph input name, cast to the dtypes the built graph takes."""
+    import numpy as np
+
+    record = json.loads((capture.path / "capture.json").read_text())
+    tensors = load_named(capture.path, record["inputs"], mmap=False)
+    feeds = {}
+    for spec in runner.inputs:
+        if spec.name not in tensors:
+            raise UserError(f"the graph takes an input '{spec.name}' that the capture does not have "
+                            f"(it has {', '.join(tensors)})", field="capture")
+        feeds[spec.name] = np.ascontiguousarray(tensors[spec.name], dtype=np.dtype(spec.dtype))
+    return feeds
+
+
+def reference_outputs(runner: Any, capture: Any) -> list[tuple[str, Any, Any]]:
+    """Pairs (name, graph output name, captured array): by name, or in order when names differ."""
+    record = json.loads((capture.path / "capture.json").read_text())
+    captured = load_named(capture.path, record["outputs"], mmap=False)
+    produced = [o.name for o in runner.outputs]
+    pairs = []
+    for index, (name, array) in enumerate(captured.items()):
+        if name in produced:
+            pairs.append((name, name, array))
+        elif index < len(produced):
+            pairs.append((name, produced[index], array))
+    if not pairs:
+        raise UserError("no graph output corresponds to a captured output", field="capture.outputs")
+    return pairs
+
+
+def compare(result: Any, reference: Any, atol: float, rtol: float) -> dict[str, Any]:
+    import numpy as np
+
+    ref = np.asarray(reference, dtype=np.float64)
+    got = np.asarray(result, dtype=np.float64)
+    reshaped = False
+    if got.shape != ref.shape and got.size == ref.size:
+        got = got.reshape(ref.shape)
+        reshaped = True
+    if got.shape != ref.shape:
+        return {"shape_mismatch": True, "result_shape": list(got.shape), "reference_shape": list(ref.shape)}
+    nan = int(np.isnan(got).sum())
+    inf = int(np.isinf(got).sum())
+    finite = np.isfinite(got) & np.isfinite(ref)
+    diff = np.where(finite, np.abs(got - ref), np.inf)
+    magnitude = np.abs(ref)
+    limit = atol + rtol * magnitude
+    outside = int((diff > limit).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(magnitude > 0, diff / magnitude, np.where(diff > 0, np.inf, 0.0))
+    needed = np.maximum(diff - rtol * magnitude, 0.0)
+    finite_got = got[np.isfinite(got)]
+    return {
+        "shape": list(ref.shape), "elements": int(ref.size), "reshaped": reshaped,
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "mean_abs": float(diff[np.isfinite(diff)].mean()) if np.isfinite(diff).any() else float("inf"),
+        "max_rel": float(rel.max()) if rel.size else 0.0,
+        "outside": outside, "atol": atol, "rtol": rtol,
+        "min_atol_to_pass": float(needed.max()) if needed.size else 0.0,
+        "nan": nan, "inf": inf,
+        "all_zero": bool(got.size and not np.any(got)),
+        "constant": bool(finite_got.size > 1 and finite_got.min() == finite_got.max()),
+        "reference_all_zero": bool(ref.size and not np.any(ref)),
+        "reference_abs_max": float(magnitude.max()) if magnitude.size else 0.0,
+    }
+
+
+def failures(stats: dict[str, Any], fail_on: list[str], max_mismatch: int) -> list[str]:
+    if stats.get("shape_mismatch"):
+        return [f"shape {stats['result_shape']} differs from the captured {stats['reference_shape']}"]
+    found = []
+    if "nan" in fail_on and stats["nan"]:
+        found.append(f"{stats['nan']} NaN")
+    if "inf" in fail_on and stats["inf"]:
+        found.append(f"{stats['inf']} Inf")
+    if "all_zero" in fail_on and stats["all_zero"] and not stats["reference_all_zero"]:
+        found.append("all-zero output (are int64 index tensors read as int32?)")
+    elif "constant" in fail_on and stats["constant"]:
+        found.append("constant output")
+    if stats["outside"] > max_mismatch:
+        found.append(f"{stats['outside']} of {stats['elements']} elements outside atol {stats['atol']:g} + "
+                     f"rtol {stats['rtol']:g}·|ref| (max|err| {stats['max_abs']:.2e}; passes with atol >= "
+                     f"{stats['min_atol_to_pass']:.2e})")
+    return found
+
+
+def run(call: StageCall) -> StageResult:
+    settings = call.config["verify"]
+    build, capture = call.inputs["build"], call.inputs["capture"]
+    call.progress("loading the built artifact")
+    runner = backends.open_runner(build.path, build.manifest["result"]["backend"], call.paths.get("threads", 0))
+    feeds = feeds_for(runner, capture)
+    call.progress("running")
+    results = runner.run(feeds)
+    runner.close()
+    report: dict[str, Any] = {"outputs": {}, "passed": True, "failed_checks": []}
+    lines = []
+    for name, produced, reference in reference_outputs(runner, capture):
+        tolerance = settings["per_output"].get(name, {})
+        atol, rtol = tolerance.get("atol", settings["atol"]), tolerance.get("rtol", settings["rtol"])
+        stats = compare(results[produced], reference, atol, rtol)
+        problems = failures(stats, settings["fail_on"], settings["max_mismatch"])
+        stats["failed"] = problems
+        report["outputs"][name] = stats
+        if problems:
+            report["passed"] = False
+            report["failed_checks"] += [f"{name}: {p}" for p in problems]
+            lines.append(f"{name}: FAILED {'; '.join(problems)}")
+        else:
+            lines.append(f"{name} max|err| {stats['max_abs']:.1e} <= atol {atol:g}, max rel {stats['max_rel']:.1e}, "
+                         f"{stats['nan']} NaN, {'all-zero' if stats['all_zero'] else 'not all-zero'}")
+    (call.out / "verify.json").write_text(json.dumps(report, indent=1))
+    return StageResult("; ".join(lines), report, passed=report["passed"])

@@ -1,0 +1,261 @@
+"""The content-addressed artifact store under `artifacts/`.
+
+Layout:
+  <root>/<stage>/<key>/          one artifact: the stage's files plus manifest.json
+  <root>/.tmp/                   artifacts being written (never read)
+  <root>/.locks/<key>.lock       held while a key is being produced, so it is produced once
+  <root>/.state/digests.json     file digests by stat signature (no rehash on a no-op run)
+  <root>/.state/runs/<name>.json the keys of a pipeline's last run (for `plan --why`)
+  <root>/.state/fast/            remembered plans for the no-op fast path
+  <root>/.state/inuse/<pid>.*    keys a live process uses; gc leaves them alone
+
+An artifact becomes visible only by renaming a finished directory whose manifest lists the digest
+of every file, so a run killed at any point leaves nothing a later run would trust. A manifest
+whose files do not match is treated as absent (and reported by fsck).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.digest import DigestCache, hash_file, stat_signature
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+STAGE_KINDS = ("capture", "export", "surgery", "build", "verify", "bench", "timing_cache")
+
+
+@dataclass
+class Artifact:
+    kind: str
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.manifest.get("result", {})  # type: ignore[no-any-return]
+
+    def file(self, relative: str) -> Path:
+        return self.path / relative
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).absolute()
+        self._digests: DigestCache | None = None
+
+    # -------------------------------------------------------------- paths
+    @property
+    def state(self) -> Path:
+        return self.root / ".state"
+
+    @property
+    def digests(self) -> DigestCache:
+        if self._digests is None:
+            self._digests = DigestCache(self.state / "digests.json")
+        return self._digests
+
+    def path_of(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def ensure(self) -> None:
+        for sub in (".tmp", ".locks", ".state/runs", ".state/fast", ".state/inuse"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            with contextlib.suppress(OSError):
+                ignore.write_text("# orchestrate artifact store: a cache, not source\n*\n!.gitignore\n")
+
+    # -------------------------------------------------------------- reading
+    def get(self, kind: str, key: str) -> Artifact | None:
+        artifact, _ = self.check(kind, key)
+        return artifact
+
+    def check(self, kind: str, key: str, rehash: bool = False) -> tuple[Artifact | None, str | None]:
+        """The artifact if present and intact; else None and why ('missing', or what is damaged)."""
+        path = self.path_of(kind, key)
+        manifest_path = path / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except FileNotFoundError:
+            return None, "missing"
+        except (OSError, ValueError):
+            return None, "damaged: manifest.json unreadable"
+        if manifest.get("format") != FORMAT or manifest.get("key") != key:
+            return None, "damaged: manifest does not belong to this key"
+        for relative, meta in manifest.get("files", {}).items():
+            file = path / relative
+            try:
+                size = file.stat().st_size
+            except OSError:
+                return None, f"damaged: {relative} is missing"
+            if size != meta["size"]:
+                return None, f"damaged: {relative} has {size} bytes, manifest says {meta['size']}"
+            actual = hash_file(file) if rehash else self.digests.file(file)
+            if actual != meta["digest"]:
+                return None, f"damaged: {relative} does not match its digest"
+        return Artifact(kind, key, path, manifest), None
+
+    def artifacts(self) -> Iterator[tuple[str, str, Path]]:
+        for kind in STAGE_KINDS:
+            folder = self.root / kind
+            if folder.is_dir():
+                for entry in sorted(folder.iterdir()):
+                    if entry.is_dir():
+                        yield kind, entry.name, entry
+
+    # -------------------------------------------------------------- writing
+    def lock(self, key: str) -> Any:
+        from filelock import FileLock
+
+        self.ensure()
+        return FileLock(str(self.root / ".locks" / f"{key}.lock"))
+
+    @contextlib.contextmanager
+    def writer(self, kind: str, key: str) -> Iterator[Path]:
+        """A fresh staging directory; `publish` turns it into the artifact, an exception discards it."""
+        self.ensure()
+        staging = self.root / ".tmp" / f"{kind}-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def publish(self, staging: Path, kind: str, key: str, manifest: dict[str, Any]) -> Artifact:
+        """Digest every staged file, write the manifest last, fsync, and rename into place."""
+        files = {}
+        for item in sorted(staging.rglob("*")):
+            if item.is_file() and item.name != MANIFEST:
+                relative = item.relative_to(staging).as_posix()
+                digest = hash_file(item)
+                files[relative] = {"size": item.stat().st_size, "digest": digest}
+        manifest = {"format": FORMAT, "key": key, "stage": kind, **manifest, "files": files,
+                    "created": time.time()}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        _fsync_tree(staging)
+        final = self.path_of(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            # A damaged artifact of the same key is replaced; a sound one (a racing writer) is kept.
+            existing, _ = self.check(kind, key)
+            if existing is not None:
+                return existing
+            self.discard(kind, key)
+        os.rename(staging, final)
+        _fsync_dir(final.parent)
+        for relative, meta in files.items():
+            self.digests.entries[os.path.realpath(final / relative)] = [*stat_signature(final / relative),
+                                                                        meta["digest"]]
+        self.digests.dirty = True
+        return Artifact(kind, key, final, manifest)
+
+    def discard(self, kind: str, key: str) -> None:
+        """Remove an artifact: first move it out of sight, then delete it."""
+        path = self.path_of(kind, key)
+        if not path.exists():
+            return
+        self.ensure()
+        grave = self.root / ".tmp" / f"discard-{key[:16]}-{uuid.uuid4().hex[:8]}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, grave)
+        shutil.rmtree(grave, ignore_errors=True)
+
+    # -------------------------------------------------------------- run records
+    def run_record(self, pipeline: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.state / "runs" / f"{pipeline}.json").read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    def write_run_record(self, pipeline: str, record: dict[str, Any]) -> None:
+        write_json_atomic(self.state / "runs" / f"{pipeline}.json", record)
+
+    def save(self) -> None:
+        if self._digests is not None:
+            self._digests.save()
+
+    # -------------------------------------------------------------- keys in use (for gc)
+    @contextlib.contextmanager
+    def in_use(self, keys: list[str]) -> Iterator[None]:
+        """Mark keys as in use by this process for as long as the block runs."""
+        from filelock import FileLock
+
+        self.ensure()
+        base = self.root / ".state" / "inuse" / f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        lock = FileLock(str(base) + ".lock")
+        with lock:
+            write_json_atomic(Path(str(base) + ".json"), keys)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(str(base) + ".json")
+        with contextlib.suppress(OSError):
+            os.unlink(str(base) + ".lock")
+
+    def keys_in_use(self) -> set[str]:
+        from filelock import FileLock, Timeout
+
+        used: set[str] = set()
+        folder = self.root / ".state" / "inuse"
+        if not folder.is_dir():
+            return used
+        for record in folder.glob("*.json"):
+            lock = FileLock(str(record.with_suffix(".lock")))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                with contextlib.suppress(OSError, ValueError):
+                    used.update(json.loads(record.read_text()))
+                continue
+            try:
+                record.unlink(missing_ok=True)  # its process is gone
+            finally:
+                lock.release()
+        return used
+
+    def stale_staging(self, min_age: float = 3600.0) -> list[Path]:
+        folder = self.root / ".tmp"
+        if not folder.is_dir():
+            return []
+        now = time.time()
+        return [p for p in folder.iterdir() if now - p.stat().st_mtime > min_age]
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for item in root.rglob("*"):
+        if item.is_file():
+            fd = os.open(item, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

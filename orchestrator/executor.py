@@ -102,6 +102,8 @@ class Executor:
                         report.failed_checks.append(f"{node.kind}{self._label(node)}: {outcome.summary}")
                     self.echo(ui.stage_line(node.kind, node.short, outcome.status, outcome.seconds,
                                             outcome.summary, variant_label(node, self.plan), self.colour))
+                    if outcome.reason and outcome.reason != planning.NEVER_RUN:
+                        self.echo(" " * 9 + ui.paint(f"why: {outcome.reason}", "2", self.colour))
         finally:
             self.store.save()
         self.write_record(artifacts)

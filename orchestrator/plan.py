@@ -336,10 +336,13 @@ def _show(value: Any) -> str:
     return text if len(text) <= 48 else text[:45] + "..."
 
 
+NEVER_RUN = "no earlier run of this stage"
+
+
 def explain(node: Node, previous: dict[str, Any] | None) -> str:
     """Why `node` must run, compared with the parts of the artifact of the last run (if any)."""
     if previous is None:
-        return "no earlier run of this stage"
+        return NEVER_RUN
     if previous.get("stage_version") != node.parts["stage_version"]:
         return (f"stage implementation changed (version {previous.get('stage_version')} -> "
                 f"{node.parts['stage_version']})")

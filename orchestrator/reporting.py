@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator import plan as planning
+from orchestrator import ui
 from orchestrator.executor import variant_label
 from orchestrator.plan import Plan
 from orchestrator.store import Store
@@ -30,19 +31,17 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
         for variant in matrix:
             table.add_row(*[str(v) for v in variant.choices.values()], str(len(plan.by_variant[variant.name])))
         console.print(table)
-    table = Table(title=f"{plan.spec.name}: {len(plan.nodes)} stages", title_justify="left")
-    for column in ("stage", "key", "variant", "state", "why" if why else "inputs"):
-        table.add_column(column, overflow="fold")
+    colour = ui.colour_enabled()
     reasons: dict[str, str] = {}
     stale = 0
     for node in plan.order():
         artifact, damage = store.check(node.kind, node.key)
         if artifact is not None:
-            state = "[red]cached (failed)[/red]" if not artifact.manifest.get("passed", True) else "[dim]cached[/dim]"
+            state = "failed" if not artifact.manifest.get("passed", True) else "cached"
             detail = ""
         else:
             stale += 1
-            state = "[yellow]will run[/yellow]"
+            state = "run"
             previous = None
             for variant in node.variants:
                 entry = record.get("stages", {}).get(f"{variant}/{node.kind}")
@@ -56,10 +55,9 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
                     detail += f" ({upstream})"
             reasons[node.key] = detail
         if not why:
-            detail = ", ".join(f"{role} {key[:8]}" for role, key in node.inputs.items())
-        table.add_row(node.kind, node.short, variant_label(node, plan) or "-", state, detail)
-    console.print(table)
-    console.print(f"{stale} of {len(plan.nodes)} stages would run" if stale else "nothing to do: all cached")
+            detail = " ".join(f"{role}={key[:8]}" for role, key in node.inputs.items())
+        print(ui.stage_line(node.kind, node.short, state, None, detail, variant_label(node, plan), colour))
+    print(f"{stale} of {len(plan.nodes)} stages would run" if stale else "nothing to do: all cached")
 
 
 def print_show(plan: Plan, store: Store, stage: str | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-STATUS_COLOURS = {"ran": "32", "cached": "2", "passed": "32", "failed": "31;1", "error": "31;1",
+STATUS_COLOURS = {"run": "33", "ran": "32", "cached": "2", "passed": "32", "failed": "31;1", "error": "31;1",
                   "running": "33", "waited": "2", "rebuilt": "33"}
 
 

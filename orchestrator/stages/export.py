@@ -129,13 +129,16 @@ def kernel_callable(plugin: dict[str, Any], entry: catalog.PluginEntry) -> Calla
 
     kernel = entry.load_kernel()
     attrs = plugin.get("attributes", {})
+    names = plugin["inputs"]
 
-    def compute(*tensors: Any) -> Any:
+    def compute(*args: Any, **kwargs: Any) -> Any:
+        given = dict(zip(names, args, strict=False)) | kwargs
+        tensors = [given[name] for name in names]
         outputs = kernel([np.asarray(t.detach().cpu().numpy()) for t in tensors], attrs)
         result = torch.from_numpy(np.ascontiguousarray(outputs[0])).to(tensors[0].device)
         return result.reshape(entry.result_shape(tuple(result.shape))) if entry.result_shape else result
 
-    parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in plugin["inputs"]]
+    parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
     compute.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     return compute
 

@@ -145,7 +145,8 @@ class Executor:
         clock = time.perf_counter()
         spinner = _Progress(node, self.show_progress)
         with self.store.writer(node.kind, node.key) as staging:
-            call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update)
+            call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update,
+                                    shared_dir=self.store.root / "shared")
             try:
                 with spinner:
                     result = runner(call)

@@ -24,6 +24,9 @@ class StageCall:
     inputs: dict[str, Artifact]  # role -> upstream artifact
     out: Path  # an empty staging directory
     progress: Callable[[str], None] = lambda message: None
+    # A store-managed directory for caches that speed up a stage without changing its result
+    # (TensorRT timing caches). Shared by all builds; guard writes with a lock.
+    shared_dir: Path | None = None
 
 
 @dataclass

@@ -151,6 +151,11 @@ def _make_app() -> Any:
             click.echo(f"{len(executed)} of {len(report.outcomes)} stages ran in {elapsed:.1f} s")
         for failure in report.failed_checks:
             click.echo(f"FAILED {failure}", err=True)
+        if executed:
+            from orchestrator import report as reports
+
+            folder = reports.write(plan, artifacts, report.outcomes)
+            click.echo(f"report: {folder / 'report.html'}")
         if not only and not force:
             lines = [{"kind": o.node.kind, "short": o.node.short, "label": variant_label(o.node, plan),
                       "status": "failed" if not o.artifact.manifest.get("passed", True) else "cached",

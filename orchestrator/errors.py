@@ -22,6 +22,10 @@ class UserError(Exception):
         self.line = line
         self.hint = hint
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only fields survive the trip from a worker process.
+        return (_rebuild, (type(self), self.message, self.field, self.file, self.line, self.hint))
+
     def located(self, file: str | None, line: int | None) -> UserError:
         """Fill in the place in the pipeline file, unless the error already names one."""
         if self.file is None:
@@ -44,3 +48,8 @@ class CheckFailed(Exception):
     """A stage ran to the end and its checks failed (verification mismatch, NaN, all-zero output)."""
 
     exit_code = 1
+
+
+def _rebuild(cls: type[UserError], message: str, field: str | None, file: str | None, line: int | None,
+             hint: str | None) -> UserError:
+    return cls(message, field=field, file=file, line=line, hint=hint)

@@ -20,6 +20,8 @@ from orchestrator.errors import UserError
 from orchestrator.plan import Node, Plan
 from orchestrator.store import Artifact, Store
 
+EXCLUSIVE = {"bench"}  # stages that run with nothing else running beside them
+
 
 @dataclass
 class Outcome:
@@ -94,83 +96,85 @@ class Executor:
         self.store.ensure()
         try:
             with self.store.in_use(list(self.plan.nodes)):
-                for node in self.plan.order():
-                    outcome = self.run_node(node, artifacts)
-                    artifacts[node.key] = outcome.artifact
-                    report.outcomes.append(outcome)
-                    if not outcome.artifact.manifest.get("passed", True):
-                        report.failed_checks.append(f"{node.kind}{self._label(node)}: {outcome.summary}")
-                    self.echo(ui.stage_line(node.kind, node.short, outcome.status, outcome.seconds,
-                                            outcome.summary, variant_label(node, self.plan), self.colour))
-                    if outcome.reason and outcome.reason != planning.NEVER_RUN:
-                        self.echo(" " * 9 + ui.paint(f"why: {outcome.reason}", "2", self.colour))
+                if self.jobs > 1:
+                    self._run_parallel(report, artifacts)
+                else:
+                    for node in self.plan.order():
+                        self._finished(self.run_node(node, artifacts), report, artifacts)
         finally:
             self.store.save()
         self.write_record(artifacts)
         return report
 
+    def _finished(self, outcome: Outcome, report: RunReport, artifacts: dict[str, Artifact]) -> None:
+        node = outcome.node
+        artifacts[node.key] = outcome.artifact
+        report.outcomes.append(outcome)
+        if not outcome.artifact.manifest.get("passed", True):
+            report.failed_checks.append(f"{node.kind}{self._label(node)}: {outcome.summary}")
+        self.echo(ui.stage_line(node.kind, node.short, outcome.status, outcome.seconds, outcome.summary,
+                                variant_label(node, self.plan), self.colour))
+        if outcome.reason and outcome.reason != planning.NEVER_RUN:
+            self.echo(" " * 9 + ui.paint(f"why: {outcome.reason}", "2", self.colour))
+
+    def _run_parallel(self, report: RunReport, artifacts: dict[str, Artifact]) -> None:
+        """Run each node as soon as its inputs exist, up to `jobs` at a time in worker processes."""
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+        pending = list(self.plan.order())
+        reasons = {node.key: self.why(node) for node in pending}
+        running: dict[Future[Outcome], Node] = {}
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=_quiet_worker) as pool:
+            try:
+                while pending or running:
+                    ready = [n for n in pending if all(k in artifacts for k in n.inputs.values())]
+                    for node in ready[: self.jobs - len(running)]:
+                        # A benchmark runs alone, so that other stages do not distort its timings.
+                        if any(n.kind in EXCLUSIVE for n in running.values()):
+                            break
+                        if node.kind in EXCLUSIVE:
+                            if running:
+                                continue
+                            pending.remove(node)  # in this process: worker thread pools may still spin
+                            self._finished(self.run_node(node, artifacts), report, artifacts)
+                            break
+                        pending.remove(node)
+                        inputs = {role: artifacts[key] for role, key in node.inputs.items()}
+                        running[pool.submit(produce, str(self.store.root), node, inputs, reasons[node.key],
+                                            self._forced(node), self.plan.spec.name, False)] = node
+                    if not running:
+                        if pending and not any(all(k in artifacts for k in n.inputs.values()) for n in pending):
+                            raise RuntimeError("no stage can run: the plan has a cycle")
+                        continue
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        running.pop(future)
+                        self._finished(self._located(future.result), report, artifacts)
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+
+    def _located(self, get: Callable[[], Outcome]) -> Outcome:
+        try:
+            return get()
+        except UserError as exc:
+            raise exc.located(str(self.plan.spec.path),
+                              self.plan.spec.line_of(exc.field) if exc.field else None) from None
+
     def _label(self, node: Node) -> str:
         label = variant_label(node, self.plan)
         return f" [{label}]" if label else ""
 
+    def _forced(self, node: Node) -> bool:
+        return node.kind in self.force or "all" in self.force
+
     def run_node(self, node: Node, artifacts: dict[str, Artifact]) -> Outcome:
-        forced = node.kind in self.force or "all" in self.force
-        if not forced:
-            existing, damage = self.store.check(node.kind, node.key)
-            if existing is not None:
-                return self._reused(node, existing, "cached")
-        else:
-            damage = "forced"
-        with self.store.lock(node.key):
-            if not forced:
-                existing, damage = self.store.check(node.kind, node.key)
-                if existing is not None:
-                    return self._reused(node, existing, "waited")
-                if damage and damage != "missing":
-                    self.store.discard(node.kind, node.key)
-            reason = "forced (--force)" if forced else (
-                f"rebuilt: artifact {damage}" if damage and damage != "missing" else self.why(node))
-            self.reasons.setdefault(node.key, reason)
-            return self._execute(node, artifacts, reason, forced)
-
-    def _reused(self, node: Node, artifact: Artifact, status: str) -> Outcome:
-        manifest = artifact.manifest
-        shown = "failed" if not manifest.get("passed", True) else status
-        return Outcome(node, shown, None, manifest.get("summary", ""), artifact)
-
-    def _execute(self, node: Node, artifacts: dict[str, Artifact], reason: str, forced: bool) -> Outcome:
         inputs = {role: artifacts[key] for role, key in node.inputs.items()}
-        runner = stages.load(node.kind)
-        started = time.time()
-        clock = time.perf_counter()
-        spinner = _Progress(node, self.show_progress)
-        with self.store.writer(node.kind, node.key) as staging:
-            call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update,
-                                    shared_dir=self.store.root / "shared")
-            try:
-                with spinner:
-                    result = runner(call)
-            except UserError as exc:
-                field_name = exc.field
-                raise exc.located(str(self.plan.spec.path),
-                                  self.plan.spec.line_of(field_name) if field_name else None) from None
-            except Exception as exc:  # a bug or a tool failure: keep the traceback in a log, say where
-                log = self.store.root / ".state" / "errors" / f"{node.kind}-{node.short}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                log.write_text(traceback.format_exc())
-                raise StageCrashed(node.kind, node.short, exc, log) from exc
-            elapsed = time.perf_counter() - clock
-            if forced and self.store.get(node.kind, node.key) is not None:
-                self.store.discard(node.kind, node.key)
-            artifact = self.store.publish(staging, node.kind, node.key, {
-                "parts": node.parts, "summary": result.summary, "result": result.result, "passed": result.passed,
-                "seconds": elapsed, "started": started, "reason": reason, "pipeline": self.plan.spec.name,
-                "variants": node.variants, "paths": node.paths,
-            })
-        status = "ran" if result.passed else "failed"
-        if node.kind == "verify" and result.passed:
-            status = "passed"
-        return Outcome(node, status, elapsed, result.summary, artifact, reason)
+        return self._located(lambda: produce(self.store, node, inputs, lambda: self.why(node), self._forced(node),
+                                             self.plan.spec.name, self.show_progress))
 
     def write_record(self, artifacts: dict[str, Artifact]) -> None:
         stages_record = dict(self.record.get("stages", {}))
@@ -182,12 +186,93 @@ class Executor:
         self.store.write_run_record(self.plan.spec.name, {"stages": stages_record, "updated": time.time()})
 
 
+def _quiet_worker() -> None:
+    """Idle OpenMP threads in workers must sleep, not spin: spinning steals the cores a benchmark times."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason: str | Callable[[], str],
+            forced: bool, pipeline: str, progress: bool) -> Outcome:
+    """Reuse the node's artifact or make it, once across processes (per-key lock, then re-check)."""
+    if isinstance(store, str):  # in a worker process
+        store = Store(store)
+        try:
+            return produce(store, node, inputs, reason, forced, pipeline, progress)
+        finally:
+            store.save()
+    if not forced:
+        existing, damage = store.check(node.kind, node.key)
+        if existing is not None:
+            return _reused(node, existing, "cached")
+    else:
+        damage = "forced"
+    with store.lock(node.key):
+        if not forced:
+            existing, damage = store.check(node.kind, node.key)
+            if existing is not None:
+                return _reused(node, existing, "waited")
+            if damage and damage != "missing":
+                store.discard(node.kind, node.key)
+        if forced:
+            why = "forced (--force)"
+        elif damage and damage != "missing":
+            why = f"rebuilt: artifact {damage}"
+        else:
+            why = reason() if callable(reason) else reason
+        return _execute(store, node, inputs, why, forced, pipeline, progress)
+
+
+def _reused(node: Node, artifact: Artifact, status: str) -> Outcome:
+    manifest = artifact.manifest
+    shown = "failed" if not manifest.get("passed", True) else status
+    return Outcome(node, shown, None, manifest.get("summary", ""), artifact)
+
+
+def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str, forced: bool, pipeline: str,
+             progress: bool) -> Outcome:
+    runner = stages.load(node.kind)
+    started = time.time()
+    clock = time.perf_counter()
+    spinner = _Progress(node, progress)
+    with store.writer(node.kind, node.key) as staging:
+        call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update,
+                                shared_dir=store.root / "shared")
+        try:
+            with spinner:
+                result = runner(call)
+        except UserError:
+            raise
+        except Exception as exc:  # a bug or a tool failure: keep the traceback in a log, say where
+            log = store.root / ".state" / "errors" / f"{node.kind}-{node.short}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            raise StageCrashed(node.kind, node.short, exc, log) from exc
+        elapsed = time.perf_counter() - clock
+        if forced and store.get(node.kind, node.key) is not None:
+            store.discard(node.kind, node.key)
+        artifact = store.publish(staging, node.kind, node.key, {
+            "parts": node.parts, "summary": result.summary, "result": result.result, "passed": result.passed,
+            "seconds": elapsed, "started": started, "reason": reason, "pipeline": pipeline,
+            "variants": node.variants, "paths": node.paths,
+        })
+    status = "ran" if result.passed else "failed"
+    if node.kind == "verify" and result.passed:
+        status = "passed"
+    return Outcome(node, status, elapsed, result.summary, artifact, reason)
+
+
 class StageCrashed(Exception):
     """A stage raised something that is not a user error: a bug, or a tool that broke."""
 
-    def __init__(self, kind: str, short: str, error: BaseException, log: Any):
-        super().__init__(f"{kind} {short} crashed: {type(error).__name__}: {error}")
-        self.log = log
+    def __init__(self, kind: str, short: str, error: BaseException | str, log: Any):
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"{kind} {short} crashed: {text}")
+        self.kind, self.short, self.text, self.log = kind, short, text, log
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (StageCrashed, (self.kind, self.short, self.text, self.log))
 
 
 class _Progress:

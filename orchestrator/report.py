@@ -1,0 +1,340 @@
+"""report.json and a self-contained report.html for a pipeline's latest run.
+
+The JSON is the record: pipeline and resolved config per variant, the stage DAG with keys, times
+and cached/ran, verify statistics per variant and output (with the error histogram and a sample of
+reference/result pairs recorded by verify), bench figures, the equivalent trtexec command and tool
+versions. The HTML renders the same record with inline SVG pictures (matplotlib), so it opens with
+no network and no other file.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.executor import Outcome, variant_label
+from orchestrator.plan import Plan
+from orchestrator.store import Store, write_json_atomic
+
+STAGE_COLUMNS = ("capture", "export", "surgery", "build", "verify", "bench")
+
+
+def report_dir(store: Store, pipeline: str) -> Path:
+    return store.root / "reports" / pipeline
+
+
+def collect(plan: Plan, store: Store, outcomes: list[Outcome] | None = None) -> dict[str, Any]:
+    """The report record, from the plan and what the store holds for it."""
+    by_key = {o.node.key: o for o in outcomes or []}
+    stages = []
+    tools: dict[str, str] = {}
+    verify: dict[str, Any] = {}
+    bench: dict[str, Any] = {}
+    trtexec: dict[str, str] = {}
+    for node in plan.order():
+        artifact = store.get(node.kind, node.key)
+        outcome = by_key.get(node.key)
+        manifest = artifact.manifest if artifact else {}
+        tools.update(node.parts.get("tools", {}))
+        status = outcome.status if outcome else ("cached" if artifact else "not built")
+        stages.append({
+            "kind": node.kind, "key": node.key, "label": variant_label(node, plan), "variants": node.variants,
+            "inputs": node.inputs, "status": status, "passed": manifest.get("passed", True) if artifact else None,
+            "seconds": manifest.get("seconds"), "ran_now": bool(outcome and outcome.seconds is not None),
+            "summary": manifest.get("summary", ""), "reason": outcome.reason if outcome else "",
+        })
+        if artifact is None:
+            continue
+        for variant in node.variants:
+            if node.kind == "verify":
+                data = json.loads((artifact.path / "verify.json").read_text())
+                verify[variant] = data
+            elif node.kind == "bench":
+                bench[variant] = json.loads((artifact.path / "bench.json").read_text())
+            elif node.kind == "build" and (artifact.path / "trtexec.txt").exists():
+                trtexec[variant] = (artifact.path / "trtexec.txt").read_text().strip()
+    variants = [{"name": v.name, "choices": v.choices, "config": v.data} for v in plan.spec.variants
+                if v.name in plan.by_variant]
+    return {
+        "format": 1,
+        "generated": time.time(),
+        "pipeline": {"name": plan.spec.name, "file": str(plan.spec.path)},
+        "passed": all(s["passed"] is not False for s in stages),
+        "variants": variants,
+        "stages": stages,
+        "verify": verify,
+        "bench": bench,
+        "trtexec": trtexec,
+        "tools": dict(sorted(tools.items())),
+    }
+
+
+def write(plan: Plan, store: Store, outcomes: list[Outcome] | None = None) -> Path:
+    """Write report.json and report.html; return the folder."""
+    record = collect(plan, store, outcomes)
+    folder = report_dir(store, plan.spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "report.json", record)
+    page = render_html(record)
+    tmp = folder / ".report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(folder / "report.html")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+def _svg(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "svg.fonttype": "none"})
+    return plt.subplots(figsize=(width, height))
+
+
+def dag_picture(record: dict[str, Any]) -> str:
+    """Stages as boxes in columns (capture → … → bench), arrows from inputs; colour = ran/cached/failed."""
+    stages = record["stages"]
+    columns = [c for c in STAGE_COLUMNS if any(s["kind"] == c for s in stages)]
+    rows = max(sum(s["kind"] == c for s in stages) for c in columns)
+    figure, axes = _figure(2.3 * len(columns) + 0.5, 0.8 * rows + 0.8)
+    position = {}
+    for col, kind in enumerate(columns):
+        members = [s for s in stages if s["kind"] == kind]
+        for row, stage in enumerate(members):
+            y = (rows - 1) / 2 - row + (len(members) - 1) / 2 - (rows - 1) / 2
+            position[stage["key"]] = (col, y)
+    for stage in stages:
+        for key in stage["inputs"].values():
+            if key in position:
+                (x0, y0), (x1, y1) = position[key], position[stage["key"]]
+                adjacent = x1 - x0 == 1  # longer edges (capture -> verify) are drawn faint
+                axes.annotate("", xy=(x1 - 0.42, y1), xytext=(x0 + 0.42, y0), zorder=0,
+                              arrowprops={"arrowstyle": "->", "color": "#777" if adjacent else "#ccd",
+                                          "lw": 1 if adjacent else 0.6})
+    colours = {"failed": "#f4b6b6", "ran": "#b9e4c0", "passed": "#b9e4c0", "cached": "#e3e7ee",
+               "waited": "#e3e7ee", "not built": "#fff3c4"}
+    for stage in stages:
+        x, y = position[stage["key"]]
+        status = "failed" if stage["passed"] is False else stage["status"]
+        axes.add_patch(_box(x, y, colours.get(status, "#e3e7ee")))
+        label = stage["label"] if stage["label"] and stage["label"] != "all variants" else ""
+        values = ",".join(_short_choice(part.split("=", 1)[-1]) for part in label.split(",")) if label else ""
+        text = f"{stage['kind']} {stage['key'][:8]}\n{status}" + (f" · {values[:20]}" if values else "")
+        axes.text(x, y, text, ha="center", va="center", fontsize=7.5, family="monospace")
+    axes.set_xlim(-0.6, len(columns) - 0.4)
+    axes.set_ylim(-rows / 2 - 0.1, rows / 2 + 0.1)
+    axes.axis("off")
+    return _svg(figure)
+
+
+def _short_choice(value: str) -> str:
+    """'encoder.layers.3.self_attn' -> '3.self_attn': enough to tell variants apart in a small box."""
+    return ".".join(value.split(".")[-2:]) if len(value) > 12 and "." in value else value
+
+
+def _box(x: float, y: float, colour: str) -> Any:
+    from matplotlib.patches import FancyBboxPatch
+
+    return FancyBboxPatch((x - 0.42, y - 0.28), 0.84, 0.56, boxstyle="round,pad=0.02", facecolor=colour,
+                          edgecolor="#667")
+
+
+def error_histogram(stats: dict[str, Any]) -> str | None:
+    histogram = stats.get("histogram")
+    if not histogram:
+        return None
+    figure, axes = _figure(4.2, 2.4)
+    edges, counts = histogram["log10_edges"], histogram["counts"]
+    axes.bar(edges[:-1], counts, width=[b - a for a, b in itertools.pairwise(edges)],
+             align="edge", color="#4a78c2", edgecolor="white", linewidth=0.3)
+    if histogram.get("exact"):
+        axes.set_title(f"|error| (log10); {histogram['exact']} elements exact", fontsize=9)
+    else:
+        axes.set_title("|error| (log10)", fontsize=9)
+    axes.axvline(_log10(stats["atol"]), color="#c0392b", linestyle="--", linewidth=1, label="atol")
+    axes.set_yscale("log")
+    axes.set_xlabel("log10 |result - reference|")
+    axes.set_ylabel("elements")
+    axes.legend(loc="upper left", fontsize=7)
+    return _svg(figure)
+
+
+def _log10(value: float) -> float:
+    import math
+
+    return math.log10(value) if value > 0 else -12.0
+
+
+def scatter(stats: dict[str, Any]) -> str | None:
+    sample = stats.get("sample")
+    if not sample:
+        return None
+    figure, axes = _figure(2.8, 2.6)
+    reference, result = sample["reference"], sample["result"]
+    axes.scatter(reference, result, s=3, alpha=0.5, color="#4a78c2", linewidths=0)
+    low, high = min(reference + result), max(reference + result)
+    axes.plot([low, high], [low, high], color="#c0392b", linewidth=0.8)
+    axes.set_xlabel("reference")
+    axes.set_ylabel("result")
+    axes.set_title(f"{len(reference)} sampled elements", fontsize=9)
+    return _svg(figure)
+
+
+def bench_picture(bench: dict[str, dict[str, Any]]) -> str | None:
+    """Every timed iteration of every variant, one line each, with its median dashed."""
+    series = {variant: figures["timings_ms"] for variant, figures in bench.items() if figures.get("timings_ms")}
+    if not series:
+        return None
+    figure, axes = _figure(6.0, 2.6)
+    for index, (variant, timings) in enumerate(series.items()):
+        colour = f"C{index % 10}"
+        axes.plot(range(1, len(timings) + 1), timings, marker=".", color=colour, linewidth=0.8,
+                  label=variant or "latency")
+        axes.axhline(bench[variant]["median_ms"], color=colour, linestyle="--", linewidth=0.7)
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("ms")
+    axes.set_title("latency per iteration (dashed: median)", fontsize=9)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _svg(figure)
+
+
+# ------------------------------------------------------------------------------------------ HTML
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
+color:#1d2330;padding:0 16px}
+h1{font-size:22px;margin-bottom:2px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #dde;padding-bottom:4px}
+h3{font-size:14px;margin:16px 0 6px}
+.muted{color:#667}.badge{display:inline-block;padding:2px 10px;border-radius:10px;font-weight:600;font-size:13px}
+.ok{background:#d6f5dc;color:#17612a}.bad{background:#fbd9d9;color:#8a1c1c}.run{background:#e0ecff;color:#1d4ea0}
+table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
+th,td{border:1px solid #dde;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f4f6fa}
+td.num{text-align:right;font-variant-numeric:tabular-nums}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace}
+pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px;border-radius:4px}
+.figs{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.figs svg{max-width:100%;height:auto}
+details summary{cursor:pointer;color:#1d4ea0}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
+    numeric = numeric or set()
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(
+        f"<td class='num'>{_e(c)}</td>" if i in numeric else f"<td>{c if str(c).startswith('<') else _e(c)}</td>"
+        for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3e}" if value and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.4g}"
+    return str(value)
+
+
+def render_html(record: dict[str, Any]) -> str:
+    pipeline = record["pipeline"]
+    passed = record["passed"]
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>orchestrate report: "
+             f"{_e(pipeline['name'])}</title><style>{STYLE}</style></head><body>"]
+    badge = "<span class='badge ok'>passed</span>" if passed else "<span class='badge bad'>failed</span>"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["generated"]))
+    parts.append(f"<h1>{_e(pipeline['name'])} {badge}</h1><div class='muted'>{_e(pipeline['file'])} · {when}</div>")
+
+    variants = record["variants"]
+    if len(variants) > 1 or (variants and variants[0]["name"]):
+        keys = list(variants[0]["choices"])
+        rows = [[v["choices"][k] for k in keys] + [_variant_verdict(record, v["name"])] for v in variants]
+        parts.append("<h2>Variants</h2>" + _table([*keys, "verify"], rows))
+
+    parts.append("<h2>Stages</h2><div class='figs'>" + dag_picture(record) + "</div>")
+    rows = []
+    for stage in record["stages"]:
+        state = stage["status"] if stage["passed"] is not False else "failed"
+        cls = "bad" if state == "failed" else ("run" if stage["ran_now"] else "ok")
+        seconds = f"{stage['seconds']:.2f}" if stage["seconds"] is not None else ""
+        rows.append([stage["kind"], f"<code>{_e(stage['key'][:12])}</code>", stage["label"] or "-",
+                     f"<span class='badge {cls}'>{_e(state)}</span>", seconds, stage["summary"]])
+    parts.append(_table(["stage", "key", "variant", "state", "seconds", "summary"], rows, {4}))
+
+    if record["verify"]:
+        parts.append("<h2>Verification</h2>")
+    for variant, data in record["verify"].items():
+        title = variant or "result"
+        verdict = "<span class='badge ok'>passed</span>" if data.get("passed") else \
+            "<span class='badge bad'>failed</span>"
+        parts.append(f"<h3>{_e(title)} {verdict}</h3>")
+        rows = []
+        for name, stats in data.get("outputs", {}).items():
+            if stats.get("shape_mismatch"):
+                rows.append([name, "shape mismatch", "", "", "", "", "", "", "", ""])
+                continue
+            rows.append([name, _fmt(stats["max_abs"]), _fmt(stats["mean_abs"]), _fmt(stats["max_rel"]),
+                         f"{stats['outside']} / {stats['elements']}", _fmt(stats["min_atol_to_pass"]),
+                         f"{_fmt(stats['atol'])} / {_fmt(stats['rtol'])}", stats["nan"], stats["inf"],
+                         "yes" if stats["all_zero"] else "no"])
+        parts.append(_table(["output", "max abs", "mean abs", "max rel", "outside tol", "smallest passing atol",
+                             "atol / rtol", "NaN", "Inf", "all-zero"], rows, {1, 2, 3, 5, 7, 8}))
+        for check in data.get("failed_checks", []):
+            parts.append(f"<div class='badge bad'>{_e(check)}</div>")
+        pictures = []
+        for stats in data.get("outputs", {}).values():
+            pictures += [p for p in (error_histogram(stats), scatter(stats)) if p]
+        if pictures:
+            parts.append("<div class='figs'>" + "".join(pictures) + "</div>")
+
+    if record["bench"]:
+        parts.append("<h2>Benchmark</h2>")
+        rows = []
+        for variant, figures in record["bench"].items():
+            rows.append([variant or "-", figures.get("backend"), figures.get("timer"), _fmt(figures["min_ms"]),
+                         _fmt(figures["median_ms"]), _fmt(figures["p90_ms"]), _fmt(figures["p99_ms"]),
+                         figures["iterations"], _fmt(figures["throughput_per_s"]),
+                         _fmt((figures["bytes_in"] + figures["bytes_out"]) / 1e6), _fmt(figures["bandwidth_gb_s"])])
+        parts.append(_table(["variant", "backend", "timer", "min ms", "median ms", "p90 ms", "p99 ms", "runs",
+                             "per s", "MB moved", "GB/s"], rows, set(range(3, 11))))
+        picture = bench_picture(record["bench"])
+        if picture:
+            parts.append("<div class='figs'>" + picture + "</div>")
+
+    if record["trtexec"]:
+        parts.append("<h2>Equivalent trtexec command</h2>")
+        for variant, command in record["trtexec"].items():
+            parts.append((f"<h3>{_e(variant)}</h3>" if variant else "") + f"<pre>{_e(command)}</pre>")
+
+    parts.append("<h2>Tools</h2>" + _table(["tool", "version"], [[k, v] for k, v in record["tools"].items()]))
+    parts.append("<h2>Resolved configuration</h2>")
+    for variant in variants:
+        summary = _e(variant["name"] or pipeline["name"])
+        parts.append(f"<details><summary>{summary}</summary><pre>{_e(json.dumps(variant['config'], indent=2))}"
+                     "</pre></details>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def _variant_verdict(record: dict[str, Any], variant: str) -> str:
+    data = record["verify"].get(variant)
+    if data is None:
+        return "not run"
+    return "passed" if data.get("passed") else "failed"

@@ -8,6 +8,7 @@ import torch
 
 from examples.ops.msda import ms_deform_attn
 from orchestrator.plugins import msda as entry_module
+from orchestrator.plugins import msda_kernel
 from orchestrator.plugins.msda_kernel import msda
 
 
@@ -69,6 +70,85 @@ def test_fp16_inputs_are_computed_in_fp32_and_returned_in_fp16() -> None:
     assert result.dtype == np.float16
     widened = [t.float() if t.is_floating_point() else t for t in half]
     np.testing.assert_allclose(result.astype(np.float32), reference(widened), atol=2e-3, rtol=2e-3)
+
+
+def softmax_case(batch: int, queries: int, shapes: list[tuple[int, int]], heads: int = 4, dim: int = 8,
+                 points: int = 4, seed: int = 1) -> list[torch.Tensor]:
+    """Self-attention-like inputs as the model makes them: pixel-centre references, offsets of a few
+    pixels, softmax weights over levels and points."""
+    generator = torch.Generator().manual_seed(seed)
+    case = make_case(batch, queries, heads, dim, shapes, points, 1.0, seed)
+    reference_xy = torch.rand(batch, queries, 1, 1, 1, 2, generator=generator)
+    sizes = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32)[None, None, None, :, None, :]
+    offsets = torch.randn(batch, queries, heads, len(shapes), points, 2, generator=generator) * 3.0
+    case[3] = reference_xy + offsets / sizes
+    logits = torch.randn(batch, queries, heads, len(shapes) * points, generator=generator)
+    case[4] = logits.softmax(-1).view(batch, queries, heads, len(shapes), points)
+    return case
+
+
+def test_float32_kernel_is_within_1e6_of_float64_with_softmax_weights() -> None:
+    case = softmax_case(2, 300, [(20, 32), (10, 16), (5, 8)])
+    np.testing.assert_allclose(run(case), reference(case), atol=1e-6, rtol=0)
+
+
+def test_kernel_is_within_1e5_of_the_float32_grid_sample_formulation() -> None:
+    case = softmax_case(1, 500, [(40, 64), (20, 32), (10, 16)], heads=8, dim=32)
+    value, spatial, starts, locations, weights = case
+    float32_result = ms_deform_attn(value, spatial, starts, locations, weights).numpy().reshape(run(case).shape)
+    assert np.abs(run(case) - float32_result).max() <= 1e-5
+
+
+def test_fp16_blocks_batches_and_cross_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float16 inputs widened block by block (several blocks here), N > 1 and Lq != S together."""
+    monkeypatch.setattr(msda_kernel, "WIDEN_BLOCK", 7)
+    case = softmax_case(3, 40, [(6, 7), (3, 4)], heads=2, dim=4)
+    assert case[0].shape[1] != case[3].shape[1]
+    half = [t.half() if t.is_floating_point() else t for t in case]
+    result = run(half)
+    assert result.dtype == np.float16 and result.shape == (3, 40, 2, 4)
+    widened = [t.float() if t.is_floating_point() else t for t in half]
+    np.testing.assert_allclose(result.astype(np.float32), reference(widened), atol=2e-3, rtol=2e-3)
+
+
+def test_non_contiguous_inputs_give_the_same_result() -> None:
+    case = make_case(2, 9, 3, 4, [(5, 6), (2, 3)], 2, 1.2)
+    arrays = [t.numpy() for t in case]
+    arrays[1], arrays[2] = arrays[1].astype(np.int32), arrays[2].astype(np.int32)
+    strided = [np.asfortranarray(a) if a.ndim > 1 else a for a in arrays]
+    assert not strided[0].flags.c_contiguous
+    np.testing.assert_array_equal(msda(strided)[0], msda(arrays)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_peak_numpy_memory_is_at_most_four_outputs(dtype) -> None:
+    """tracemalloc sees every NumPy allocation the wrapper makes (the compiled loop allocates none).
+
+    float32: the output is the only allocation. float16 at self-attention shapes (S = Lq): the
+    output, value widened once (twice the output) and one widened block of queries.
+    """
+    import tracemalloc
+
+    case = softmax_case(1, 2000, [(40, 50)], heads=8, dim=32)
+    arrays = [t.numpy().astype(dtype) if t.is_floating_point() else t.numpy().astype(np.int32) for t in case]
+    msda(arrays)  # compiled and warm
+    tracemalloc.start()
+    try:
+        result = msda(arrays)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 4 * result.nbytes, (peak, result.nbytes)
+    if dtype == np.float32:
+        assert peak < result.nbytes + 4096, (peak, result.nbytes)
+
+
+def test_inconsistent_shapes_are_refused_before_the_compiled_loop() -> None:
+    case = make_case(1, 4, 2, 3, [(4, 5)], 1, 1.0)
+    arrays = [t.numpy() for t in case]
+    arrays[4] = arrays[4][:, :, :1]
+    with pytest.raises(ValueError, match="heads"):
+        msda(arrays)
 
 
 def test_index_tensors_that_do_not_fit_are_refused() -> None:

@@ -77,7 +77,14 @@ ENTRY = PluginEntry(
 
 
 def kernel_inputs_ok(inputs: list[Any]) -> None:
-    """Refuse index tensors that would read outside `value` (the kernel does no bounds checks)."""
+    """Refuse inputs that would make the kernel read outside its arrays (it does no bounds checks)."""
+    shapes = [tuple(int(d) for d in x.shape) for x in inputs]
+    ranks = [contract.rank for contract in ENTRY.inputs]
+    if [len(s) for s in shapes] != ranks:
+        raise ValueError(f"input ranks {[len(s) for s in shapes]} differ from {ranks}; shapes {shapes}")
+    problems = _check_shapes(shapes)
+    if problems:
+        raise ValueError("; ".join(problems))
     value, spatial, starts = inputs[0], inputs[1], inputs[2]
     tokens = value.shape[1]
     for level, ((height, width), start) in enumerate(zip(spatial.tolist(), starts.tolist(), strict=True)):

@@ -2,7 +2,13 @@
 
 One pass over (batch, query) pairs, each accumulating its M x D output in place: no temporaries
 beyond the output itself, unlike the grid_sample formulation that materialises every sample.
-Computes in float32; float16 inputs are widened once and the result narrowed back.
+
+Arithmetic: the sampling position `loc * size - 0.5` is formed in float64 (exact for a float32
+location and an integer size, so no rounding before the floor), the bilinear weights and the
+accumulation are float32, as in the plugin. float16 (or any other float) inputs are widened to
+float32 a block of queries at a time and the result is returned in the dtype of `value`.
+
+The compiled kernel is cached on disk (`cache=True`): only the first run on a machine compiles.
 """
 
 from __future__ import annotations
@@ -15,11 +21,17 @@ import numpy as np
 
 from orchestrator.plugins.msda import kernel_inputs_ok
 
+# Most queries widened to float32 at a time when the inputs are not float32; a call takes at least
+# eight blocks of 256 or more, so the float32 copies of locations, weights and the output block
+# stay well below the output's own size.
+WIDEN_BLOCK = 4096
+
 
 @numba.njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _msda_f32(value, spatial, starts, locations, weights, out):  # pragma: no cover - compiled
     batch, _, heads, dim = value.shape
     queries, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
+    one = np.float32(1.0)
     for nq in numba.prange(batch * queries):
         n = nq // queries
         q = nq - n * queries
@@ -30,17 +42,19 @@ def _msda_f32(value, spatial, starts, locations, weights, out):  # pragma: no co
                 width = spatial[level, 1]
                 base = starts[level]
                 for p in range(points):
-                    w_im = locations[n, q, m, level, p, 0] * width - 0.5
-                    h_im = locations[n, q, m, level, p, 1] * height - 0.5
+                    w_im = np.float64(locations[n, q, m, level, p, 0]) * width - 0.5
+                    h_im = np.float64(locations[n, q, m, level, p, 1]) * height - 0.5
                     if not (h_im > -1.0 and w_im > -1.0 and h_im < height and w_im < width):
                         continue
                     attn = weights[n, q, m, level, p]
-                    h_low = math.floor(h_im)
-                    w_low = math.floor(w_im)
-                    lh = h_im - h_low
-                    lw = w_im - w_low
-                    hh = 1.0 - lh
-                    hw = 1.0 - lw
+                    h_floor = math.floor(h_im)
+                    w_floor = math.floor(w_im)
+                    lh = np.float32(h_im - h_floor)
+                    lw = np.float32(w_im - w_floor)
+                    hh = one - lh
+                    hw = one - lw
+                    h_low = int(h_floor)
+                    w_low = int(w_floor)
                     if h_low >= 0 and w_low >= 0:
                         c = hh * hw * attn
                         row = base + h_low * width + w_low
@@ -64,14 +78,28 @@ def _msda_f32(value, spatial, starts, locations, weights, out):  # pragma: no co
 
 
 def msda(inputs: list[Any], attrs: dict[str, Any] | None = None) -> list[np.ndarray]:
-    """Run the plugin on NumPy arrays: [value, spatial_shapes, level_start_index, locations, weights]."""
+    """Run the plugin on NumPy arrays: [value, spatial_shapes, level_start_index, locations, weights].
+
+    Returns `[output]`, `[N, Lq, M, D]` in the dtype of `value`. float32 inputs are used in place;
+    the only allocation is the output.
+    """
     value, spatial, starts, locations, weights = (np.asarray(x) for x in inputs)
-    kernel_inputs_ok([value, spatial, starts])
-    out_dtype = value.dtype
-    as_f32 = [np.ascontiguousarray(x, dtype=np.float32) for x in (value, locations, weights)]
+    kernel_inputs_ok([value, spatial, starts, locations, weights])
     spatial32 = np.ascontiguousarray(spatial, dtype=np.int32)
     starts32 = np.ascontiguousarray(starts, dtype=np.int32)
     batch, _, heads, dim = value.shape
-    out = np.zeros((batch, locations.shape[1], heads, dim), dtype=np.float32)
-    _msda_f32(as_f32[0], spatial32, starts32, as_f32[1], as_f32[2], out)
-    return [out if out_dtype == np.float32 else out.astype(out_dtype)]
+    queries = locations.shape[1]
+    value32 = np.ascontiguousarray(value, dtype=np.float32)
+    if value.dtype == locations.dtype == weights.dtype == np.float32:
+        out = np.zeros((batch, queries, heads, dim), dtype=np.float32)
+        _msda_f32(value32, spatial32, starts32, np.ascontiguousarray(locations), np.ascontiguousarray(weights), out)
+        return [out]
+    out = np.empty((batch, queries, heads, dim), dtype=value.dtype)
+    size = min(WIDEN_BLOCK, max(256, -(-queries // 8)))
+    for first in range(0, queries, size):
+        block = slice(first, min(first + size, queries))
+        part = np.zeros((batch, block.stop - first, heads, dim), dtype=np.float32)
+        _msda_f32(value32, spatial32, starts32, np.ascontiguousarray(locations[:, block], dtype=np.float32),
+                  np.ascontiguousarray(weights[:, block], dtype=np.float32), part)
+        out[:, block] = part
+    return [out]

@@ -11,6 +11,7 @@ Build writes segments/*.onnx and runplan.json; `Runner` executes that plan.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,10 +196,12 @@ class Runner:
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec(**meta) for meta in self.plan["outputs"]]
 
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+    def run(self, feeds: dict[str, Any], keep: Sequence[str] = ()) -> dict[str, Any]:
+        """The graph outputs, plus the intermediate tensors named in `keep` (e.g. plugin node outputs)."""
         import numpy as np
 
         env = dict(feeds)
+        kept: dict[str, Any] = {}
         for step, target in self.steps:
             if step["type"] == "onnx":
                 values = target.run(step["outputs"], {n: env[n] for n in step["inputs"]})
@@ -210,12 +213,42 @@ class Runner:
                 if self.half:
                     values = [v.astype(np.float32) if v.dtype == np.float16 else v for v in values]
             env.update(zip(step["outputs"], values, strict=True))
+            kept.update({name: env[name] for name in keep if name in step["outputs"]})
             for name in step["free"]:
                 env.pop(name, None)
-        return {meta["name"]: env[meta["name"]] for meta in self.plan["outputs"]}
+        return {**kept, **{meta["name"]: env[meta["name"]] for meta in self.plan["outputs"]}}
 
     def close(self) -> None:
         self.steps.clear()
+
+
+def single_session(model: Any, entries: dict[str, catalog.PluginEntry], threads: int = 0) -> Any:
+    """One ONNX Runtime session for the whole plugin graph, the plugins as onnxruntime-extensions ops.
+
+    The alternative to the partitioned `Runner` for code that wants a single session: each plugin
+    node is moved into the domain its entry registers (see `PluginEntry.register_onnxruntime_extensions`).
+    onnxruntime-extensions returns a Python op's outputs through Python lists, so this is slower.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime_extensions import get_library_path
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    domains = set()
+    for node in rewritten.graph.node:
+        if is_plugin(node, set(entries)):
+            entry = entries.get(node.op_type) or catalog.lookup(node.op_type)
+            node.domain = entry.register_onnxruntime_extensions()
+            domains.add(node.domain)
+    present = {o.domain for o in rewritten.opset_import}
+    rewritten.opset_import.extend(onnx.helper.make_opsetid(d, 1) for d in sorted(domains - present))
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(rewritten.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _load_kernel(path: str) -> Any:

@@ -3,7 +3,20 @@
 An entry is the single source of truth for its plugin: input names, ranks and dtypes, attributes,
 versions, the output shape rule, the precisions it runs, and the reference kernel that the
 embedded backend runs in place of the plugin. The exporter, the build preflight and the verifier
-all read it from here, so a new plugin is one new module and one line in `BUILTIN`.
+all read it from here, so a new plugin is one new module and one line in `BUILTIN` (or, for a
+user's own plugin, an entry in the user's code that `export.plugins[].catalog` points at).
+
+Registration with ONNX Runtime, two ways, both driven by the entry alone:
+
+* partitioned (the embedded backend's default): the build cuts the graph at every node whose op
+  type is a declared plugin and records the entry's `kernel` import path for it in runplan.json;
+  the runner calls `kernel(arrays, attributes)` between ONNX Runtime sessions of the standard
+  parts, handing NumPy arrays over without copies.
+* one session: `register_onnxruntime_extensions()` registers the kernel as an onnxruntime-extensions
+  Python op (domain `ai.onnx.contrib`) typed from the contract; `backends.onnxruntime.single_session`
+  moves the plugin nodes into that domain and opens one session for the whole graph. Simpler to
+  embed elsewhere, but onnxruntime-extensions passes outputs through Python lists, which costs
+  more than the kernel itself at real sizes.
 
 Importing the catalog is cheap: kernels (NumPy, Numba) load only when a plugin node runs.
 """
@@ -51,10 +64,11 @@ class PluginEntry:
     output_shape: Callable[[Sequence[Shape]], Shape]
     kernel: str  # import path of `kernel(inputs: list[np.ndarray], attrs: dict) -> list[np.ndarray]`
     precisions: tuple[str, ...] = ("fp32", "fp16")
-    attributes: dict[str, str] = field(default_factory=dict)  # plugin field name -> ONNX attribute type
+    attributes: dict[str, str] = field(default_factory=dict)  # plugin field name -> "int", "float" or "string"
     check_shapes: Callable[[Sequence[Shape]], list[str]] | None = None
     result_shape: Callable[[Shape], Shape] | None = None  # how the model used the output (e.g. merge heads)
     library: str = "libnvinfer_plugin (NVIDIA's plugins, initialised with init_libnvinfer_plugins)"
+    output_dtype_from: int = 0  # the output has the dtype of this input
     doc: str = ""
 
     def input_names(self) -> list[str]:
@@ -63,6 +77,38 @@ class PluginEntry:
     def load_kernel(self) -> Callable[[list[Any], dict[str, Any]], list[Any]]:
         module_name, _, attr = self.kernel.partition(":")
         return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+
+    def output_dtype(self, dtypes: Sequence[str]) -> str:
+        return dtypes[self.output_dtype_from]
+
+    def register_onnxruntime_extensions(self) -> str:
+        """Register the kernel as an onnxruntime-extensions Python op named `op`; return its ONNX domain.
+
+        The op takes each input's first contract dtype (float32 for float inputs) and the attributes
+        plugin_version, plugin_namespace and `attributes`. Registering twice is a no-op.
+        """
+        from onnxruntime_extensions import PyCustomOpDef, default_opset_domain, onnx_op
+
+        domain: str = default_opset_domain()
+        if self.op in _REGISTERED:
+            return domain
+        types = {"float32": PyCustomOpDef.dt_float, "float16": PyCustomOpDef.dt_float16,
+                 "int32": PyCustomOpDef.dt_int32, "int64": PyCustomOpDef.dt_int64, "int8": PyCustomOpDef.dt_int8,
+                 "uint8": PyCustomOpDef.dt_uint8, "bool": PyCustomOpDef.dt_bool}
+        attribute_types = {"int": PyCustomOpDef.dt_int64, "float": PyCustomOpDef.dt_float,
+                           "string": PyCustomOpDef.dt_string}
+        first = [contract.dtypes[0] for contract in self.inputs]
+        attrs = {"plugin_version": PyCustomOpDef.dt_string, "plugin_namespace": PyCustomOpDef.dt_string}
+        attrs.update({name: attribute_types[kind] for name, kind in self.attributes.items()})
+        kernel = self.load_kernel()
+
+        def run(*arrays: Any, **attributes: Any) -> Any:
+            return kernel(list(arrays), attributes)[0]
+
+        onnx_op(op_type=self.op, inputs=[types[d] for d in first], outputs=[types[self.output_dtype(first)]],
+                attrs=attrs)(run)
+        _REGISTERED.add(self.op)
+        return domain
 
     def contract_problems(self, shapes: Sequence[Shape], dtypes: Sequence[str], names: Sequence[str] | None = None,
                           cast_integers: bool = False) -> list[str]:
@@ -90,6 +136,8 @@ class PluginEntry:
             problems.extend(self.check_shapes(shapes))
         return problems
 
+
+_REGISTERED: set[str] = set()  # ops registered with onnxruntime-extensions in this process
 
 BUILTIN = {
     "MultiscaleDeformableAttnPlugin_TRT": "orchestrator.plugins.msda:ENTRY",

@@ -76,6 +76,19 @@ def _store(ctx_store: str | None) -> Any:
     return Store(ctx_store or os.environ.get("ORCHESTRATE_STORE", "artifacts"))
 
 
+def _remote(spec: Any, override: str | None) -> Any:
+    """The remote cache for this pipeline (--remote / ORCHESTRATE_REMOTE, else cache.remote), or None."""
+    from orchestrator import remote
+    from orchestrator.errors import UserError
+
+    try:
+        return remote.configured(spec.data.get("cache") or {}, spec.base_dir, override)
+    except UserError as exc:
+        if exc.field:
+            raise exc.located(str(spec.path), spec.line_of(exc.field)) from None
+        raise
+
+
 def _only(values: tuple[str, ...]) -> dict[str, list[str]] | None:
     from orchestrator.errors import UserError
 
@@ -97,6 +110,9 @@ def _make_app() -> Any:
                                 help="Artifact store directory (env ORCHESTRATE_STORE).")
     only_option = click.option("--only", multiple=True, metavar="FIELD=VALUE",
                                help="Select variants of a matrix, e.g. --only precision=fp16 (repeatable).")
+    remote_option = click.option("--remote", envvar="ORCHESTRATE_REMOTE", metavar="URL",
+                                 help="Remote cache URL (s3://bucket/prefix, a shared path), overriding cache.remote; "
+                                      "'off' for none (env ORCHESTRATE_REMOTE).")
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
     @click.version_option(package_name="orchestrate", prog_name="orchestrate")
@@ -126,32 +142,55 @@ def _make_app() -> Any:
                   help="Re-run this stage even if cached (repeatable; 'all' for every stage).")
     @only_option
     @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
-                  help="Run independent stages in this many worker processes.")
-    def run(file: str, store: str, force: tuple[str, ...], only: tuple[str, ...], jobs: int) -> None:
+                  help="Run independent stages in this many worker processes (ray: CPUs of the local instance).")
+    @click.option("--executor", "executor_name", type=click.Choice(["local", "ray"]), default="local",
+                  show_default=True, help="Where stages run: worker processes here, or tasks on a Ray cluster.")
+    @click.option("--address", envvar="RAY_ADDRESS", metavar="ADDR",
+                  help="Ray cluster to join (env RAY_ADDRESS); without it a local Ray instance is started.")
+    @remote_option
+    def run(file: str, store: str, force: tuple[str, ...], only: tuple[str, ...], jobs: int, executor_name: str,
+            address: str | None, remote: str | None) -> None:
         """Run the pipeline FILE: every stage whose inputs changed, reusing the rest.
 
-        Prints one line per stage: name, short key, ran/cached/passed/failed, time, summary.
+        Prints one line per stage: name, short key, ran/cached/pulled/passed/failed, time, summary.
         """
         from orchestrator import fastpath
         from orchestrator import spec as spec_module
+        from orchestrator.errors import UserError
         from orchestrator.executor import Executor, variant_label
         from orchestrator.plan import make_plan
 
         started = time.perf_counter()
+        if executor_name == "ray":
+            from orchestrator.ray_executor import require_ray
+
+            require_ray()
+        elif click.get_current_context().get_parameter_source("address") == click.core.ParameterSource.COMMANDLINE:
+            raise UserError("--address applies to --executor ray")
         spec = _load(file)
         artifacts = _store(store)
+        cache = _remote(spec, remote)
         plan = make_plan(spec, artifacts.digests, _only(only))
-        executor = Executor(plan, artifacts, set(force), jobs=jobs)
+        if executor_name == "ray":
+            from orchestrator.ray_executor import RayExecutor
+
+            executor: Executor = RayExecutor(plan, artifacts, set(force), jobs=jobs, address=address, remote=cache)
+        else:
+            executor = Executor(plan, artifacts, set(force), jobs=jobs, remote=cache)
         report = executor.run()
         executed = report.executed
+        pulled = [o for o in report.outcomes if o.status == "pulled"]
         elapsed = time.perf_counter() - started
+        pulled_text = f"{len(pulled)} pulled from {cache.url}" if pulled else ""
         if not executed:
-            click.echo(f"nothing to do: all {len(report.outcomes)} stages cached")
+            click.echo(f"nothing ran: {pulled_text}, the rest cached" if pulled
+                       else f"nothing to do: all {len(report.outcomes)} stages cached")
         else:
-            click.echo(f"{len(executed)} of {len(report.outcomes)} stages ran in {elapsed:.1f} s")
+            click.echo(f"{len(executed)} of {len(report.outcomes)} stages ran in {elapsed:.1f} s"
+                       + (f", {pulled_text}" if pulled else ""))
         for failure in report.failed_checks:
             click.echo(f"FAILED {failure}", err=True)
-        if executed:
+        if executed or pulled:
             from orchestrator import report as reports
 
             folder = reports.write(plan, artifacts, report.outcomes)
@@ -204,6 +243,51 @@ def _make_app() -> Any:
         artifacts = _store(store)
         planned = make_plan(spec, artifacts.digests, _only(only))
         reporting.print_show(planned, artifacts, stage)
+
+    def _remote_plan(file: str, store: str, only: tuple[str, ...], remote: str | None) -> tuple[Any, Any, Any]:
+        from orchestrator.errors import UserError
+        from orchestrator.plan import make_plan
+
+        spec = _load(file)
+        artifacts = _store(store)
+        cache = _remote(spec, remote)
+        if cache is None:
+            raise UserError("no remote cache: set cache.remote in the pipeline, --remote or ORCHESTRATE_REMOTE",
+                            file=file, hint="e.g. cache: {remote: s3://bucket/orchestrate}")
+        return make_plan(spec, artifacts.digests, _only(only)), artifacts, cache
+
+    @cli.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @store_option
+    @only_option
+    @remote_option
+    @click.option("--force", "replace", is_flag=True,
+                  help="Upload every file and manifest again, even where the remote has them (repairs it).")
+    def push(file: str, store: str, only: tuple[str, ...], remote: str | None, replace: bool) -> None:
+        """Upload the artifacts of FILE that are in the local store to the remote cache."""
+        from orchestrator.remote import push_pipeline
+
+        planned, artifacts, cache = _remote_plan(file, store, only, remote)
+        push_pipeline(artifacts, cache, planned.order(), replace, click.echo)
+        artifacts.save()
+
+    @cli.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @store_option
+    @only_option
+    @remote_option
+    def pull(file: str, store: str, only: tuple[str, ...], remote: str | None) -> None:
+        """Download the artifacts of FILE that the local store lacks from the remote cache, verified.
+
+        A remote copy whose files do not match their digests is ignored and reported (exit 1).
+        """
+        from orchestrator.remote import pull_pipeline
+
+        planned, artifacts, cache = _remote_plan(file, store, only, remote)
+        artifacts.ensure()
+        rejected = pull_pipeline(artifacts, cache, planned.order(), click.echo)
+        artifacts.save()
+        _RESULT["code"] = EXIT_CHECK_FAILED if rejected else 0
 
     @cli.command()
     @store_option

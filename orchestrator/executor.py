@@ -18,6 +18,7 @@ from orchestrator import plan as planning
 from orchestrator import stages, ui
 from orchestrator.errors import UserError
 from orchestrator.plan import Node, Plan
+from orchestrator.remote import Remote
 from orchestrator.store import Artifact, Store
 
 EXCLUSIVE = {"bench"}  # stages that run with nothing else running beside them
@@ -31,6 +32,7 @@ class Outcome:
     summary: str
     artifact: Artifact
     reason: str = ""
+    notes: list[str] = field(default_factory=list)  # warnings to print under the stage line (remote cache)
 
 
 @dataclass
@@ -63,9 +65,11 @@ def variant_label(node: Node, plan: Plan) -> str:
 
 class Executor:
     def __init__(self, plan: Plan, store: Store, force: set[str] | None = None,
-                 echo: Callable[[str], None] | None = None, progress: bool | None = None, jobs: int = 1):
+                 echo: Callable[[str], None] | None = None, progress: bool | None = None, jobs: int = 1,
+                 remote: Remote | None = None):
         self.plan = plan
         self.jobs = jobs
+        self.remote = remote
         self.store = store
         self.force = force or set()
         self.echo = echo or (lambda text: print(text, flush=True))
@@ -96,15 +100,19 @@ class Executor:
         self.store.ensure()
         try:
             with self.store.in_use(list(self.plan.nodes)):
-                if self.jobs > 1:
-                    self._run_parallel(report, artifacts)
-                else:
-                    for node in self.plan.order():
-                        self._finished(self.run_node(node, artifacts), report, artifacts)
+                self._schedule(report, artifacts)
         finally:
             self.store.save()
         self.write_record(artifacts)
         return report
+
+    def _schedule(self, report: RunReport, artifacts: dict[str, Artifact]) -> None:
+        """Run every node of the plan; other executors (Ray) replace this."""
+        if self.jobs > 1:
+            self._run_parallel(report, artifacts)
+        else:
+            for node in self.plan.order():
+                self._finished(self.run_node(node, artifacts), report, artifacts)
 
     def _finished(self, outcome: Outcome, report: RunReport, artifacts: dict[str, Artifact]) -> None:
         node = outcome.node
@@ -116,6 +124,8 @@ class Executor:
                                 variant_label(node, self.plan), self.colour))
         if outcome.reason and outcome.reason != planning.NEVER_RUN:
             self.echo(" " * 9 + ui.paint(f"why: {outcome.reason}", "2", self.colour))
+        for note in outcome.notes:
+            self.echo(" " * 9 + ui.paint(f"warning: {note}", "33", self.colour))
 
     def _run_parallel(self, report: RunReport, artifacts: dict[str, Artifact]) -> None:
         """Run each node as soon as its inputs exist, up to `jobs` at a time in worker processes."""
@@ -143,7 +153,7 @@ class Executor:
                         pending.remove(node)
                         inputs = {role: artifacts[key] for role, key in node.inputs.items()}
                         running[pool.submit(produce, str(self.store.root), node, inputs, reasons[node.key],
-                                            self._forced(node), self.plan.spec.name, False)] = node
+                                            self._forced(node), self.plan.spec.name, False, self.remote)] = node
                     if not running:
                         if pending and not any(all(k in artifacts for k in n.inputs.values()) for n in pending):
                             raise RuntimeError("no stage can run: the plan has a cycle")
@@ -174,7 +184,7 @@ class Executor:
     def run_node(self, node: Node, artifacts: dict[str, Artifact]) -> Outcome:
         inputs = {role: artifacts[key] for role, key in node.inputs.items()}
         return self._located(lambda: produce(self.store, node, inputs, lambda: self.why(node), self._forced(node),
-                                             self.plan.spec.name, self.show_progress))
+                                             self.plan.spec.name, self.show_progress, self.remote))
 
     def write_record(self, artifacts: dict[str, Artifact]) -> None:
         stages_record = dict(self.record.get("stages", {}))
@@ -194,12 +204,15 @@ def _quiet_worker() -> None:
 
 
 def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason: str | Callable[[], str],
-            forced: bool, pipeline: str, progress: bool) -> Outcome:
-    """Reuse the node's artifact or make it, once across processes (per-key lock, then re-check)."""
+            forced: bool, pipeline: str, progress: bool, remote: Remote | None = None) -> Outcome:
+    """Reuse the node's artifact or make it, once across processes (per-key lock, then re-check).
+
+    With a remote cache, a key missing locally is first pulled from it, and what ran is pushed to it.
+    """
     if isinstance(store, str):  # in a worker process
         store = Store(store)
         try:
-            return produce(store, node, inputs, reason, forced, pipeline, progress)
+            return produce(store, node, inputs, reason, forced, pipeline, progress, remote)
         finally:
             store.save()
     if not forced:
@@ -208,6 +221,8 @@ def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason:
             return _reused(node, existing, "cached")
     else:
         damage = "forced"
+    notes: list[str] = []
+    remote_damaged = False
     with store.lock(node.key):
         if not forced:
             existing, damage = store.check(node.kind, node.key)
@@ -215,13 +230,25 @@ def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason:
                 return _reused(node, existing, "waited")
             if damage and damage != "missing":
                 store.discard(node.kind, node.key)
+            if remote is not None:
+                pulled, problem = remote.pull(store, node.kind, node.key)
+                if pulled is not None:
+                    return _reused(node, pulled, "pulled")
+                if problem != "missing":
+                    notes.append(f"remote copy in {remote.url} ignored, running here: {problem}")
+                    remote_damaged = not problem.startswith("cannot read")
         if forced:
             why = "forced (--force)"
         elif damage and damage != "missing":
             why = f"rebuilt: artifact {damage}"
         else:
             why = reason() if callable(reason) else reason
-        return _execute(store, node, inputs, why, forced, pipeline, progress)
+        outcome = _execute(store, node, inputs, why, forced, pipeline, progress)
+        if remote is not None:
+            failure = remote.try_push(outcome.artifact, replace=forced or remote_damaged)
+            notes += [failure] if failure else []
+    outcome.notes = notes
+    return outcome
 
 
 def _reused(node: Node, artifact: Artifact, status: str) -> Outcome:

@@ -25,7 +25,7 @@ from orchestrator.errors import UserError
 from orchestrator.spec import Spec, Variant
 
 # Bump a stage's number when its code changes what it writes for the same inputs.
-STAGE_VERSIONS = {"capture": 1, "export": 1, "surgery": 1, "build": 1, "verify": 1, "bench": 1}
+STAGE_VERSIONS = {"capture": 1, "export": 2, "surgery": 1, "build": 1, "verify": 2, "bench": 1}
 STAGE_ORDER = ("capture", "export", "surgery", "build", "verify", "bench")
 
 
@@ -129,9 +129,17 @@ class Planner:
         from orchestrator import plugins as catalog
 
         resolved = []
-        for plugin in export["plugins"]:
+        for index, plugin in enumerate(export["plugins"]):
             entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
             names = plugin.get("inputs") or entry.input_names()
+            for name, rule in plugin.get("derive", {}).items():
+                at = f"export.plugins[{index}].derive.{name}"
+                if name not in names:
+                    raise self.spec.error(f"'{name}' is not a plugin input; inputs are {', '.join(names)}", at)
+                if rule["from"] not in names or rule["from"] in plugin["derive"]:
+                    raise self.spec.error(f"'{rule['from']}' must be another plugin input that the call passes "
+                                          f"(one of {', '.join(n for n in names if n not in plugin['derive'])})",
+                                          f"{at}.from")
             dtypes = {}
             for contract, name in zip(entry.inputs, names, strict=True):
                 wanted = plugin["dtypes"].get(name)
@@ -148,7 +156,16 @@ class Planner:
         if export["scope"] == "call":
             for plugin in plugins[:1]:
                 for name, contract in zip(plugin["inputs"], plugin["contract"], strict=True):
-                    expect.append({"name": name, "rank": contract["rank"], "dtypes": contract["dtypes"]})
+                    if name not in plugin.get("derive", {}):
+                        expect.append({"name": name, "rank": contract["rank"], "dtypes": contract["dtypes"]})
+        whole = export["scope"] == "model" and not capture.get("from_dir")
+        if whole:
+            for key in ("module", "call", "names"):
+                if key in capture:
+                    raise self.spec.error(f"capture.{key} picks one call; export.scope 'model' records the whole "
+                                          "model's forward (capture.calls records the plugin calls)", f"capture.{key}")
+        elif capture.get("calls"):
+            raise self.spec.error("capture.calls applies to export.scope 'model'", "capture.calls")
         files: dict[str, str] = {}
         paths: dict[str, Any] = {"python_path": [str(p) for p in self.python_path]}
         if capture.get("from_dir"):
@@ -170,6 +187,13 @@ class Planner:
             config = {"model": {k: v for k, v in model.items() if k != "sources"},
                       "capture": {**{k: v for k, v in capture.items() if k not in ("files", "from_dir")},
                                   "source": "model", "expect": expect}}
+            if whole:
+                recorded = [{"callable": p["replace"], "op": p["op"]} for p in plugins if p.get("replace")]
+                config["capture"].update(scope="model", record=recorded)
+                for index, plugin in enumerate(plugins):
+                    if plugin.get("replace"):
+                        label, digest = self.source_digest(plugin["replace"], f"export.plugins[{index}].replace")
+                        files[label] = digest
             for field_name in ("factory", "inputs"):
                 label, digest = self.source_digest(model[field_name], f"model.{field_name}")
                 files[label] = digest
@@ -205,9 +229,39 @@ class Planner:
             tools |= environment.tools("onnxscript")
         return self.make("export", config, paths, {"capture": capture}, files, tools)
 
+    def surgery_edits(self, data: dict[str, Any], plugins: list[dict[str, Any]]) -> tuple[list[Any], list[str]]:
+        """The edits of the surgery stage, and the field each comes from.
+
+        With `export.plugin_nodes: surgery`, each plugin's `subgraph` becomes a replace_subgraph
+        edit (every occurrence), ahead of the pipeline's own `surgery` list.
+        """
+        export = data["export"]
+        edits: list[Any] = []
+        fields: list[str] = []
+        if export.get("plugin_nodes") == "surgery" and not export.get("onnx"):
+            for index, plugin in enumerate(plugins):
+                if plugin.get("subgraph"):
+                    edits.append({"replace_subgraph": {"every": True, **plugin["subgraph"], "op": plugin["op"],
+                                                       "domain": plugin["domain"]}})
+                    fields.append(f"export.plugins[{index}].subgraph")
+            made = {e["replace_subgraph"]["op"] for e in [*edits, *data.get("surgery", [])] if "replace_subgraph" in e}
+            made |= {e["rename_op"]["to"] for e in data.get("surgery", []) if "rename_op" in e}
+            for index, plugin in enumerate(plugins):
+                if plugin["op"] not in made:
+                    raise self.spec.error(
+                        f"export.plugin_nodes is 'surgery' but nothing makes the {plugin['op']} node",
+                        f"export.plugins[{index}]", hint="give the plugin a `subgraph` (where its code sits in the "
+                        "plain export), or a surgery edit replace_subgraph / rename_op that makes it")
+        for index, edit in enumerate(data.get("surgery") or []):
+            edits.append(edit)
+            fields.append(f"surgery[{index}]")
+        return edits, fields
+
     def surgery(self, data: dict[str, Any], plugins: list[dict[str, Any]], export: Node) -> Node:
-        config = {"surgery": data["surgery"], "contracts": plugins}
-        return self.make("surgery", config, {}, {"onnx": export}, {}, environment.tools("onnx", "onnx-graphsurgeon"))
+        edits, fields = self.surgery_edits(data, plugins)
+        config = {"surgery": edits, "contracts": plugins}
+        return self.make("surgery", config, {"fields": fields}, {"onnx": export}, {},
+                         environment.tools("onnx", "onnx-graphsurgeon", "onnxruntime"))
 
     def build(self, data: dict[str, Any], plugins: list[dict[str, Any]], graph: Node, variant: str) -> tuple[Node, str]:
         from orchestrator import plugins as catalog
@@ -263,7 +317,7 @@ class Planner:
         export = self.export(data, plugins, capture)
         nodes = [capture, export]
         graph = export
-        if data.get("surgery"):
+        if self.surgery_edits(data, plugins)[0]:
             graph = self.surgery(data, plugins, export)
             nodes.append(graph)
         build, reason = self.build(data, plugins, graph, variant.name)

@@ -402,7 +402,7 @@ def _check_semantics(spec: Spec, variant: Variant) -> None:
                 raise spec.error(f"{entry.op} input '{contract.name}' takes {' or '.join(contract.dtypes)}, "
                                  f"not {wanted}", (*at, "dtypes", name),
                                  hint="the plugin's contract comes from its catalog entry; see `orchestrate doctor`")
-        if export["scope"] == "model" and not plugin.get("replace"):
+        if export["scope"] == "model" and not plugin.get("replace") and export.get("plugin_nodes") != "surgery":
             raise spec.error("scope 'model' needs the callable to replace", (*at, "replace"))
     for index, library in enumerate(data.get("build", {}).get("plugin_libraries", [])):
         if not spec.resolve_path(library).is_file():

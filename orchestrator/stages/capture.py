@@ -5,6 +5,12 @@ module, and record the declared call's arguments and result while that module ru
 would otherwise do by stepping in with a debugger and `torch.save`). The forward stops as soon as
 the call is recorded. Folder: load `.pt` (weights_only) or `.npy` files named after the tensors.
 
+For `export.scope: model` the whole forward is recorded instead: the model's inputs (named by
+the inputs dict, or by the forward's parameters) and outputs, the reference for verifying the
+whole exported model. Every call of each plugin's `replace` callable is counted on the way, and
+with `capture.calls` (all, or a list of module paths) each call's result is kept under calls/, so
+verify can compare every plugin node with the call it stands for.
+
 Writes tensors/<name>.npy and capture.json (argument order, dtypes, shapes, non-tensor
 arguments, notes). The tensors are checked against the plugin's contract (rank, dtype kind) here,
 so a wrong capture is refused before anything is published.
@@ -12,8 +18,11 @@ so a wrong capture is refused before anything is published.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +108,8 @@ def run(call: StageCall) -> StageResult:
     settings = call.config["capture"]
     if settings["source"] == "dir":
         return _from_dir(call, settings)
+    if settings.get("scope") == "model":
+        return _whole_model(call, settings)
     return _from_model(call, settings)
 
 
@@ -117,7 +128,7 @@ def _from_dir(call: StageCall, settings: dict[str, Any]) -> StageResult:
     return _write(call, inputs, {n: tensors[n] for n in outputs}, args, {}, notes, f"from {folder.name}/")
 
 
-def _resolve_module(model: Any, path: str) -> Any:
+def _resolve_module(model: Any, path: str, field: str = "capture.module") -> Any:
     try:
         return model.get_submodule(path)
     except AttributeError:
@@ -128,8 +139,7 @@ def _resolve_module(model: Any, path: str) -> Any:
 
         close = difflib.get_close_matches(path, known, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"modules there: {', '.join(nearby[:8])}"
-        raise UserError(f"no module '{path}' in {type(model).__name__}", field="capture.module",
-                        hint=hint) from None
+        raise UserError(f"no module '{path}' in {type(model).__name__}", field=field, hint=hint) from None
 
 
 class _Recorded(Exception):
@@ -277,13 +287,14 @@ def _bind(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def _write(call: StageCall, inputs: dict[str, Any], outputs: dict[str, Any], args: list[dict[str, Any]],
-           extras: dict[str, Any], notes: list[str], origin: str) -> StageResult:
+           extras: dict[str, Any], notes: list[str], origin: str, more: dict[str, Any] | None = None) -> StageResult:
     if not outputs:
         raise UserError("the captured call returned no tensor to compare against", field="capture")
     call.progress("writing tensors")
     index_inputs = save_named(call.out / "tensors", inputs)
     index_outputs = save_named(call.out / "tensors", outputs)
-    record = {"inputs": index_inputs, "outputs": index_outputs, "args": args, "extras": extras, "notes": notes}
+    record = {"inputs": index_inputs, "outputs": index_outputs, "args": args, "extras": extras, "notes": notes,
+              **(more or {})}
     (call.out / "capture.json").write_text(json.dumps(record, indent=1))
     first = next(iter(index_inputs.items()), None)
     shown = f" ({describe(first[0], first[1]['dtype'], first[1]['shape'])} …)" if first else ""
@@ -292,3 +303,175 @@ def _write(call: StageCall, inputs: dict[str, Any], outputs: dict[str, Any], arg
         summary += f"; {'; '.join(notes)}"
     return StageResult(summary, {"inputs": index_inputs, "outputs": index_outputs, "extras": extras,
                                  "notes": notes})
+
+
+# ---------------------------------------------------------------------- the whole model (export.scope: model)
+
+@dataclass
+class ModelInputs:
+    """The model's forward arguments by name: tensors become graph inputs, the rest stay constants."""
+
+    kind: str  # "kwargs" (the inputs callable returned a dict) or "args" (a tuple, list or one tensor)
+    order: list[str]  # every argument name, in call order
+    tensors: dict[str, Any]
+    extras: dict[str, Any]
+
+    def call(self, model: Any, tensors: dict[str, Any]) -> Any:
+        values = {**self.extras, **tensors}
+        if self.kind == "kwargs":
+            return model(**{name: values[name] for name in self.order})
+        return model(*[values[name] for name in self.order])
+
+
+def name_inputs(model: Any, inputs: Any) -> ModelInputs:
+    """Name the forward arguments: dict keys, else the forward's parameter names (arg<i> beyond them)."""
+    if isinstance(inputs, dict):
+        kind, items = "kwargs", list(inputs.items())
+    else:
+        values = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+        try:
+            parameters = [p.name for p in inspect.signature(model.forward).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            parameters = []
+        names = parameters[:len(values)] + [f"arg{i}" for i in range(len(parameters), len(values))]
+        kind, items = "args", list(zip(names, values, strict=True))
+    tensors: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    for name, value in items:
+        if hasattr(value, "detach"):
+            tensors[name] = value
+        elif value is None or isinstance(value, int | float | str | bool):
+            extras[name] = value
+        else:
+            raise UserError(f"model input '{name}' is a {type(value).__name__}; whole-model export takes tensors "
+                            "(and plain numbers or strings, kept as constants)", field="model.inputs")
+    return ModelInputs(kind, [name for name, _ in items], tensors, extras)
+
+
+def flatten_outputs(result: Any) -> list[tuple[str | None, Any]]:
+    """The tensors a forward returned, in order, with their dict keys where it returned a dict."""
+    if hasattr(result, "detach"):
+        return [(None, result)]
+    if isinstance(result, dict):
+        return [(str(k), v) for k, v in result.items() if hasattr(v, "detach")]
+    if isinstance(result, list | tuple):
+        return [(None, v) for v in result if hasattr(v, "detach")]
+    return []
+
+
+def output_names(declared: list[str], flat: list[tuple[str | None, Any]]) -> list[str]:
+    """`capture.outputs` first, then dict keys or output_<i> for the rest."""
+    names = list(declared[:len(flat)])
+    for index, (key, _) in enumerate(flat[len(names):], start=len(names)):
+        names.append(key if key and key not in names else f"output_{index}")
+    return names
+
+
+@contextlib.contextmanager
+def swap_callable(path: str, function: Any, field: str) -> Iterator[Any]:
+    """`imports.swap`, keeping a staticmethod or classmethod one (so `self`/`cls` are passed as before)."""
+    module_name, attrs = imports.split(path)
+    owner = imports.resolve(f"{module_name}:{'.'.join(attrs[:-1])}", field) if len(attrs) > 1 else None
+    raw = owner.__dict__.get(attrs[-1]) if isinstance(owner, type) else None
+    if isinstance(raw, staticmethod):
+        function = staticmethod(function)
+    elif isinstance(raw, classmethod):
+        plain = function
+        function = classmethod(lambda cls, *args, **kwargs: plain(*args, **kwargs))
+    with imports.swap(path, function, field) as original:
+        yield original
+
+
+class _ModuleStack:
+    """Which modules are running right now (forward hooks on every named module)."""
+
+    def __init__(self, model: Any):
+        self.names: list[str] = []
+        self.handles = []
+        for name, module in model.named_modules():
+            if name:
+                self.handles.append(module.register_forward_pre_hook(self._enter(name)))
+                self.handles.append(module.register_forward_hook(self._leave, always_call=True))
+
+    def _enter(self, name: str) -> Any:
+        def hook(*_: Any) -> None:  # returning None keeps the module's arguments
+            self.names.append(name)
+        return hook
+
+    def _leave(self, *_: Any) -> None:  # returning None keeps the module's output
+        self.names.pop()
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
+    import torch
+
+    call.progress("building the model")
+    model, raw_inputs = build_model(call.config["model"], call.paths["python_path"])
+    inputs = name_inputs(model, raw_inputs)
+    wanted = settings.get("calls")
+    for path in wanted if isinstance(wanted, list) else []:
+        _resolve_module(model, path, "capture.calls")  # a typo is an error that names the module
+    stack = _ModuleStack(model)
+    counts: dict[str, int] = {}
+    records: list[dict[str, Any]] = []
+
+    def inside_wanted() -> bool:
+        if wanted == "all":
+            return True
+        return bool(wanted) and any(name in stack.names for name in wanted)
+
+    def recorder_for(path: str, op: str, original: list[Any]) -> Any:
+        def recorder(*args: Any, **kwargs: Any) -> Any:
+            result = original[0](*args, **kwargs)
+            sequence = counts[path] = counts.get(path, 0) + 1
+            if inside_wanted():
+                flat = flatten_outputs(result)
+                if flat:
+                    records.append({"callable": path, "op": op, "sequence": sequence - 1,
+                                    "module": stack.names[-1] if stack.names else "", "result": to_numpy(flat[0][1])})
+            return result
+        return recorder
+
+    call.progress("running the model")
+    try:
+        with torch.inference_mode(), contextlib.ExitStack() as swaps:
+            with imports.search_path(call.paths["python_path"]):
+                for entry in settings.get("record", []):
+                    original: list[Any] = []  # filled by the swap, read when the model calls
+                    recorder = recorder_for(entry["callable"], entry["op"], original)
+                    original.append(swaps.enter_context(swap_callable(entry["callable"], recorder,
+                                                                      "export.plugins.replace")))
+            result = inputs.call(model, inputs.tensors)
+    finally:
+        stack.close()
+    flat = flatten_outputs(result)
+    if not flat:
+        raise UserError(f"the model returned a {type(result).__name__}, no tensor to compare against",
+                        field="model.factory")
+    names = output_names(settings["outputs"], flat)
+    outputs = {name: to_numpy(tensor) for name, (_, tensor) in zip(names, flat, strict=True)}
+    tensors = {name: to_numpy(tensor) for name, tensor in inputs.tensors.items()}
+    args = [{"name": name, "kind": "tensor" if name in inputs.tensors else "extra"} for name in inputs.order]
+    notes = []
+    for entry in settings.get("record", []):
+        if not counts.get(entry["callable"]):
+            notes.append(f"the model never called {entry['callable']}")
+    if wanted and not records:
+        where = "during the forward" if wanted == "all" else f"inside {', '.join(wanted)}"
+        raise UserError(f"no call of {', '.join(e['callable'] for e in settings.get('record', [])) or 'a plugin'} "
+                        f"{where} to record", field="capture.calls",
+                        hint="check capture.calls and export.plugins[].replace")
+    calls = []
+    for index, record in enumerate(records):
+        saved = save_named(call.out / "calls", {f"call_{index:03d}": record.pop("result")})
+        calls.append({**record, "output": next(iter(saved.values()))})
+    summary_calls = f", {len(calls)} plugin call result{'s' if len(calls) != 1 else ''}" if calls else ""
+    counted = {entry["callable"]: counts.get(entry["callable"], 0) for entry in settings.get("record", [])}
+    return _write(call, tensors, outputs, args, inputs.extras, notes,
+                  f"from the whole {type(model).__name__}{summary_calls}",
+                  {"scope": "model", "input_kind": inputs.kind, "calls": calls, "call_counts": counted})

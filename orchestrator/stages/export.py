@@ -1,23 +1,38 @@
 """export: the plugin graph as ONNX, the declared callable replaced by a plugin node.
 
 scope 'call' builds the seed's one-call test model around the captured call; scope 'model'
-exports the whole model. Either way the callable is swapped (for the duration of the export only)
-for a function that casts integer inputs to the plugin's contract dtypes (so the plugin never
-reads int64 as int32, the cause of all-zero outputs), calls an autograd.Function whose `symbolic`
-emits the plugin node (op, domain, plugin_version, plugin_namespace, with its output type and
-shape set), and reshapes the plugin's own output (e.g. MSDA's [N, Lq, M, D]) back to what the model
-used. While tracing, that function still computes the real result, so traced shapes and values are
-true. Arguments the plugin does not take (im2col_step) are dropped.
+exports the whole model, every call of each plugin's `replace` callable becoming one plugin node.
+The callable is swapped (for the duration of the export only, also inside a library the user cannot
+edit) for a function that computes inputs the call does not take (`derive`), casts integer inputs
+to the plugin's contract dtypes (so the plugin never reads int64 as int32, the cause of all-zero
+outputs), emits the plugin node (op, domain, plugin_version, plugin_namespace, with its output type
+and shape set), and reshapes the plugin's own output (e.g. MSDA's [N, Lq, M, D]) back to what the
+model used. Arguments the plugin does not take (im2col_step) are dropped.
 
-Writes model.onnx and export.json (graph inputs/outputs, plugin nodes, casts).
+Two exporters:
+  * torchscript (default): an autograd.Function whose `symbolic` is the plugin node. While tracing,
+    the stand-in still computes the real result (untraced), so traced shapes and values are true.
+  * dynamo: the plugin is a `torch.library.custom_op` while exporting, translated to the plugin node
+    by an onnxscript Op with an explicit OpSchema in `custom_translation_table`. A model that
+    branches on tensor values (Python loops over spatial_shapes) cannot be traced symbolically;
+    it is then exported with `torch.export.draft_export`, which fixes those values to the captured
+    ones, as the TorchScript tracer does.
+
+With `plugin_nodes: surgery` nothing is swapped: the model is exported as written and the surgery
+stage makes the plugin nodes.
+
+Writes model.onnx and export.json (graph inputs/outputs, plugin nodes, casts, how it was exported).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +44,86 @@ from orchestrator.stages import StageCall, StageResult
 ONNX_ATTR_SUFFIX = {bool: "i", int: "i", float: "f", str: "s"}
 
 
-def _attr_kwargs(plugin: dict[str, Any]) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"plugin_version_s": plugin["version"], "plugin_namespace_s": plugin["namespace"]}
+def level_start_index(spatial_shapes: Any) -> Any:
+    """The first token of each level: the exclusive running sum of H*W over spatial_shapes [L, 2]."""
+    import torch
+
+    sizes = spatial_shapes.prod(1)
+    return torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+
+
+DERIVATIONS: dict[str, Callable[[Any], Any]] = {"level_start_index": level_start_index}
+
+
+def _attributes(plugin: dict[str, Any]) -> dict[str, Any]:
+    """The plugin node's attributes: plugin_version, plugin_namespace and the plugin's own fields."""
+    attrs: dict[str, Any] = {"plugin_version": plugin["version"], "plugin_namespace": plugin["namespace"]}
     for name, value in plugin.get("attributes", {}).items():
         sample = value[0] if isinstance(value, list) and value else value
-        suffix = ONNX_ATTR_SUFFIX.get(type(sample))
-        if suffix is None:
+        if type(sample) not in ONNX_ATTR_SUFFIX:
             raise UserError(f"attribute '{name}' has a {type(value).__name__} value; use numbers or strings",
                             field="export.plugins.attributes")
-        attrs[f"{name}_{suffix}"] = value
+        attrs[name] = value
     return attrs
 
+
+def _attr_kwargs(plugin: dict[str, Any]) -> dict[str, Any]:
+    attrs = _attributes(plugin)
+    return {f"{name}_{ONNX_ATTR_SUFFIX[type(v[0] if isinstance(v, list) and v else v)]}": v
+            for name, v in attrs.items()}
+
+
+class _Binder:
+    """Maps a call of the replaced callable to the plugin's inputs (by name, derived, cast)."""
+
+    def __init__(self, plugin: dict[str, Any], original: Callable[..., Any]):
+        import torch
+
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(original)
+        except (TypeError, ValueError):
+            self.signature = None
+        self.names: list[str] = plugin["inputs"]
+        self.derive: dict[str, dict[str, str]] = plugin.get("derive", {})
+        self.passed = [n for n in self.names if n not in self.derive]
+        self.casts = {name: getattr(torch, dtype) for name, dtype in plugin["dtypes"].items()
+                      if dtype.startswith(("int", "uint"))}
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
+        """(the call's arguments with integer plugin inputs cast, the plugin's input tensors in order)."""
+        if self.signature is not None:
+            bound = self.signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+        else:
+            bound = None
+            values = dict(zip(self.passed, args, strict=False)) | kwargs
+        missing = [n for n in self.passed if n not in values]
+        if missing:
+            raise UserError(f"the replaced call has no argument(s) {', '.join(missing)}; plugin inputs are mapped "
+                            f"by name ({', '.join(self.names)}); name others in export.plugins[].derive",
+                            field="export.plugins.inputs")
+        tensors = dict(values)
+        for name, rule in self.derive.items():
+            tensors[name] = DERIVATIONS[rule["rule"]](values[rule["from"]])
+        inputs = []
+        for name in self.names:
+            tensor = tensors[name]
+            if name in self.casts and tensor.dtype != self.casts[name]:
+                tensor = tensor.to(self.casts[name])
+            inputs.append(tensor)
+            if bound is not None and name in bound.arguments:
+                bound.arguments[name] = tensor
+        return bound if bound is not None else dict(zip(self.names, inputs, strict=True)), inputs
+
+    @staticmethod
+    def call(original: Callable[..., Any], bound: Any) -> Any:
+        if isinstance(bound, inspect.BoundArguments):
+            return original(*bound.args, **bound.kwargs)
+        return original(**bound)
+
+
+# ---------------------------------------------------------------------- TorchScript: autograd.Function symbolic
 
 def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry) -> Any:
     """An autograd.Function whose forward computes the real output and whose symbolic is the plugin node."""
@@ -57,7 +141,10 @@ def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry) -> Any:
         @staticmethod
         def symbolic(g: Any, compute: Any, *inputs: Any) -> Any:
             node = g.op(op_name, *inputs, **attrs)
-            sizes = [i.type().sizes() if i.type().dim() is not None else None for i in inputs]
+            try:
+                sizes = [i.type().sizes() if i.type().dim() is not None else None for i in inputs]
+            except RuntimeError:  # dynamic axes: sizes are not all known
+                sizes = [None]
             if all(s is not None for s in sizes):
                 node.setType(inputs[0].type().with_sizes(list(entry.output_shape([tuple(s) for s in sizes]))))
             return node
@@ -67,38 +154,16 @@ def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry) -> Any:
 
 
 def make_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any]) -> Any:
-    """The function that stands in for `original` during export."""
+    """The function that stands in for `original` during a TorchScript export."""
     import torch
 
     node = plugin_function(plugin, entry)
-    try:
-        signature: inspect.Signature | None = inspect.signature(original)
-    except (TypeError, ValueError):
-        signature = None
-    names = plugin["inputs"]
-    casts = {name: getattr(torch, dtype) for name, dtype in plugin["dtypes"].items()
-             if dtype.startswith(("int", "uint"))}
+    binder = _Binder(plugin, original)
 
     def replacement(*args: Any, **kwargs: Any) -> Any:
-        if signature is not None:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            values = dict(bound.arguments)
-        else:
-            values = dict(zip(names, args, strict=False)) | kwargs
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise UserError(f"the replaced call has no argument(s) {', '.join(missing)}; plugin inputs are "
-                            f"mapped by name ({', '.join(names)})", field="export.plugins.inputs")
-        inputs = []
-        for name in names:
-            tensor = values[name]
-            if name in casts and tensor.dtype != casts[name]:
-                tensor = tensor.to(casts[name])
-            inputs.append(tensor)
-        values.update(zip(names, inputs, strict=True))
+        bound, inputs = binder.bind(args, kwargs)
         with _untraced(), torch.no_grad():
-            real = original(**values) if signature is not None else original(*inputs)
+            real = binder.call(original, bound)
         result_shape = tuple(int(d) for d in real.shape)
         plugin_shape = tuple(int(d) for d in entry.output_shape([tuple(int(d) for d in t.shape) for t in inputs]))
         out = node.apply(lambda *_: real.reshape(plugin_shape), *inputs)
@@ -122,26 +187,156 @@ class _untraced:
         torch._C._set_tracing_state(self.state)
 
 
-def kernel_callable(plugin: dict[str, Any], entry: catalog.PluginEntry) -> Callable[..., Any]:
-    """Without a `replace` callable, the catalog's reference kernel computes the real result."""
+# ---------------------------------------------------------------------- dynamo: custom op + onnxscript translation
+
+_CUSTOM_OPS: dict[str, Any] = {}  # qualified name -> the registered custom op (one registration per process)
+_REAL: dict[str, Callable[..., Any]] = {}  # qualified name -> the real computation of the current export
+_SHAPES: dict[str, Callable[..., Any]] = {}  # qualified name -> output shape rule of the current export
+
+
+def _custom_op(plugin: dict[str, Any], count: int) -> tuple[str, Any]:
+    """The torch.library custom op standing for the plugin (its implementation is looked up per export)."""
+    import torch
+
+    stem = "".join(c if c.isalnum() else "_" for c in plugin["op"]).lower()
+    qualified = f"orchestrate::{stem}_{count}"
+    if qualified not in _CUSTOM_OPS:
+        schema = "(" + ", ".join(f"Tensor i{k}" for k in range(count)) + ") -> Tensor"
+
+        def real(*inputs: Any) -> Any:
+            return _REAL[qualified](*inputs)
+
+        def fake(*inputs: Any) -> Any:
+            return inputs[0].new_empty(_SHAPES[qualified]([tuple(t.shape) for t in inputs]))
+
+        registered = torch.library.custom_op(qualified, real, mutates_args=(), schema=schema)
+        registered.register_fake(fake)
+        _CUSTOM_OPS[qualified] = registered
+    return qualified, _CUSTOM_OPS[qualified]
+
+
+def _op_schema(plugin: dict[str, Any], count: int, attrs: dict[str, Any]) -> Any:
+    from onnx import defs
+
+    types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)", "tensor(int32)",
+             "tensor(int64)", "tensor(int8)", "tensor(uint8)", "tensor(bool)"]
+    kinds = {str: defs.OpSchema.AttrType.STRING, int: defs.OpSchema.AttrType.INT,
+             float: defs.OpSchema.AttrType.FLOAT, bool: defs.OpSchema.AttrType.INT}
+    lists = {str: defs.OpSchema.AttrType.STRINGS, int: defs.OpSchema.AttrType.INTS,
+             float: defs.OpSchema.AttrType.FLOATS, bool: defs.OpSchema.AttrType.INTS}
+    attributes = []
+    for name, value in attrs.items():
+        if isinstance(value, list):
+            attributes.append(defs.OpSchema.Attribute(name, lists[type(value[0])], ""))
+        else:
+            attributes.append(defs.OpSchema.Attribute(name, kinds[type(value)], ""))
+    return defs.OpSchema(
+        plugin["op"], plugin["domain"], 1,
+        inputs=[defs.OpSchema.FormalParameter(f"i{k}", f"T{k}") for k in range(count)],
+        outputs=[defs.OpSchema.FormalParameter("output", "T0")],
+        type_constraints=[(f"T{k}", types, "") for k in range(count)],
+        attributes=attributes)
+
+
+def _translation(plugin: dict[str, Any], count: int) -> Callable[..., Any]:
+    """The onnxscript function that writes the plugin node (an Op with an explicit schema on the plugin's domain)."""
+    from onnxscript import values
+
+    attrs = {k: (int(v) if isinstance(v, bool) else v) for k, v in _attributes(plugin).items()}
+    op = values.Op(values.Opset(plugin["domain"], 1), plugin["op"], _op_schema(plugin, count, attrs))
+
+    def translate(*inputs: Any) -> Any:
+        return op(*inputs, **attrs)
+
+    translate.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(f"i{k}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in range(count)])
+    return translate
+
+
+def make_dynamo_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any],
+                            table: dict[Any, Any]) -> Any:
+    """The stand-in for `original` during a dynamo export: the plugin's custom op, registered in `table`."""
+    import torch
+
+    binder = _Binder(plugin, original)
+    count = len(plugin["inputs"])
+    qualified, custom = _custom_op(plugin, count)
+    _REAL[qualified] = _real_computation(plugin, entry, original, binder)
+    _SHAPES[qualified] = entry.output_shape
+    namespace, name = qualified.split("::")
+    table[getattr(getattr(torch.ops, namespace), name).default] = _translation(plugin, count)
+
+    def replacement(*args: Any, **kwargs: Any) -> Any:
+        _, inputs = binder.bind(args, kwargs)
+        out = custom(*inputs)
+        if entry.result_shape is not None:
+            return out.reshape(entry.result_shape(tuple(out.shape)))
+        return out
+
+    return replacement
+
+
+def _real_computation(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any],
+                      binder: _Binder) -> Callable[..., Any]:
+    """What the custom op computes when run for real: the replaced callable where the plugin's inputs
+    cover its parameters, else the catalog's reference kernel."""
+    import torch
+
+    parameters = []
+    if binder.signature is not None:
+        parameters = [p for p in binder.signature.parameters.values()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = [p.name for p in parameters if p.default is p.empty]
+    covered = bool(parameters) and all(name in binder.passed for name in required)
+    kernel = None if covered else kernel_callable(plugin, entry, with_derived=True)
+
+    def compute(*inputs: Any) -> Any:
+        plugin_shape = tuple(int(d) for d in entry.output_shape([tuple(t.shape) for t in inputs]))
+        if covered:
+            values = dict(zip(plugin["inputs"], inputs, strict=True))
+            result = original(**{p.name: values[p.name] for p in parameters if p.name in values})
+        else:
+            assert kernel is not None
+            result = kernel(*inputs)
+        return torch.as_tensor(result).reshape(plugin_shape).clone()
+
+    return compute
+
+
+# ---------------------------------------------------------------------- the reference kernel as a callable
+
+def kernel_callable(plugin: dict[str, Any], entry: catalog.PluginEntry,
+                    with_derived: bool = False) -> Callable[..., Any]:
+    """Without a `replace` callable, the catalog's reference kernel computes the real result.
+
+    Its parameters are the inputs a call passes (derived ones are computed), or all plugin inputs
+    with `with_derived`.
+    """
     import numpy as np
     import torch
 
     kernel = entry.load_kernel()
     attrs = plugin.get("attributes", {})
     names = plugin["inputs"]
+    derive = plugin.get("derive", {})
+    taken = list(names) if with_derived else [n for n in names if n not in derive]
 
     def compute(*args: Any, **kwargs: Any) -> Any:
-        given = dict(zip(names, args, strict=False)) | kwargs
+        given = dict(zip(taken, args, strict=False)) | kwargs
+        for name, rule in derive.items():
+            if name not in given:
+                given[name] = DERIVATIONS[rule["rule"]](given[rule["from"]])
         tensors = [given[name] for name in names]
         outputs = kernel([np.asarray(t.detach().cpu().numpy()) for t in tensors], attrs)
         result = torch.from_numpy(np.ascontiguousarray(outputs[0])).to(tensors[0].device)
         return result.reshape(entry.result_shape(tuple(result.shape))) if entry.result_shape else result
 
-    parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in taken]
     compute.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     return compute
 
+
+# ---------------------------------------------------------------------- the stage
 
 def run(call: StageCall) -> StageResult:
     settings = call.config["export"]
@@ -149,12 +344,46 @@ def run(call: StageCall) -> StageResult:
     out = call.out / "model.onnx"
     if call.paths.get("onnx"):
         return _use_given(call, Path(call.paths["onnx"]), out)
-    if settings["exporter"] == "dynamo":
-        raise UserError("the dynamo exporter is not available yet; use exporter: torchscript",
-                        field="export.exporter")
-    if settings["scope"] != "call":
-        raise UserError("scope 'model' is not available yet; use scope: call", field="export.scope")
-    return _export_call(call, settings, capture, out)
+    record = json.loads((capture.path / "capture.json").read_text())
+    table: dict[Any, Any] = {}  # dynamo: custom op -> onnxscript translation
+    with imports.search_path(call.paths["python_path"]):
+        if settings["scope"] == "model":
+            module, args, input_names, output_names, what = _whole_model(call, record)
+        else:
+            module, args, input_names, output_names, what = _one_call(call, settings, record, table)
+        with _swapped(settings, table):
+            call.progress(f"exporting ({settings['exporter']})")
+            if settings["exporter"] == "dynamo":
+                strategy = _dynamo_export(module, args, out, settings, input_names, output_names, table)
+            else:
+                _torch_export(module, args, out, settings, input_names, output_names)
+                strategy = "torch.onnx.export (TorchScript)"
+    return _finish(call, out, settings, what, strategy, record)
+
+
+@contextlib.contextmanager
+def _swapped(settings: dict[str, Any], table: dict[Any, Any]) -> Iterator[None]:
+    """Every plugin's `replace` callable swapped for its stand-in (scope model; scope call uses the first)."""
+    from orchestrator.stages.capture import swap_callable
+
+    plugins = settings["plugins"] if settings["scope"] == "model" else []
+    if settings.get("plugin_nodes") == "surgery":
+        plugins = []
+    with contextlib.ExitStack() as stack:
+        for index, plugin in enumerate(plugins):
+            field = f"export.plugins[{index}].replace"
+            entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+            original = imports.resolve(plugin["replace"], field)
+            stand_in = _stand_in(plugin, entry, original, settings["exporter"], table)
+            stack.enter_context(swap_callable(plugin["replace"], stand_in, field))
+        yield
+
+
+def _stand_in(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any], exporter: str,
+              table: dict[Any, Any]) -> Any:
+    if exporter == "dynamo":
+        return make_dynamo_replacement(plugin, entry, original, table)
+    return make_replacement(plugin, entry, original)
 
 
 def _use_given(call: StageCall, source: Path, out: Path) -> StageResult:
@@ -171,21 +400,31 @@ def _use_given(call: StageCall, source: Path, out: Path) -> StageResult:
     return StageResult(f"given ONNX {source.name}, {_plugin_summary(info)}", info)
 
 
-def _export_call(call: StageCall, settings: dict[str, Any], capture: Any, out: Path) -> StageResult:
+def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
+              table: dict[Any, Any]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
+    """The seed's test model: the plugin call alone, fed the captured tensors."""
     import numpy as np
     import torch
 
-    record = json.loads((capture.path / "capture.json").read_text())
     plugin = settings["plugins"][0]
     entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
     if plugin.get("replace"):
-        with imports.search_path(call.paths["python_path"]):
-            original = imports.resolve(plugin["replace"], "export.plugins[0].replace")
+        original = imports.resolve(plugin["replace"], "export.plugins[0].replace")
+    elif settings.get("plugin_nodes") == "surgery":
+        raise UserError("plugin_nodes 'surgery' with scope 'call' exports the replaced callable as written; "
+                        "name it in export.plugins[0].replace", field="export.plugins[0].replace")
     else:
         original = kernel_callable(plugin, entry)
-    replacement = make_replacement(plugin, entry, original)
-    names = plugin["inputs"]
-    inputs = {name: torch.from_numpy(np.load(capture.path / meta["file"])) for name, meta in record["inputs"].items()}
+    if settings.get("plugin_nodes") == "surgery":
+        function = original
+    elif settings["exporter"] == "dynamo":
+        function = make_dynamo_replacement(plugin, entry, original, table)
+    else:
+        function = make_replacement(plugin, entry, original)
+    derived = plugin.get("derive", {})
+    names = [n for n in plugin["inputs"] if n not in derived]
+    inputs = {name: torch.from_numpy(np.load(call.inputs["capture"].path / meta["file"]))
+              for name, meta in record["inputs"].items()}
     missing = [n for n in names if n not in inputs]
     if missing:
         raise UserError(f"the capture has no tensor(s) {', '.join(missing)} for the plugin inputs; it has "
@@ -194,41 +433,111 @@ def _export_call(call: StageCall, settings: dict[str, Any], capture: Any, out: P
     order = [a["name"] for a in record.get("args", [])] or names
 
     class OneCall(torch.nn.Module):
-        """The seed's test model: the plugin call alone, fed the captured tensors."""
-
         def forward(self, *tensors: Any) -> Any:
             values = dict(zip(names, tensors, strict=True))
             args = {name: values[name] if name in values else extras[name] for name in order
                     if name in values or name in extras}
-            return replacement(**args)
+            return function(**args)
 
-    output_names = list(record["outputs"])[:1]
-    call.progress("tracing the one-call model")
-    _torch_export(OneCall(), tuple(inputs[n] for n in names), out, settings, names, output_names)
-    return _finish(call, out, settings)
+    return OneCall(), tuple(inputs[n] for n in names), names, list(record["outputs"])[:1], "one call"
+
+
+def _whole_model(call: StageCall, record: dict[str, Any]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
+    """The user's model, called with its captured arguments; tensor arguments become graph inputs."""
+    import torch
+
+    from orchestrator.stages.capture import build_model, flatten_outputs, name_inputs
+
+    call.progress("building the model")
+    model, raw_inputs = build_model(call.config["model"], call.paths["python_path"])
+    inputs = name_inputs(model, raw_inputs)
+    names = list(inputs.tensors)
+
+    class WholeModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors: Any) -> Any:
+            result = inputs.call(self.model, dict(zip(names, tensors, strict=True)))
+            return tuple(tensor for _, tensor in flatten_outputs(result))
+
+    outputs = list(record["outputs"])
+    return WholeModel().eval(), tuple(inputs.tensors[n] for n in names), names, outputs, f"whole {type(model).__name__}"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Exporters warn and log at length (deprecations, draft_export reports); the stage line says what matters."""
+    loggers = [logging.getLogger(name) for name in ("torch", "torch.export", "torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _torch_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict[str, Any], input_names: list[str],
                   output_names: list[str]) -> None:
-    import warnings
-
     import torch
 
     dynamic_axes = {name: {int(axis): label for axis, label in axes.items()}
                     for name, axes in settings.get("dynamic_axes", {}).items()} or None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(module, args, str(out), opset_version=settings["opset"], input_names=input_names,
-                              output_names=output_names, dynamic_axes=dynamic_axes, dynamo=False,
-                              do_constant_folding=True)
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(module, args, str(out), opset_version=settings["opset"], input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic_axes, dynamo=False,
+                          do_constant_folding=True)
 
 
-def _finish(call: StageCall, out: Path, settings: dict[str, Any]) -> StageResult:
+def _dynamic_shapes(settings: dict[str, Any], input_names: list[str]) -> tuple[Any, ...] | None:
+    """export.dynamic_axes as torch.export dynamic shapes (one Dim per axis name, shared across inputs)."""
+    import torch
+
+    declared = settings.get("dynamic_axes", {})
+    if not any(name in declared for name in input_names):
+        return None
+    dims: dict[str, Any] = {}
+    shapes = []
+    for name in input_names:
+        axes = declared.get(name, {})
+        shapes.append({int(axis): dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
+                      or None)
+    return tuple(shapes)
+
+
+def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict[str, Any], input_names: list[str],
+                   output_names: list[str], table: dict[Any, Any]) -> str:
+    """torch.export (draft_export when the model branches on tensor values), then torch.onnx.export."""
+    import torch
+
+    dynamic = _dynamic_shapes(settings, input_names)
+    strategy = "torch.export"
+    with _quiet(), torch.no_grad():
+        try:
+            program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+        except Exception as exc:  # noqa: BLE001 - data-dependent control flow, mostly; draft_export decides
+            try:
+                program = torch.export.draft_export(module, args, dynamic_shapes=dynamic)
+            except Exception:  # noqa: BLE001 - report the first failure, which names the user's code
+                raise RuntimeError(f"torch.export could not trace the model: {str(exc)[:2000]}") from exc
+            strategy = "torch.export.draft_export (values the model branches on fixed to the captured ones)"
+        torch.onnx.export(program, (), str(out), opset_version=settings["opset"], input_names=input_names,
+                          output_names=output_names, custom_translation_table=table, dynamo=True,
+                          external_data=False, verbose=False, optimize=True)
+    return strategy
+
+
+def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, strategy: str,
+            record: dict[str, Any]) -> StageResult:
     import onnx
 
     model = onnx.load(str(out))
-    domains = {p["domain"] for p in settings["plugins"]}
+    domains = {p["domain"] for p in settings["plugins"]} if settings.get("plugin_nodes") != "surgery" else set()
     present = {o.domain for o in model.opset_import}
     for domain in sorted(domains - present):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
@@ -239,8 +548,23 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any]) -> StageResult
         raise RuntimeError(f"the exported graph does not pass onnx.checker: {exc}") from exc
     onnx.save(model, str(out))
     info = describe_graph(model)
+    opset = info["opset"].get("ai.onnx", settings["opset"])
+    info.update(exporter=settings["exporter"], strategy=strategy, scope=settings["scope"],
+                opset_requested=settings["opset"])
+    counts = record.get("call_counts") or {}
+    nodes = len(info["plugin_nodes"])
+    calls = sum(counts.values())
     (call.out / "export.json").write_text(json.dumps(info, indent=1))
-    return StageResult(f"opset {settings['opset']}, {_plugin_summary(info)}", info)
+    text = f"{settings['exporter']} opset {opset}"
+    if opset != settings["opset"]:
+        text += f" ({settings['opset']} asked; the exporter could not convert)"
+    text += f", {what}, {_plugin_summary(info)}"
+    if settings["scope"] == "model" and settings.get("plugin_nodes") != "surgery" and counts:
+        text += f" ({calls} call{'s' if calls != 1 else ''} in the captured forward)" if calls == nodes else \
+            f"; the captured forward made {calls} call(s), the graph has {nodes} plugin node(s)"
+    if strategy.startswith("torch.export.draft_export"):
+        text += "; draft_export"
+    return StageResult(text, info)
 
 
 def describe_graph(model: Any) -> dict[str, Any]:
@@ -258,6 +582,9 @@ def describe_graph(model: Any) -> dict[str, Any]:
     custom = [n for n in graph.node if n.domain not in standard]
     producers = {o: n for n in graph.node for o in n.output}
     value_types = {v.name: tensor(v) for v in [*graph.value_info, *graph.input, *graph.output]}
+    for init in graph.initializer:
+        value_types.setdefault(init.name, {"name": init.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(
+            init.data_type).name, "shape": list(init.dims)})
     nodes = []
     for node in custom:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

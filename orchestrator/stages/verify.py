@@ -4,6 +4,11 @@ Per output: max/mean absolute error, max relative error, the count of elements o
 `atol + rtol*|ref|`, the smallest atol that would pass at this rtol, NaN/Inf counts, and whether
 the result is all zeros or constant (the classic sign of int64 indices read as int32). Writes
 verify.json; any failed check marks the stage failed (exit code 1), naming the check.
+
+When the capture recorded the plugin calls of a whole model (`capture.calls`), every plugin node's
+output is compared as well with the call it stands for (the k-th node of an op with the k-th call
+of its callable), so an error is traced to the layer where it starts. This needs a backend that
+can return intermediate tensors (the embedded ONNX Runtime one).
 """
 
 from __future__ import annotations
@@ -104,16 +109,57 @@ def failures(stats: dict[str, Any], fail_on: list[str], max_mismatch: int) -> li
     return found
 
 
+def plugin_steps(runner: Any) -> list[dict[str, Any]] | None:
+    """The plugin nodes in graph order (name, op, outputs), where the backend can return their outputs."""
+    plan = getattr(runner, "plan", None)
+    if not isinstance(plan, dict) or "steps" not in plan:
+        return None
+    return [step for step in plan["steps"] if step.get("type") == "plugin"]
+
+
+def pair_plugin_calls(steps: list[dict[str, Any]], record: dict[str, Any]) -> tuple[list[tuple[dict[str, Any],
+                                                                                                 dict[str, Any]]],
+                                                                                      list[str]]:
+    """(plugin node, recorded call) pairs: the k-th node of an op is the k-th call of its callable."""
+    by_op: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        by_op.setdefault(step["op"], []).append(step)
+    counts: dict[str, int] = {}
+    callables: dict[str, str] = {}
+    for entry in record.get("calls", []):
+        callables[entry["op"]] = entry["callable"]
+    for path, count in record.get("call_counts", {}).items():
+        for op, callable_path in callables.items():
+            if callable_path == path:
+                counts[op] = count
+    pairs = []
+    problems = []
+    for op, total in counts.items():
+        nodes = by_op.get(op, [])
+        if len(nodes) != total:
+            problems.append(f"the graph has {len(nodes)} {op} node(s), the model made {total} call(s) of "
+                            f"{callables[op]}; plugin nodes cannot be matched with calls")
+            continue
+        for entry in record.get("calls", []):
+            if entry["op"] == op:
+                pairs.append((nodes[entry["sequence"]], entry))
+    return pairs, problems
+
+
 def run(call: StageCall) -> StageResult:
     settings = call.config["verify"]
     build, capture = call.inputs["build"], call.inputs["capture"]
     call.progress("loading the built artifact")
     runner = backends.open_runner(build.path, build.manifest["result"]["backend"], call.paths.get("threads", 0))
     feeds = feeds_for(runner, capture)
+    record = json.loads((capture.path / "capture.json").read_text())
+    steps = plugin_steps(runner) if record.get("calls") else None
+    pairs, pairing_problems = pair_plugin_calls(steps, record) if steps is not None else ([], [])
     call.progress("running")
-    results = runner.run(feeds)
+    keep = [node["outputs"][0] for node, _ in pairs]
+    results = runner.run(feeds, keep=keep) if keep else runner.run(feeds)
     runner.close()
-    report: dict[str, Any] = {"outputs": {}, "passed": True, "failed_checks": []}
+    report: dict[str, Any] = {"outputs": {}, "plugin_nodes": {}, "passed": True, "failed_checks": [], "notes": []}
     lines = []
     for name, produced, reference in reference_outputs(runner, capture):
         tolerance = settings["per_output"].get(name, {})
@@ -129,5 +175,41 @@ def run(call: StageCall) -> StageResult:
         else:
             lines.append(f"{name} max|err| {stats['max_abs']:.1e} <= atol {atol:g}, max rel {stats['max_rel']:.1e}, "
                          f"{stats['nan']} NaN, {'all-zero' if stats['all_zero'] else 'not all-zero'}")
+    if record.get("calls"):
+        lines.append(_compare_plugin_nodes(call, settings, record, steps, pairs, pairing_problems, results, report))
     (call.out / "verify.json").write_text(json.dumps(report, indent=1))
     return StageResult("; ".join(lines), report, passed=report["passed"])
+
+
+def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
+                          steps: list[dict[str, Any]] | None, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+                          problems: list[str], results: dict[str, Any], report: dict[str, Any]) -> str:
+    """Each plugin node's output against its recorded call; one summary line."""
+    import numpy as np
+
+    if steps is None:
+        note = "plugin node outputs not compared: this backend returns the graph outputs only"
+        report["notes"].append(note)
+        return note
+    for problem in problems:
+        report["passed"] = False
+        report["failed_checks"].append(f"plugin nodes: {problem}")
+    worst = 0.0
+    failed = 0
+    for node, entry in pairs:
+        reference = np.load(call.inputs["capture"].path / entry["output"]["file"])
+        stats = compare(results[node["outputs"][0]], reference, settings["atol"], settings["rtol"])
+        found = failures(stats, settings["fail_on"], settings["max_mismatch"])
+        stats.update(failed=found, op=node["op"], module=entry["module"], call=entry["sequence"])
+        report["plugin_nodes"][node["name"] or node["outputs"][0]] = stats
+        if found:
+            failed += 1
+            report["passed"] = False
+            report["failed_checks"] += [f"plugin node {node['name']} ({entry['module']}): {p}" for p in found]
+        elif not stats.get("shape_mismatch"):
+            worst = max(worst, stats["max_abs"])
+    if problems:
+        return f"plugin nodes: FAILED {problems[0]}"
+    if failed:
+        return f"plugin nodes: FAILED {failed} of {len(pairs)} differ from their calls"
+    return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}"

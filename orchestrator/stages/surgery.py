@@ -1,0 +1,555 @@
+"""surgery: onnx-graphsurgeon edits applied in order to the exported graph.
+
+Edits: rename_op, set_attrs, remove_attrs, insert_cast (chosen inputs, or every plugin input that
+breaks the plugin's dtype contract), replace_subgraph (everything between start and end tensors
+becomes one node, e.g. a plain-PyTorch MSDA exported as dozens of GridSample/Reshape nodes becomes
+one MultiscaleDeformableAttnPlugin_TRT node), and cleanup (fold constants, remove dead nodes,
+toposort). An edit that matches nothing is an error that names the edit and what it looked for;
+after every edit the graph must still pass onnx.checker's full check with strict shape inference,
+else the error names the edit that broke it.
+
+Writes model.onnx (shape-inferred) and surgery.json: what each edit did, and the node diff
+(removed, added and changed nodes, op counts before and after) that `show --stage surgery` prints.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.errors import UserError
+from orchestrator.stages import StageCall, StageResult
+
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+CAST_TYPES = {"float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool"}
+
+
+class NoMatch(UserError):
+    """A tensor match or node match found nothing (replace_subgraph with `every` stops on it)."""
+
+
+@dataclass
+class Context:
+    """What an edit may use: the declared plugins, and shared inserted tensors (one Cast per source and dtype)."""
+
+    graph: Any
+    contracts: dict[str, dict[str, Any]]  # op -> resolved plugin declaration
+    field: str
+    made: dict[tuple[str, str], Any] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+    inserted: set[str] = field(default_factory=set)  # names of the nodes this edit made
+
+    def unique(self, stem: str) -> str:
+        taken = self.names or {n.name for n in self.graph.nodes} | set(self.graph.tensors())
+        self.names = taken
+        name, count = stem, 0
+        while name in taken:
+            count += 1
+            name = f"{stem}_{count}"
+        taken.add(name)
+        return name
+
+    def error(self, message: str, hint: str | None = None) -> UserError:
+        return UserError(message, field=self.field, hint=hint)
+
+
+# ---------------------------------------------------------------------- matching
+
+def _dtype_name(tensor: Any) -> str | None:
+    import numpy as np
+
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is None:
+        return None
+    try:
+        return str(np.dtype(dtype))
+    except TypeError:
+        import onnx
+
+        try:
+            return str(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
+        except (TypeError, ValueError, KeyError):
+            return None
+
+
+def _static_shape(tensor: Any) -> tuple[int, ...] | None:
+    shape = getattr(tensor, "shape", None)
+    if shape is None or any(not isinstance(d, int) or d < 0 for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def find_nodes(ctx: Context, op: str, name: str | None = None, exact_name: bool = False) -> list[Any]:
+    """Nodes of op type `op` (and whose name matches `name`), in graph order."""
+    found = [n for n in ctx.graph.nodes if n.op == op]
+    if name is not None:
+        found = [n for n in found if (n.name == name if exact_name else re.search(name, n.name or ""))]
+    return found
+
+
+def _no_nodes(ctx: Context, op: str, name: str | None, what: str) -> NoMatch:
+    ops = sorted({n.op for n in ctx.graph.nodes})
+    close = difflib.get_close_matches(op, ops, n=3)
+    if name is not None and op in ops:
+        named = [n.name for n in ctx.graph.nodes if n.op == op][:5]
+        return NoMatch(f"{what}: no {op} node whose name matches '{name}' (e.g. {', '.join(named)})",
+                       field=ctx.field)
+    hint = f"did you mean {', '.join(close)}?" if close else f"ops in the graph: {', '.join(ops[:25])}"
+    return NoMatch(f"{what}: the graph has no {op} node", field=ctx.field, hint=hint)
+
+
+def resolve_tensor(ctx: Context, match: Any, what: str) -> Any:
+    """The graph tensor a tensor match (see the schema's tensor_match) points at."""
+    tensors = ctx.graph.tensors()
+    if isinstance(match, str):
+        if match not in tensors:
+            close = difflib.get_close_matches(match, list(tensors), n=3)
+            raise NoMatch(f"{what}: no tensor '{match}' in the graph", field=ctx.field,
+                          hint=f"did you mean {', '.join(close)}?" if close else None)
+        return tensors[match]
+    if "derive" in match:
+        source = resolve_tensor(ctx, match["from"], f"{what} (derive from)")
+        return derive(ctx, match["derive"], source)
+    nodes = find_nodes(ctx, match["op"], match.get("name"))
+    index = match.get("index", 0)
+    label = f"{match['op']} node #{index}" + (f" named like '{match['name']}'" if match.get("name") else "")
+    if index >= len(nodes):
+        if not nodes:
+            raise _no_nodes(ctx, match["op"], match.get("name"), what)
+        raise NoMatch(f"{what}: looked for {label}; the graph has {len(nodes)} such node(s)", field=ctx.field)
+    node = nodes[index]
+    if "input" in match:
+        slot, side = match["input"], node.inputs
+    else:
+        slot, side = match.get("output", 0), node.outputs
+    kind = "input" if "input" in match else "output"
+    if slot >= len(side):
+        raise NoMatch(f"{what}: {label} ('{node.name}') has {len(side)} {kind}s, not {kind} {slot}", field=ctx.field)
+    tensor = side[slot]
+    for step in match.get("then", []):
+        consumers = [c for c in tensor.outputs if c.op == step]
+        if len(consumers) != 1:
+            users = ", ".join(f"{c.op} '{c.name}'" for c in tensor.outputs) or "nothing"
+            raise NoMatch(f"{what}: from {label}, tensor '{tensor.name}' goes to {len(consumers)} {step} node(s), "
+                          f"not one (it is used by {users})", field=ctx.field)
+        tensor = consumers[0].outputs[0]
+    return tensor
+
+
+def derive(ctx: Context, rule: str, source: Any) -> Any:
+    """A tensor computed from `source` by inserted nodes (shared between uses within one edit)."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    key = (f"derive:{rule}", source.name)
+    if key in ctx.made:
+        return ctx.made[key]
+    if rule != "level_start_index":
+        raise ctx.error(f"unknown derivation '{rule}'")
+    # level_start_index = exclusive running sum of H*W: ReduceProd over (H, W), then CumSum(exclusive=1).
+    dtype = _dtype_name(source) or "int64"
+    shape = getattr(source, "shape", None)
+    levels = [shape[0]] if shape else None
+    sizes = gs.Variable(ctx.unique(f"{source.name}_level_sizes"), dtype=np.dtype(dtype), shape=levels)
+    opset = ctx.graph.opset or 11
+    if opset >= 18:
+        axes = gs.Constant(ctx.unique(f"{source.name}_axes"), np.array([1], dtype=np.int64))
+        reduce = gs.Node("ReduceProd", ctx.unique("derive_ReduceProd"), {"keepdims": 0}, [source, axes], [sizes])
+    else:
+        reduce = gs.Node("ReduceProd", ctx.unique("derive_ReduceProd"), {"axes": [1], "keepdims": 0}, [source],
+                         [sizes])
+    axis = gs.Constant(ctx.unique(f"{source.name}_axis0"), np.array(0, dtype=np.int64))
+    starts = gs.Variable(ctx.unique(f"{source.name}_level_start_index"), dtype=np.dtype(dtype), shape=levels)
+    cumsum = gs.Node("CumSum", ctx.unique("derive_CumSum"), {"exclusive": 1}, [sizes, axis], [starts])
+    ctx.graph.nodes.extend([reduce, cumsum])
+    ctx.made[key] = starts
+    return starts
+
+
+def cast(ctx: Context, tensor: Any, to: str) -> Any:
+    """`tensor` cast to `to`, through one Cast node per (tensor, dtype) however many nodes use it."""
+    import numpy as np
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    key = (f"cast:{to}", tensor.name)
+    if key not in ctx.made:
+        out = gs.Variable(ctx.unique(f"{tensor.name}_{to}"), dtype=np.dtype(to), shape=getattr(tensor, "shape", None))
+        to_enum = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(to))
+        ctx.graph.nodes.append(gs.Node("Cast", ctx.unique(f"Cast_{to}"), {"to": to_enum}, [tensor], [out]))
+        ctx.made[key] = out
+    return ctx.made[key]
+
+
+# ---------------------------------------------------------------------- edits
+
+def _attr_value(name: str, value: Any, ctx: Context) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | str):
+        return value
+    if isinstance(value, list) and value:
+        kinds = {type(int(v) if isinstance(v, bool) else v) for v in value}
+        if len(kinds) == 1 and kinds <= {int, float, str}:
+            return [int(v) if isinstance(v, bool) else v for v in value]
+    raise ctx.error(f"attribute '{name}': {json.dumps(value)} is not a string, number, or list of one kind of them")
+
+
+def edit_rename_op(ctx: Context, spec: dict[str, Any]) -> str:
+    nodes = [n for n in ctx.graph.nodes if n.op == spec["from"]
+             and ("from_domain" not in spec or (n.domain or "") == spec["from_domain"])]
+    if not nodes:
+        what = f"rename_op {spec['from']}" + (f" (domain '{spec['from_domain']}')" if "from_domain" in spec else "")
+        if "from_domain" in spec and find_nodes(ctx, spec["from"]):
+            domains = sorted({n.domain or "" for n in find_nodes(ctx, spec["from"])})
+            raise NoMatch(f"{what}: the {spec['from']} nodes are in domain(s) {', '.join(map(repr, domains))}",
+                          field=ctx.field)
+        raise _no_nodes(ctx, spec["from"], None, what)
+    for node in nodes:
+        node.op = spec["to"]
+        if "domain" in spec:
+            node.domain = spec["domain"]
+    domain = f" (domain {spec['domain']})" if "domain" in spec else ""
+    return f"renamed {len(nodes)} {spec['from']} node(s) to {spec['to']}{domain}"
+
+
+def _selected(ctx: Context, spec: dict[str, Any], what: str) -> list[Any]:
+    nodes = find_nodes(ctx, spec["op"], spec.get("name"), exact_name=True)
+    if not nodes:
+        raise _no_nodes(ctx, spec["op"], spec.get("name"), what)
+    return nodes
+
+
+def edit_set_attrs(ctx: Context, spec: dict[str, Any]) -> str:
+    nodes = _selected(ctx, spec, f"set_attrs on {spec['op']}")
+    values = {name: _attr_value(name, value, ctx) for name, value in spec["attrs"].items()}
+    for node in nodes:
+        node.attrs.update(values)
+    return f"set {', '.join(values)} on {len(nodes)} {spec['op']} node(s)"
+
+
+def edit_remove_attrs(ctx: Context, spec: dict[str, Any]) -> str:
+    nodes = _selected(ctx, spec, f"remove_attrs on {spec['op']}")
+    for name in spec["attrs"]:
+        if not any(name in node.attrs for node in nodes):
+            present = sorted({a for node in nodes for a in node.attrs})
+            raise NoMatch(f"remove_attrs: none of the {len(nodes)} {spec['op']} node(s) has attribute '{name}'",
+                          field=ctx.field, hint=f"they have: {', '.join(present) or 'no attributes'}")
+    for node in nodes:
+        for name in spec["attrs"]:
+            node.attrs.pop(name, None)
+    return f"removed {', '.join(spec['attrs'])} from {len(nodes)} {spec['op']} node(s)"
+
+
+def edit_insert_cast(ctx: Context, spec: dict[str, Any]) -> str:
+    if spec.get("contract"):
+        return _contract_casts(ctx, spec)
+    if "op" not in spec or "inputs" not in spec or "to" not in spec:
+        raise ctx.error("insert_cast needs op, inputs and to (or contract: true)")
+    nodes = _selected(ctx, spec, f"insert_cast on {spec['op']}")
+    count = 0
+    for node in nodes:
+        for slot in spec["inputs"]:
+            if slot >= len(node.inputs):
+                raise NoMatch(f"insert_cast: {spec['op']} node '{node.name}' has {len(node.inputs)} inputs, "
+                              f"no input {slot}", field=ctx.field)
+            node.inputs[slot] = cast(ctx, node.inputs[slot], spec["to"])
+            count += 1
+    return f"cast {count} input(s) of {len(nodes)} {spec['op']} node(s) to {spec['to']}"
+
+
+def _contract_casts(ctx: Context, spec: dict[str, Any]) -> str:
+    ops = [spec["op"]] if "op" in spec else list(ctx.contracts)
+    unknown = [op for op in ops if op not in ctx.contracts]
+    if unknown:
+        raise ctx.error(f"insert_cast (contract): {unknown[0]} is not a plugin declared in export.plugins "
+                        f"({', '.join(ctx.contracts)}), so it has no contract")
+    nodes = [n for n in ctx.graph.nodes if n.op in ops and (spec.get("name") is None or n.name == spec["name"])]
+    if not nodes:
+        raise NoMatch(f"insert_cast (contract): the graph has no {' or '.join(ops)} node", field=ctx.field)
+    casts = []
+    for node in nodes:
+        plugin = ctx.contracts[node.op]
+        for slot, tensor in enumerate(node.inputs):
+            if slot >= len(plugin["contract"]):
+                break
+            accepted = plugin["contract"][slot]["dtypes"]
+            dtype = _dtype_name(tensor)
+            if dtype is None or dtype in accepted:
+                continue
+            target = plugin["dtypes"].get(plugin["inputs"][slot]) or accepted[0]
+            node.inputs[slot] = cast(ctx, tensor, target)
+            casts.append(f"{plugin['inputs'][slot]} {dtype}->{target}")
+    if not casts:
+        raise NoMatch(f"insert_cast (contract): every input of the {len(nodes)} {' / '.join(ops)} node(s) already "
+                      "fits the contract; nothing to cast", field=ctx.field)
+    shown = sorted(Counter(casts).items())
+    return f"cast {len(casts)} plugin input(s): " + ", ".join(f"{what} x{n}" if n > 1 else what for what, n in shown)
+
+
+def edit_cleanup(ctx: Context, spec: dict[str, Any]) -> str:
+    before = len(ctx.graph.nodes)
+    if spec.get("fold_constants", True):
+        ctx.graph.fold_constants()
+    ctx.graph.cleanup()
+    if spec.get("toposort", True):
+        ctx.graph.toposort()
+    after = len(ctx.graph.nodes)
+    folded = " with constants folded" if spec.get("fold_constants", True) else ""
+    return f"cleaned up{folded}: {before} -> {after} nodes"
+
+
+def _shifted(match: Any, offset: int) -> Any:
+    """The same tensor match, `offset` nodes further along each node match (the next occurrence)."""
+    if isinstance(match, str):
+        return match
+    if "derive" in match:
+        return {**match, "from": _shifted(match["from"], offset)}
+    return {**match, "index": match.get("index", 0) + offset}
+
+
+def _has_node_match(match: Any) -> bool:
+    if isinstance(match, str):
+        return False
+    return _has_node_match(match["from"]) if "derive" in match else True
+
+
+def edit_replace_subgraph(ctx: Context, spec: dict[str, Any]) -> str:
+    """Find every occurrence first (the k-th occurrence: the k-th node of each node match), then replace each."""
+    every = spec.get("every", False) and any(_has_node_match(m) for m in [*spec["inputs"], *spec["outputs"]])
+    occurrences: list[tuple[list[Any], list[Any]]] = []
+    while True:
+        offset = len(occurrences)
+        try:
+            starts = [resolve_tensor(ctx, _shifted(m, offset), f"replace_subgraph input {i}")
+                      for i, m in enumerate(spec["inputs"])]
+            ends = [resolve_tensor(ctx, _shifted(m, offset), f"replace_subgraph output {i}")
+                    for i, m in enumerate(spec["outputs"])]
+        except NoMatch:
+            if occurrences:
+                break
+            raise
+        occurrences.append((starts, ends))
+        if not every or offset > len(ctx.graph.nodes):
+            break
+    notes: set[str] = set()
+    replaced = []
+    for starts, ends in occurrences:
+        replaced.append(_replace_once(ctx, spec, starts, ends, notes))
+        ctx.graph.cleanup().toposort()
+    count = len(replaced)
+    text = (f"replaced {count} subgraph{'s' if count != 1 else ''} ({', '.join(map(str, replaced))} nodes) "
+            f"by {spec['op']}")
+    return text + (f"; {'; '.join(sorted(notes))}" if notes else "")
+
+
+def _region(ctx: Context, starts: list[Any], ends: list[Any]) -> list[Any]:
+    """The nodes between the start and end tensors that depend on a start tensor; checked to be self-contained."""
+    start_names = {t.name for t in starts}
+    for tensor in ends:
+        if tensor.name in start_names:
+            raise ctx.error(f"replace_subgraph: '{tensor.name}' is both a start and an end tensor")
+    graph_inputs = {t.name for t in ctx.graph.inputs}
+    visited: dict[int, Any] = {}
+    stack = list(ends)
+    while stack:
+        tensor = stack.pop()
+        if tensor.name in start_names:
+            continue
+        if not tensor.inputs:
+            if tensor.name in graph_inputs:
+                raise ctx.error(f"replace_subgraph: the subgraph also reads graph input '{tensor.name}', which is "
+                                "not one of its start tensors", hint="add it to inputs, or check the start tensors")
+            continue
+        node = tensor.inputs[0]
+        if id(node) not in visited:
+            visited[id(node)] = node
+            stack.extend(node.inputs)
+    position = {id(n): i for i, n in enumerate(ctx.graph.nodes)}
+    region: dict[int, Any] = {}
+    for node in sorted(visited.values(), key=lambda n: position.get(id(n), -1)):
+        if any(t.name in start_names or (t.inputs and id(t.inputs[0]) in region) for t in node.inputs):
+            region[id(node)] = node
+    for tensor in ends:
+        if not tensor.inputs or id(tensor.inputs[0]) not in region:
+            raise ctx.error(f"replace_subgraph: end tensor '{tensor.name}' does not depend on the start tensors "
+                            f"({', '.join(sorted(start_names))})")
+    end_names = {t.name for t in ends}
+    outputs = {t.name for t in ctx.graph.outputs}
+    for node in region.values():
+        for tensor in node.outputs:
+            if tensor.name in end_names:
+                continue
+            outside = [c for c in tensor.outputs if id(c) not in region]
+            if outside or tensor.name in outputs:
+                user = f"{outside[0].op} '{outside[0].name}'" if outside else "the graph's outputs"
+                raise ctx.error(f"replace_subgraph: '{tensor.name}', computed inside the subgraph (by {node.op} "
+                                f"'{node.name}'), is also used outside it by {user}",
+                                hint="move the end tensors so that they cover every value leaving the subgraph")
+    return list(region.values())
+
+
+def _replace_once(ctx: Context, spec: dict[str, Any], starts: list[Any], ends: list[Any], notes: set[str]) -> int:
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    from orchestrator import plugins as catalog
+
+    region = _region(ctx, starts, ends)
+    if any(node.name in ctx.inserted for node in region):
+        raise ctx.error("replace_subgraph: two occurrences overlap (the subgraph holds a node inserted for an "
+                        "earlier one); check the start and end tensors")
+    plugin = ctx.contracts.get(spec["op"])
+    inputs = list(starts)
+    attrs: dict[str, Any] = {}
+    domain = spec.get("domain") or (plugin["domain"] if plugin else "trt.plugins")
+    entry = None
+    if plugin is not None:
+        entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+        if len(inputs) != len(entry.inputs):
+            raise ctx.error(f"replace_subgraph: {plugin['op']} takes {len(entry.inputs)} inputs "
+                            f"({', '.join(entry.input_names())}); {len(inputs)} start tensors are given")
+        attrs = {"plugin_version": plugin["version"], "plugin_namespace": plugin["namespace"],
+                 **plugin.get("attributes", {})}
+        for slot, tensor in enumerate(inputs):
+            wanted = plugin["dtypes"].get(plugin["inputs"][slot])
+            dtype = _dtype_name(tensor)
+            if wanted and dtype and wanted != dtype and dtype.startswith(("int", "uint")):
+                inputs[slot] = cast(ctx, tensor, wanted)
+                notes.add(f"{plugin['inputs'][slot]} cast {dtype}->{wanted}")
+    attrs.update({name: _attr_value(name, value, ctx) for name, value in spec.get("attrs", {}).items()})
+    for node in region:
+        node.inputs.clear()
+        node.outputs.clear()
+    end = ends[0]
+    produced = list(ends)
+    added = []
+    plugin_shape = None
+    shapes = [_static_shape(t) for t in inputs]
+    if entry is not None and all(s is not None for s in shapes):
+        plugin_shape = tuple(int(d) for d in entry.output_shape(shapes))  # type: ignore[arg-type]
+    reshape = spec.get("output_reshape")
+    end_shape = _static_shape(end)
+    if reshape is None and plugin_shape is not None and end_shape is not None and plugin_shape != end_shape:
+        if int(np.prod(plugin_shape)) != int(np.prod(end_shape)):
+            raise ctx.error(f"replace_subgraph: {spec['op']} gives {list(plugin_shape)}, which cannot be reshaped to "
+                            f"the end tensor's {list(end_shape)}")
+        reshape = list(end_shape)
+    if reshape is None and entry is not None and plugin_shape is None:
+        raise ctx.error(f"replace_subgraph: the shape of the {spec['op']} output is unknown (the start tensors' "
+                        "shapes are not all static), so it cannot be told whether it needs a reshape to the end "
+                        "tensor", hint="give output_reshape, e.g. [0, 0, -1] for MSDA's [N, Lq, M, D] -> [N, Lq, M*D]")
+    name = ctx.unique(spec["op"])
+    if reshape is not None:
+        own = gs.Variable(ctx.unique(f"{name}_output"), dtype=end.dtype, shape=plugin_shape)
+        produced[0] = own
+        target = gs.Constant(ctx.unique(f"{name}_shape"), np.array(reshape, dtype=np.int64))
+        added.append(gs.Node("Reshape", ctx.unique(f"{name}_Reshape"), {}, [own, target], [end]))
+    elif plugin_shape is not None and len(ends) == 1:
+        end.shape = list(plugin_shape)
+    ctx.graph.nodes.insert(0, gs.Node(spec["op"], name, attrs, inputs, produced, domain=domain))
+    ctx.graph.nodes.extend(added)
+    ctx.inserted.update([name, *(node.name for node in added)])
+    return len(region)
+
+
+EDITS: dict[str, Callable[[Context, dict[str, Any]], str]] = {
+    "rename_op": edit_rename_op,
+    "set_attrs": edit_set_attrs,
+    "remove_attrs": edit_remove_attrs,
+    "insert_cast": edit_insert_cast,
+    "replace_subgraph": edit_replace_subgraph,
+    "cleanup": edit_cleanup,
+}
+
+
+# ---------------------------------------------------------------------- validity and the diff
+
+def finish(graph: Any, template: Any, field: str, kind: str) -> Any:
+    """Export the edited graph; declare its custom domains; full check with strict shape inference."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    try:
+        model = gs.export_onnx(graph)
+    except Exception as exc:  # noqa: BLE001 - graphsurgeon refuses what it cannot write
+        raise UserError(f"after {kind}, the graph cannot be written: {str(exc)[:300]}", field=field) from None
+    model.ir_version = template.ir_version
+    present = {o.domain for o in model.opset_import}
+    for domain in sorted({n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS} - present):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        message = str(exc).strip().splitlines()
+        raise UserError(f"after {kind}, the graph is no longer valid: {' '.join(message[:3])[:400]}",
+                        field=field) from None
+    return model
+
+
+def node_table(model: Any) -> list[dict[str, Any]]:
+    return [{"name": n.name or f"<{n.op_type} -> {', '.join(n.output)}>", "op": n.op_type, "domain": n.domain}
+            for n in model.graph.node]
+
+
+def diff(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
+    """Removed, added and changed nodes (by name), and the op counts that changed."""
+    old = {n["name"]: n for n in before}
+    new = {n["name"]: n for n in after}
+    changed = [{"name": name, "before": f"{old[name]['op']}", "after": f"{new[name]['op']}",
+                "domain": [old[name]["domain"], new[name]["domain"]]}
+               for name in old if name in new and (old[name]["op"], old[name]["domain"]) !=
+               (new[name]["op"], new[name]["domain"])]
+    ops_before = Counter(n["op"] for n in before)
+    ops_after = Counter(n["op"] for n in after)
+    ops = {op: [ops_before.get(op, 0), ops_after.get(op, 0)] for op in sorted(set(ops_before) | set(ops_after))
+           if ops_before.get(op, 0) != ops_after.get(op, 0)}
+    return {"removed": [n for n in before if n["name"] not in new], "added": [n for n in after if n["name"] not in old],
+            "changed": changed, "ops": ops, "nodes": [len(before), len(after)]}
+
+
+def run(call: StageCall) -> StageResult:
+    import onnx
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    G_LOGGER.severity = G_LOGGER.ERROR
+    source = call.inputs["onnx"].path / "model.onnx"
+    original = onnx.load(str(source))
+    model = onnx.shape_inference.infer_shapes(original)
+    before = node_table(model)
+    contracts = {plugin["op"]: plugin for plugin in call.config["contracts"]}
+    edits = call.config["surgery"]
+    fields = call.paths.get("fields") or [f"surgery[{i}]" for i in range(len(edits))]
+    reports = []
+    for index, edit in enumerate(edits):
+        kind, spec = next(iter(edit.items()))
+        where = fields[index] if fields[index].startswith("export.") else f"{fields[index]}.{kind}"
+        call.progress(f"{kind} ({index + 1}/{len(edits)})")
+        graph = gs.import_onnx(model)
+        ctx = Context(graph, contracts, where)
+        summary = EDITS[kind](ctx, spec or {})
+        if kind not in ("cleanup",):
+            graph.cleanup().toposort()
+        model = finish(graph, original, where, f"{where}")
+        reports.append({"edit": kind, "field": where, "summary": summary})
+    onnx.save(model, str(call.out / "model.onnx"))
+    from orchestrator.stages.export import describe_graph
+
+    changes = diff(before, node_table(model))
+    info = describe_graph(model)
+    record = {"edits": reports, "diff": changes, "graph": info}
+    (call.out / "surgery.json").write_text(json.dumps(record, indent=1))
+    plugin_nodes = len(info["plugin_nodes"])
+    summary = (f"{len(edits)} edit{'s' if len(edits) != 1 else ''}: {len(changes['removed'])} nodes removed, "
+               f"{len(changes['added'])} added, {len(changes['changed'])} changed; {changes['nodes'][0]} -> "
+               f"{changes['nodes'][1]} nodes, {plugin_nodes} plugin node{'s' if plugin_nodes != 1 else ''}")
+    return StageResult(summary, {"edits": reports, "ops": changes["ops"], "nodes": changes["nodes"],
+                                 "removed": len(changes["removed"]), "added": len(changes["added"]),
+                                 "changed": len(changes["changed"]), "plugin_nodes": plugin_nodes})

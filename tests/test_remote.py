@@ -135,6 +135,13 @@ def test_a_second_store_pulls_what_the_first_pushed(s3: dict[str, str], built: d
     assert f"nothing ran: 5 pulled from {built['url']}, the rest cached" in result.out
     assert _digests(second.store) == _digests(built["store"])  # byte for byte the artifacts that were pushed
 
+    # A fully cached run does not contact the remote: here its endpoint is a closed port. (--remote keeps the
+    # run off the no-op fast path, which reads nothing remote either.)
+    offline = {**_env(s3), "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}
+    cached = second.run("run", str(built["pipeline"]), "--remote", built["url"], env=offline)
+    assert cached.code == 0 and "nothing to do: all 5 stages cached" in cached.out, cached.text
+    assert "warning" not in cached.text
+
     # Remote settings are in no key: the same pipeline without a cache section is fully cached here.
     bare = second.write("bare.yaml", SMALL_PIPELINE.format(model=SMALL_MODEL))
     again = second.run("run", str(bare), env={**_env(s3), "ORCHESTRATE_REMOTE": "off"})

@@ -111,6 +111,14 @@ def test_fp16_blocks_batches_and_cross_attention(monkeypatch: pytest.MonkeyPatch
     np.testing.assert_allclose(result.astype(np.float32), reference(widened), atol=2e-3, rtol=2e-3)
 
 
+def test_serial_and_parallel_paths_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    case = softmax_case(2, 50, [(6, 7), (3, 4)], heads=2, dim=4)
+    monkeypatch.setattr(msda_kernel, "PARALLEL_FROM_SAMPLES", 1 << 40)
+    serial = run(case)
+    monkeypatch.setattr(msda_kernel, "PARALLEL_FROM_SAMPLES", 0)
+    np.testing.assert_array_equal(run(case), serial)
+
+
 def test_non_contiguous_inputs_give_the_same_result() -> None:
     case = make_case(2, 9, 3, 4, [(5, 6), (2, 3)], 2, 1.2)
     arrays = [t.numpy() for t in case]

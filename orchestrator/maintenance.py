@@ -116,6 +116,10 @@ def doctor(echo: Callable[[str], None]) -> None:
     version = trtexec.detected_version()
     echo("  trtexec                  " + (f"{found} (TensorRT {version or '?'})" if found else
                                           "unavailable: trtexec not on PATH"))
+    from orchestrator.backends import tensorrt as tensorrt_backend
+
+    for line in tensorrt_backend.doctor_lines():  # API generation, plugin creators, CUDA buffers
+        echo(line)
     echo("plugins (catalog):")
     for op in catalog.BUILTIN:
         entry = catalog.builtin(op)

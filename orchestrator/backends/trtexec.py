@@ -1,13 +1,57 @@
-"""trtexec: command lines for the installed TensorRT generation, and (later) running it."""
+"""The trtexec backend, and the equivalent trtexec command line that every build writes (trtexec.txt).
+
+Flags follow the detected trtexec generation: `--memPoolSize` where it exists (8.4 and later;
+`--workspace` was deprecated in 8.x and removed in 10.0), `--explicitBatch` only before 10.0,
+precision flags only where the release still parses them (11.x has no --fp16/--bf16/--best: an fp16
+build there is an fp16 graph), `--staticPlugins` from 8.6 (`--plugins` before), shapes, the shared
+timing cache and the engine file.
+
+The backend builds engine.plan with trtexec, streaming its log into trtexec.log. Its `Runner`
+writes the inputs as raw files for `--loadInputs`, runs `trtexec --loadEngine`, and reads the
+outputs back from the `--exportOutput` JSON and per-iteration timings from `--exportTimes` (the
+printed performance summary is parsed too, for the record).
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
+import json
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import environment
+from orchestrator.backends.tensorrt import (
+    ApiFeatures,
+    PrecisionPlan,
+    ShapeRange,
+    TensorSpec,
+    cast_float_graph,
+    cast_for_engine,
+    graph_input_dims,
+    is_quantized,
+    needs_profiles,
+    plugin_entries,
+    plugin_outputs,
+    precision_plan,
+    resolve_profiles,
+    result_shape,
+    timing_cache_file,
+    write_atomically,
+)
+from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from orchestrator.stages import StageCall
 
 UNITS = {"B": 1, "K": 1 << 10, "KB": 1000, "KIB": 1 << 10, "M": 1 << 20, "MB": 10**6, "MIB": 1 << 20,
          "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30}
@@ -23,6 +67,30 @@ def parse_size(value: int | str) -> int:
     return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Which trtexec
+
+
+def decode_version_number(number: int) -> str:
+    """NV_TENSORRT_VERSION as trtexec prints it: major*1000+minor*100+patch before 10, major*10000+... after."""
+    if number >= 100000:
+        major, minor, patch = number // 10000, number // 100 % 100, number % 100
+    else:
+        major, minor, patch = number // 1000, number // 100 % 10, number % 100
+    return f"{major}.{minor}.{patch}"
+
+
+def version_from_output(text: str) -> str | None:
+    """The TensorRT version in trtexec's banner ('[TensorRT v100300]') or its 'TensorRT version: 8.6.1' line."""
+    banner = re.search(r"TensorRT\.trtexec \[TensorRT v(\d+)\]", text)
+    if banner:
+        return decode_version_number(int(banner.group(1)))
+    line = re.search(r"TensorRT version:\s*v?(\d+)\.(\d+)\.(\d+)", text)
+    if line:
+        return ".".join(line.groups())
+    return None
+
+
 @functools.cache
 def detected_version() -> str | None:
     """The version trtexec reports ('10.13.0'), or None when it is not on PATH."""
@@ -30,38 +98,486 @@ def detected_version() -> str | None:
     if binary is None:
         return None
     try:
-        text = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60).stdout
+        done = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    match = re.search(r"TensorRT\.trtexec \[TensorRT v(\d+)(\d\d)(\d\d)\]", text) or re.search(
-        r"TensorRT v?(\d+)\.(\d+)\.(\d+)", text)
-    if not match:
-        return None
-    major, minor, patch = (int(g) for g in match.groups())
-    return f"{major}.{minor}.{patch}"
+    return version_from_output(done.stdout + done.stderr)
+
+
+def version_tuple(version: str | None) -> tuple[int, int, int]:
+    """(major, minor, patch); an unknown version counts as 10.0.0, today's most common generation."""
+    if not version:
+        return (10, 0, 0)
+    parts = [int(p) for p in re.findall(r"\d+", version)[:3]]
+    while len(parts) < 3:
+        parts.append(0)
+    return (parts[0], parts[1], parts[2])
 
 
 def major_of(version: str | None) -> int:
-    """The TensorRT generation to write flags for (10 when unknown: today's default)."""
-    if not version:
-        return 10
-    return int(version.split(".")[0])
+    """The TensorRT generation to write flags for (10 when unknown)."""
+    return version_tuple(version)[0]
 
 
-def command_line(onnx_path: Path, build: dict[str, Any], libraries: list[str], version: str | None) -> list[str]:
-    """The trtexec invocation equivalent to a build with these settings, for TensorRT `version`."""
-    major = major_of(version)
+def short_version(version: str) -> str:
+    """'10.13.0.35' -> '10.13.0': the Python package and trtexec spell the same release differently."""
+    return ".".join(str(p) for p in version_tuple(version))
+
+
+def builder_flags_for(version: str | None) -> frozenset[str]:
+    """The BuilderFlag names (precision-related) of a TensorRT generation, for trtexec, which has no API."""
+    major, minor, _ = version_tuple(version)
+    flags = {"FP16", "INT8", "TF32"}
+    if (major, minor) >= (8, 6):
+        flags.add("FP8")
+    if major >= 9:
+        flags.add("BF16")
+    if major >= 11:  # strongly typed: the graph's types are the precision
+        flags -= {"FP16", "BF16", "INT8", "FP8"}
+    return frozenset(flags)
+
+
+def features_for(version: str | None) -> ApiFeatures:
+    return ApiFeatures.from_names(version or "(version unknown)", {"BuilderFlag": sorted(builder_flags_for(version))})
+
+
+def precision_for(precision: str, version: str | None, plugin_precisions: Mapping[str, Sequence[str]],
+                  quantized: bool = False) -> PrecisionPlan:
+    """The precision plan trtexec of `version` can carry out (a UserError when it cannot)."""
+    return precision_plan(precision, features_for(version), plugin_precisions, quantized)
+
+
+FLAG_OPTIONS = {"FP16": "--fp16", "BF16": "--bf16", "INT8": "--int8", "FP8": "--fp8"}
+
+
+def precision_options(plan: PrecisionPlan) -> list[str]:
+    options = [FLAG_OPTIONS[f] for f in plan.set_flags if f in FLAG_OPTIONS]
+    if "TF32" in plan.clear_flags:
+        options.append("--noTF32")
+    return options
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command lines
+
+
+def _spec_name(name: str) -> str:
+    """A tensor name inside a trtexec spec: quoted when it holds ':' or ','."""
+    return f"'{name}'" if (":" in name or "," in name) else name
+
+
+def dims_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def shapes_options(profile: Mapping[str, ShapeRange]) -> list[str]:
+    """--minShapes/--optShapes/--maxShapes for one optimization profile."""
+    options = []
+    for flag, pick in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
+        spec = ",".join(f"{_spec_name(name)}:{dims_text(getattr(r, pick))}" for name, r in profile.items())
+        options.append(f"{flag}={spec}")
+    return options
+
+
+def plugin_options(libraries: Sequence[str], version: str | None) -> list[str]:
+    major, minor, _ = version_tuple(version)
+    flag = "--staticPlugins" if (major, minor) >= (8, 6) else "--plugins"
+    return [f"{flag}={library}" for library in libraries]
+
+
+def command_line(onnx_path: Path | str, build: Mapping[str, Any], libraries: Sequence[str], version: str | None, *,
+                 profiles: Sequence[Mapping[str, ShapeRange]] | None = None, timing_cache: Path | str | None = None,
+                 engine: Path | str | None = "engine.plan", plan: PrecisionPlan | None = None,
+                 skip_inference: bool = False) -> list[str]:
+    """The trtexec invocation that builds what a build with these settings builds, for TensorRT `version`."""
+    major, minor, _ = version_tuple(version)
     workspace_mib = max(1, parse_size(build["workspace"]) >> 20)
     command = ["trtexec", f"--onnx={onnx_path}"]
     if major < 10:
-        command += ["--explicitBatch", f"--workspace={workspace_mib}"]
+        command.append("--explicitBatch")
+    if (major, minor) >= (10, 0):
+        command.append(f"--memPoolSize=workspace:{workspace_mib}M")
+    elif (major, minor) >= (8, 4):
+        command.append(f"--memPoolSize=workspace:{workspace_mib}")  # no suffix: MiB
     else:
-        command += [f"--memPoolSize=workspace:{workspace_mib}M"]
-    precision = build["precision"]
-    if major < 11 and precision in ("fp16", "bf16", "int8", "best"):
-        command.append(f"--{precision}")
-    if precision == "tf32" and major < 11:
-        pass  # TF32 is on by default; --noTF32 turns it off
-    for library in libraries:
-        command.append(f"--staticPlugins={library}" if major >= 10 else f"--plugins={library}")
+        command.append(f"--workspace={workspace_mib}")
+    if plan is None:
+        try:
+            plan = precision_for(build["precision"], version, {})
+        except UserError:
+            plan = None
+    if plan is not None:
+        command += precision_options(plan)
+    command += plugin_options(libraries, version)
+    if profiles:
+        command += shapes_options(profiles[0])
+    if timing_cache:
+        command.append(f"--timingCacheFile={timing_cache}")
+    if engine:
+        command.append(f"--saveEngine={engine}")
+    if skip_inference:
+        command.append("--skipInference")
     return command
+
+
+def equivalent_command(call: StageCall, model: Any) -> list[str]:
+    """The command line written to trtexec.txt by every build, on any backend, with paths relative to it."""
+    settings = call.config["build"]
+    version = (detected_version() if settings.get("backend") == "trtexec" else None) or \
+        environment.tensorrt_version() or detected_version()
+    entries = plugin_entries(call.config.get("plugins", []))
+    precisions = {op: e.precisions for op, e in entries.items() if e is not None}
+    try:
+        plan: PrecisionPlan | None = precision_for(settings["precision"], version, precisions, is_quantized(model))
+    except UserError:
+        plan = None
+    inputs = graph_input_dims(model)
+    try:
+        profiles = resolve_profiles(settings.get("profiles", []), inputs)
+    except UserError:
+        profiles = []
+    shown_profiles = profiles if needs_profiles(inputs, bool(settings.get("profiles"))) else None
+    cache = None
+    if settings.get("timing_cache") and call.shared_dir is not None and version:
+        cache = timing_cache_file(call.shared_dir, short_version(version), environment.gpus())
+    graph = "model.fp16.onnx" if plan is not None and plan.cast_graph else "model.onnx"
+    return command_line(graph, settings, call.paths.get("plugin_libraries", []), version, profiles=shown_profiles,
+                        timing_cache=cache, plan=plan)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs and outputs in trtexec's formats
+
+
+def load_inputs_option(files: Mapping[str, Path | str]) -> str:
+    """--loadInputs=name:file,... (names quoted when they hold ':' or ',')."""
+    return "--loadInputs=" + ",".join(f"{_spec_name(name)}:{path}" for name, path in files.items())
+
+
+def write_inputs(folder: Path, feeds: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[str, Path]:
+    """Each input as a raw little-endian file in the engine's dtype, the layout --loadInputs reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for index, spec in enumerate(specs):
+        if spec.name not in feeds:
+            raise UserError(f"the engine takes an input '{spec.name}' that was not given", field="capture")
+        array = cast_for_engine(spec.name, feeds[spec.name], spec.dtype)
+        path = folder / f"input_{index:02d}.bin"
+        array.astype(array.dtype.newbyteorder("<"), copy=False).tofile(path)
+        files[spec.name] = path
+    return files
+
+
+_NON_FINITE = re.compile(r"(?<=[\[\s,])(-?)(nan|inf)(?=[\s,\]])", re.IGNORECASE)
+
+
+def parse_exported_outputs(text: str) -> dict[str, tuple[tuple[int, ...], list[float]]]:
+    """The --exportOutput JSON: [{"name", "dimensions": "1x2x3", "values": [...]}] -> {name: (shape, values)}.
+
+    trtexec prints non-finite values as C++ streams do (nan, -nan, inf), which JSON does not allow.
+    """
+    def replace(match: re.Match[str]) -> str:
+        sign, word = match.group(1), match.group(2).lower()
+        return "NaN" if word == "nan" else f"{sign}Infinity"
+
+    records = json.loads(_NON_FINITE.sub(replace, text))
+    found = {}
+    for record in records:
+        dims = str(record.get("dimensions", "")).strip()
+        shape = tuple(int(d) for d in dims.split("x")) if dims else ()
+        found[str(record["name"])] = (shape, [float(v) for v in record.get("values", [])])
+    return found
+
+
+def outputs_as_arrays(parsed: Mapping[str, tuple[tuple[int, ...], list[float]]],
+                      specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    arrays = {}
+    for spec in specs:
+        if spec.name not in parsed:
+            raise RuntimeError(f"trtexec exported no output '{spec.name}' (it exported {', '.join(parsed)})")
+        shape, values = parsed[spec.name]
+        size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if len(values) != size:
+            raise RuntimeError(f"trtexec exported {len(values)} values for '{spec.name}' of shape {list(shape)}")
+        dtype = "float32" if spec.dtype == "bfloat16" else spec.dtype
+        arrays[spec.name] = np.asarray(values, dtype=np.float64).astype(dtype).reshape(shape)
+    return arrays
+
+
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+_SUMMARY = re.compile(r"(Latency|End-to-End Host Latency|Enqueue Time|H2D Latency|GPU Compute Time|D2H Latency): "
+                      rf"min = {_NUMBER} ms, max = {_NUMBER} ms, mean = {_NUMBER} ms, median = {_NUMBER} ms(.*)$")
+_PERCENTILE = re.compile(rf"percentile\(({_NUMBER[1:-1]})%\) = {_NUMBER} ms")
+
+
+def parse_performance_summary(log: str) -> dict[str, Any]:
+    """trtexec's '=== Performance summary ===': each metric's min/max/mean/median/percentiles (ms), throughput."""
+    summary: dict[str, Any] = {}
+    for line in log.splitlines():
+        throughput = re.search(rf"\bThroughput: {_NUMBER} qps", line)
+        if throughput:
+            summary["throughput_qps"] = float(throughput.group(1))
+            continue
+        match = _SUMMARY.search(line)
+        if not match:
+            continue
+        metric, low, high, mean, median, rest = match.groups()
+        summary[metric] = {"min": float(low), "max": float(high), "mean": float(mean), "median": float(median),
+                           "percentiles": {p: float(v) for p, v in _PERCENTILE.findall(rest)}}
+    return summary
+
+
+def parse_exported_times(text: str) -> list[dict[str, float]]:
+    """The --exportTimes JSON: one record per timed iteration (startEnqMs ... computeMs, latencyMs)."""
+    records = json.loads(text)
+    return [{str(k): float(v) for k, v in record.items()} for record in records]
+
+
+def bench_timings(records: Sequence[Mapping[str, float]], warmup: int, iterations: int,
+                  max_seconds: float) -> list[float]:
+    """Seconds of GPU compute per timed iteration: skip `warmup` runs, stop at `iterations` or the time budget."""
+    timed = list(records[warmup:]) or list(records[-1:])
+    timings: list[float] = []
+    spent = 0.0
+    for record in timed[:iterations]:
+        if timings and spent >= max_seconds:
+            break
+        seconds = record["computeMs"] / 1e3
+        timings.append(seconds)
+        spent += record.get("latencyMs", record["computeMs"]) / 1e3
+    return timings
+
+
+@dataclass(frozen=True)
+class Failure:
+    message: str
+    user_error: bool  # True: the user can fix it (missing plugin, unparsable node, a flag this trtexec refuses)
+
+
+def diagnose_failure(log: str) -> Failure | None:
+    """What a failed trtexec run says about why, from its log: missing plugin creator, parser node, bad flag."""
+    lines = log.splitlines()
+    found: list[str] = []
+    user = False
+    unknown = [m.group(1) for m in re.finditer(r"Unknown option: (\S+)", log)]
+    if unknown:
+        found.append(f"this trtexec rejects {', '.join(dict.fromkeys(unknown))}")
+        user = True
+    creators = re.findall(r"getPluginCreator could not find plugin:? (\S+) version:? (\S+)", log)
+    for name, version in dict.fromkeys(creators):
+        found.append(f"no plugin creator {name} version {version} is registered")
+        user = True
+    if "Plugin not found, are the plugin name, version, and namespace correct?" in log and not creators:
+        found.append("the parser found no plugin creator with the node's name, version and namespace")
+        user = True
+    for match in re.finditer(r"While parsing node number (\d+) \[(\S+) -> \"([^\"]*)\"\]", log):
+        found.append(f"the ONNX parser failed at node {match.group(1)} ({match.group(2)}, output '{match.group(3)}')")
+        user = True
+    for match in re.finditer(r"No importer registered for op: (\S+)", log):
+        found.append(f"no importer for op {match.group(1)}")
+    if not found:
+        errors = [line.strip() for line in lines if "[E]" in line or "ERROR" in line]
+        if not errors:
+            return None
+        return Failure("; ".join(errors[-3:]), False)
+    return Failure("; ".join(dict.fromkeys(found)), user)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running trtexec
+
+
+def require_trtexec() -> str:
+    binary = shutil.which("trtexec")
+    if binary is None:
+        raise UserError("backend 'trtexec' needs the trtexec tool, which is not on PATH", field="build.backend",
+                        hint="add TensorRT's bin folder to PATH, or use backend: tensorrt or onnxruntime")
+    return binary
+
+
+def run_streaming(command: Sequence[str], log_path: Path | None, progress: Callable[[str], None] | None = None,
+                  keep_lines: int = 4000) -> tuple[int, str]:
+    """Run trtexec, copying its output line by line into `log_path`; (exit code, the last lines)."""
+    tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(log_path.open("w")) if log_path is not None else None
+        process = stack.enter_context(subprocess.Popen(list(command), stdout=subprocess.PIPE,
+                                                       stderr=subprocess.STDOUT, text=True, bufsize=1))
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(line)
+            if log is not None:
+                log.write(line)
+            if progress is not None and "[I]" in line:
+                progress(line.split("]")[-1].strip()[:80])
+        code = process.wait()
+    return code, "".join(tail)
+
+
+@contextlib.contextmanager
+def borrowed_timing_cache(shared: Path | None) -> Iterator[Path | None]:
+    """A private copy of the shared timing cache for one trtexec run, published back if nobody changed it.
+
+    trtexec reads and rewrites its --timingCacheFile; two builds writing the shared file at once could
+    lose entries or tear it, so each works on a copy, and the copy replaces the shared file (under a
+    file lock, atomically) only when the shared file is still what was copied. Merging two caches
+    needs the Python API, which a trtexec-only machine may lack.
+    """
+    from filelock import FileLock
+
+    if shared is None:
+        yield None
+        return
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(shared) + ".lock")
+    with tempfile.TemporaryDirectory(prefix="orchestrate-timing-") as folder:
+        local = Path(folder) / "timing.cache"
+        with lock:
+            seen = shared.read_bytes() if shared.exists() else None
+        if seen is not None:
+            local.write_bytes(seen)
+        yield local
+        if local.exists() and local.stat().st_size:
+            with lock:
+                current = shared.read_bytes() if shared.exists() else None
+                if current == seen:
+                    write_atomically(shared, local.read_bytes())
+
+
+def engine_io_for(model: Any, version: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The engine's inputs and outputs as the ONNX graph declares them (8.x parsers turn int64 I/O into int32)."""
+    import onnx
+
+    narrow = major_of(version) < 10
+
+    def meta(value: Any) -> dict[str, Any]:
+        kind = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).name
+        if narrow and dtype == "int64":
+            dtype = "int32"
+        return {"name": value.name, "dtype": dtype,
+                "shape": [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in kind.shape.dim]}
+
+    initializers = {i.name for i in model.graph.initializer}
+    return {"inputs": [meta(v) for v in model.graph.input if v.name not in initializers],
+            "outputs": [meta(v) for v in model.graph.output]}
+
+
+def build(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str, Any]]) -> dict[str, Any]:
+    """Build engine.plan with trtexec (log in trtexec.log); write engine.json for the Runner."""
+    import onnx
+
+    binary = require_trtexec()
+    settings = call.config["build"]
+    version = detected_version()
+    entries = plugin_entries(call.config["plugins"])
+    precisions = {op: e.precisions for op, e in entries.items() if e is not None}
+    plan = precision_for(settings["precision"], version, precisions, is_quantized(model))
+    inputs = graph_input_dims(model)
+    profiles = resolve_profiles(settings["profiles"], inputs)
+    if len(profiles) > 1:
+        raise UserError(f"the trtexec backend builds one optimization profile; {len(profiles)} are given",
+                        field="build.profiles", hint="use backend: tensorrt for several profiles")
+    graph_file, graph_model = graph_path, model
+    if plan.cast_graph:
+        graph_model, _ = cast_float_graph(model, plan.cast_graph)
+        graph_file = call.out / "model.fp16.onnx"
+        onnx.save(graph_model, str(graph_file))
+    libraries = [str(p) for p in call.paths.get("plugin_libraries", [])]
+    shared = None
+    if settings.get("timing_cache") and call.shared_dir is not None:
+        shared = timing_cache_file(call.shared_dir, short_version(version or "unknown"), environment.gpus())
+    engine = call.out / "engine.plan"
+    with borrowed_timing_cache(shared) as cache:
+        command = command_line(graph_file, settings, libraries, version,
+                               profiles=profiles if needs_profiles(inputs, bool(settings["profiles"])) else None,
+                               timing_cache=cache, engine=engine, plan=plan, skip_inference=True)
+        command[0] = binary
+        call.progress("trtexec building")
+        code, log = run_streaming(command, call.out / "trtexec.log", call.progress)
+    if code != 0 or not engine.exists():
+        failure = diagnose_failure(log)
+        if failure is not None and failure.user_error:
+            raise UserError(f"trtexec {version or ''} failed: {failure.message}", field="build",
+                            hint="run the command in trtexec.txt with --verbose for the full story")
+        raise RuntimeError(f"trtexec exited with code {code}: {failure.message if failure else log[-2000:]}")
+    io = engine_io_for(graph_model, version)
+    ops = {node["op"] for node in checked}
+    description = {
+        "backend": "trtexec", "tensorrt": version, "precision": plan.describe(),
+        "graph": graph_file.name if graph_file != graph_path else "model.onnx", **io,
+        "plugin_outputs": plugin_outputs(graph_model, ops), "libraries": libraries,
+        "profiles": [{n: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for n, r in p.items()}
+                     for p in profiles],
+    }
+    (call.out / "engine.json").write_text(json.dumps(description, indent=1))
+    size = engine.stat().st_size
+    summary = (f"trtexec {version or '(version unknown)'} engine, {plan.describe()}, {len(checked)} plugin node"
+               f"{'s' if len(checked) != 1 else ''} {', '.join(sorted(ops))}, {size / 1e6:.1f} MB")
+    return {"summary": summary, "backend": "trtexec", "tensorrt": version, "precision_plan": plan.describe(),
+            "engine_bytes": size, "timing_cache": "on" if shared else "off"}
+
+
+class Runner:
+    """Runs engine.plan through `trtexec --loadEngine`: inputs from raw files, outputs from --exportOutput."""
+
+    def __init__(self, artifact_dir: Path, threads: int = 0) -> None:
+        self.binary = require_trtexec()
+        self.artifact = artifact_dir
+        self.description = json.loads((artifact_dir / "engine.json").read_text())
+        self.version: str | None = self.description.get("tensorrt")
+        self.last_summary: dict[str, Any] = {}
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(m["name"], m["dtype"], [d if d >= 0 else None for d in m["shape"]])
+                for m in self.description["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        producers = self.description.get("plugin_outputs", {})
+        return [TensorSpec(m["name"], m["dtype"], [d if d >= 0 else None for d in m["shape"]], producers.get(m["name"]))
+                for m in self.description["outputs"]]
+
+    def result_shape(self, name: str, shape: Sequence[int]) -> tuple[int, ...] | None:
+        return result_shape(self.description.get("plugin_outputs", {}).get(name), shape)
+
+    def _command(self, folder: Path, feeds: Mapping[str, Any], extra: Sequence[str]) -> list[str]:
+        files = write_inputs(folder / "inputs", feeds, self.inputs)
+        command = [self.binary, f"--loadEngine={self.artifact / 'engine.plan'}", load_inputs_option(files)]
+        command += plugin_options(self.description.get("libraries", []), self.version)
+        dynamic = [s for s in self.inputs if None in s.shape]
+        if dynamic:
+            shapes = ",".join(f"{_spec_name(s.name)}:{dims_text(feeds[s.name].shape)}" for s in self.inputs)
+            command.append(f"--shapes={shapes}")
+        return command + list(extra)
+
+    def _run(self, command: Sequence[str], folder: Path) -> str:
+        code, log = run_streaming(command, folder / "trtexec.log")
+        if code != 0:
+            failure = diagnose_failure(log)
+            raise RuntimeError(f"trtexec exited with code {code}: {failure.message if failure else log[-2000:]}")
+        self.last_summary = parse_performance_summary(log)
+        return log
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="orchestrate-trtexec-") as name:
+            folder = Path(name)
+            exported = folder / "outputs.json"
+            self._run(self._command(folder, feeds, ["--iterations=1", "--warmUp=0", "--duration=0",
+                                                    f"--exportOutput={exported}"]), folder)
+            return outputs_as_arrays(parse_exported_outputs(exported.read_text()), self.outputs)
+
+    def bench(self, feeds: Mapping[str, Any], warmup: int, iterations: int, max_seconds: float) -> list[float]:
+        """GPU compute seconds per iteration as trtexec measured them (CUDA events), from --exportTimes."""
+        with tempfile.TemporaryDirectory(prefix="orchestrate-trtexec-") as name:
+            folder = Path(name)
+            times = folder / "times.json"
+            self._run(self._command(folder, feeds, [f"--iterations={warmup + iterations}", "--warmUp=0",
+                                                    "--duration=0", f"--exportTimes={times}"]), folder)
+            return bench_timings(parse_exported_times(times.read_text()), warmup, iterations, max_seconds)
+
+    def close(self) -> None:
+        pass

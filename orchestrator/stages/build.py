@@ -10,7 +10,6 @@ Every build also writes trtexec.txt: the equivalent trtexec command line, to rep
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from orchestrator import backends
@@ -73,7 +72,9 @@ def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backen
             raise UserError(f"{label}: " + "; ".join(problems), field="export.plugins",
                             hint="cast integer inputs to int32 in the graph (the export does this), or add a "
                                  "surgery step: insert_cast: {contract: true}")
-        if precision not in ("fp32", "best") and precision not in entry.precisions:
+        # The TensorRT backends check precision themselves, naming TensorRT's limits as well as the plugin's.
+        if backend not in ("tensorrt", "trtexec") and precision not in ("fp32", "tf32", "best") \
+                and precision not in entry.precisions:
             raise UserError(f"precision {precision}: {entry.op} runs only {', '.join(entry.precisions)}",
                             field="build.precision")
         checked.append({"node": node.name, "op": node.op_type, "version": version, "namespace": namespace,
@@ -98,8 +99,7 @@ def run(call: StageCall) -> StageResult:
     checked = preflight(model, declared, settings["precision"], backend)
     from orchestrator.backends import trtexec
 
-    command = trtexec.command_line(Path("model.onnx"), settings, call.paths.get("plugin_libraries", []),
-                                   trtexec.detected_version())
+    command = trtexec.equivalent_command(call, model)
     (call.out / "trtexec.txt").write_text(" ".join(command) + "\n")
     if backend == "onnxruntime":
         built = backends.module("onnxruntime").build(model, call.out, settings["precision"], declared, call.progress)

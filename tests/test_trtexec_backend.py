@@ -1,0 +1,351 @@
+"""trtexec: flags per generation (8.6, 10.x, 11.x), its file formats and its logs.
+
+Sample logs and JSON below follow the formats trtexec writes (samples/common/sampleReporting.cpp:
+the performance summary, exportJSONTrace, exportJSONOutput; onnx-tensorrt's ModelImporter and the
+plugin registry for failures). trtexec itself is not installed here; the command is run for real
+only by the `tensorrt`-marked test in test_tensorrt_backend.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import Project
+from onnx import TensorProto, helper
+
+from orchestrator.backends import trtexec
+from orchestrator.backends.tensorrt import ShapeRange, TensorSpec
+from orchestrator.errors import UserError
+from orchestrator.stages import StageCall
+
+BUILD = {"workspace": "4GiB", "precision": "fp32"}
+MSDA = "MultiscaleDeformableAttnPlugin_TRT"
+MSDA_PRECISIONS = {MSDA: ("fp32", "fp16")}
+
+
+# ------------------------------------------------------------------------------------------- versions
+
+@pytest.mark.parametrize(("text", "version"), [
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec --help", "8.6.1"),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help", "10.3.0"),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v101300] # trtexec --help", "10.13.0"),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v110100] # trtexec --help", "11.1.0"),
+    ("[11/02/2025-10:01:02] [I] TensorRT version: 8.6.1", "8.6.1"),
+    ("usage: something else", None),
+])
+def test_version_from_the_banner(text: str, version: str | None) -> None:
+    assert trtexec.version_from_output(text) == version
+
+
+def test_version_helpers() -> None:
+    assert trtexec.version_tuple("10.13.0.35") == (10, 13, 0)
+    assert trtexec.version_tuple(None) == (10, 0, 0)
+    assert trtexec.major_of("8.6.1") == 8 and trtexec.major_of(None) == 10
+    assert trtexec.short_version("10.13.0.35") == "10.13.0"
+    assert trtexec.parse_size("4GiB") == 4 << 30 and trtexec.parse_size("512MiB") == 512 << 20
+    with pytest.raises(ValueError, match="not a size"):
+        trtexec.parse_size("4 parsecs")
+
+
+# ------------------------------------------------------------------------------------------- command lines
+
+def plan(precision: str, version: str, plugins: dict[str, tuple[str, ...]] | None = None,
+         quantized: bool = False) -> trtexec.PrecisionPlan:
+    return trtexec.precision_for(precision, version, MSDA_PRECISIONS if plugins is None else plugins, quantized)
+
+
+@pytest.mark.parametrize(("version", "precision", "expected"), [
+    ("8.6.1", "fp32", ["--explicitBatch", "--memPoolSize=workspace:4096", "--noTF32"]),
+    ("8.6.1", "fp16", ["--explicitBatch", "--memPoolSize=workspace:4096", "--fp16"]),
+    ("8.6.1", "tf32", ["--explicitBatch", "--memPoolSize=workspace:4096"]),
+    ("8.6.1", "best", ["--explicitBatch", "--memPoolSize=workspace:4096", "--fp16"]),
+    ("10.13.0", "fp32", ["--memPoolSize=workspace:4096M", "--noTF32"]),
+    ("10.13.0", "fp16", ["--memPoolSize=workspace:4096M", "--fp16"]),
+    ("10.13.0", "best", ["--memPoolSize=workspace:4096M", "--fp16", "--bf16"]),
+    ("11.1.0", "fp32", ["--memPoolSize=workspace:4096M", "--noTF32"]),
+    ("11.1.0", "fp16", ["--memPoolSize=workspace:4096M"]),  # strongly typed: the fp16 graph carries it
+    ("11.1.0", "best", ["--memPoolSize=workspace:4096M"]),
+])
+def test_flags_per_generation(version: str, precision: str, expected: list[str]) -> None:
+    command = trtexec.command_line("model.onnx", {**BUILD, "precision": precision}, [], version,
+                                   plan=plan(precision, version), engine=None)
+    assert command == ["trtexec", "--onnx=model.onnx", *expected]
+    if trtexec.major_of(version) >= 10:
+        assert "--explicitBatch" not in command and not any(c.startswith("--workspace=") for c in command)
+    if trtexec.major_of(version) >= 11:
+        assert not {"--fp16", "--bf16", "--best"} & set(command)
+
+
+def test_strongly_typed_fp16_casts_the_graph_instead() -> None:
+    assert plan("fp16", "11.1.0").cast_graph == "float16"
+    assert plan("fp16", "10.13.0").cast_graph is None
+
+
+def test_old_releases_use_workspace_and_plugins() -> None:
+    command = trtexec.command_line("m.onnx", BUILD, ["/opt/libmine.so"], "8.2.5", engine=None)
+    assert "--workspace=4096" in command and "--plugins=/opt/libmine.so" in command
+    assert "--staticPlugins=/opt/libmine.so" in trtexec.command_line("m.onnx", BUILD, ["/opt/libmine.so"], "8.6.1")
+
+
+@pytest.mark.parametrize(("version", "precision", "words"), [
+    ("8.6.1", "bf16", "TensorRT 8.6.1 has no BF16 builder flag"),
+    ("11.1.0", "bf16", "TensorRT 11.1.0 is strongly typed"),
+    ("10.13.0", "int8", "quantized graph"),
+])
+def test_precisions_a_trtexec_cannot_build(version: str, precision: str, words: str) -> None:
+    with pytest.raises(UserError) as caught:
+        plan(precision, version, plugins={})
+    assert caught.value.field == "build.precision" and words in caught.value.message
+
+
+def test_the_plugin_limits_precision_and_both_are_named() -> None:
+    with pytest.raises(UserError) as caught:
+        plan("bf16", "10.13.0")
+    assert "TensorRT 10.13.0 supports it" in caught.value.message
+    assert f"{MSDA} runs only fp32, fp16" in caught.value.message
+
+
+def test_complete_command_with_shapes_cache_plugins_and_engine() -> None:
+    profile = {"value": ShapeRange((1, 106, 2, 16), (2, 106, 2, 16), (4, 106, 2, 16)),
+               "input:0": ShapeRange((3, 2), (3, 2), (3, 2))}
+    command = trtexec.command_line("model.onnx", {**BUILD, "precision": "fp16"}, ["/p/libmine.so"], "10.13.0",
+                                   profiles=[profile], timing_cache="/store/shared/t/timing.cache",
+                                   engine="engine.plan", skip_inference=True)
+    assert command == [
+        "trtexec", "--onnx=model.onnx", "--memPoolSize=workspace:4096M", "--fp16", "--staticPlugins=/p/libmine.so",
+        "--minShapes=value:1x106x2x16,'input:0':3x2", "--optShapes=value:2x106x2x16,'input:0':3x2",
+        "--maxShapes=value:4x106x2x16,'input:0':3x2", "--timingCacheFile=/store/shared/t/timing.cache",
+        "--saveEngine=engine.plan", "--skipInference"]
+
+
+def dynamic_graph() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def stage_call(tmp_path: Path, build: dict[str, object]) -> StageCall:
+    settings = {"backend": "onnxruntime", "precision": "fp32", "workspace": "1GiB", "timing_cache": True,
+                "profiles": [], **build}
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    return StageCall("build", {"build": settings, "plugins": []}, {"plugin_libraries": []}, {}, out,
+                     shared_dir=tmp_path / "shared")
+
+
+def test_the_equivalent_command_carries_the_yaml_profiles(tmp_path: Path) -> None:
+    call = stage_call(tmp_path, {"profiles": [{"x": {"min": [1, 8], "opt": [4, 8], "max": [16, 8]}}]})
+    command = trtexec.equivalent_command(call, dynamic_graph())
+    assert "--minShapes=x:1x8" in command and "--optShapes=x:4x8" in command and "--maxShapes=x:16x8" in command
+    assert command[1] == "--onnx=model.onnx" and command[-1] == "--saveEngine=engine.plan"
+    # without profiles a dynamic graph still gets its command, with no invented shapes
+    plain = trtexec.equivalent_command(stage_call(tmp_path, {}), dynamic_graph())
+    assert not any(part.startswith("--minShapes") for part in plain)
+
+
+# ------------------------------------------------------------------------------------------- files
+
+def test_inputs_are_raw_files_in_the_engine_dtype(tmp_path: Path) -> None:
+    specs = [TensorSpec("value", "float32", [1, 4]), TensorSpec("spatial_shapes", "int32", [2, 2])]
+    feeds = {"value": np.arange(4, dtype=np.float64).reshape(1, 4), "spatial_shapes": np.array([[8, 10], [4, 5]])}
+    files = trtexec.write_inputs(tmp_path, feeds, specs)
+    assert np.array_equal(np.fromfile(files["spatial_shapes"], dtype="<i4").reshape(2, 2), feeds["spatial_shapes"])
+    assert files["value"].stat().st_size == 16
+    assert trtexec.load_inputs_option(files) == \
+        f"--loadInputs=value:{files['value']},spatial_shapes:{files['spatial_shapes']}"
+    assert trtexec.load_inputs_option({"in:0": "/a.bin"}) == "--loadInputs='in:0':/a.bin"
+    with pytest.raises(UserError, match="outside int32's range"):
+        trtexec.write_inputs(tmp_path, {**feeds, "spatial_shapes": np.array([[2**33, 1], [1, 1]])}, specs)
+
+
+EXPORTED = """[
+  { "name" : "output"
+  , "dimensions" : "1x2x3"
+  , "values" : [ 0.5, -1.25, 3e-05, nan, -nan, inf ]
+  }
+, { "name" : "count"
+  , "dimensions" : "2"
+  , "values" : [ 7, -inf ]
+  }
+]
+"""
+
+
+def test_exported_outputs_parse_with_non_finite_values() -> None:
+    parsed = trtexec.parse_exported_outputs(EXPORTED)
+    assert parsed["output"][0] == (1, 2, 3) and parsed["count"][0] == (2,)
+    arrays = trtexec.outputs_as_arrays(parsed, [TensorSpec("output", "float32", [1, 2, 3])])
+    values = arrays["output"].ravel()
+    assert arrays["output"].dtype == np.float32 and values[0] == 0.5 and values[2] == np.float32(3e-05)
+    assert np.isnan(values[3]) and np.isnan(values[4]) and values[5] == np.inf
+    assert parsed["count"][1][1] == -np.inf
+    with pytest.raises(RuntimeError, match="exported no output 'missing'"):
+        trtexec.outputs_as_arrays(parsed, [TensorSpec("missing", "float32", [1])])
+    with pytest.raises(RuntimeError, match="2 values for 'count' of shape"):
+        trtexec.outputs_as_arrays({"count": ((3,), [1.0, 2.0])}, [TensorSpec("count", "int32", [3])])
+
+
+LOG_10 = """\
+[11/03/2025-09:12:44] [I] === Performance summary ===
+[11/03/2025-09:12:44] [I] Throughput: 1520.37 qps
+[11/03/2025-09:12:44] [I] Latency: min = 0.71875 ms, max = 1.02344 ms, mean = 0.742281 ms, median = 0.737305 ms, \
+percentile(90%) = 0.75 ms, percentile(95%) = 0.757812 ms, percentile(99%) = 0.841797 ms
+[11/03/2025-09:12:44] [I] Enqueue Time: min = 0.0183105 ms, max = 0.0810547 ms, mean = 0.0233929 ms, \
+median = 0.0222168 ms, percentile(90%) = 0.0263672 ms, percentile(95%) = 0.0288086 ms, percentile(99%) = 0.0410156 ms
+[11/03/2025-09:12:44] [I] H2D Latency: min = 0.0634766 ms, max = 0.0922852 ms, mean = 0.0670513 ms, \
+median = 0.0664062 ms, percentile(90%) = 0.0688477 ms, percentile(95%) = 0.0703125 ms, percentile(99%) = 0.0771484 ms
+[11/03/2025-09:12:44] [I] GPU Compute Time: min = 0.621582 ms, max = 0.92041 ms, mean = 0.640879 ms, \
+median = 0.635986 ms, percentile(90%) = 0.648193 ms, percentile(95%) = 0.654297 ms, percentile(99%) = 0.738281 ms
+[11/03/2025-09:12:44] [I] D2H Latency: min = 0.0307617 ms, max = 0.0415039 ms, mean = 0.0343511 ms, \
+median = 0.0341797 ms, percentile(90%) = 0.0358887 ms, percentile(95%) = 0.0366211 ms, percentile(99%) = 0.0385742 ms
+[11/03/2025-09:12:44] [I] Total Host Walltime: 3.00124 s
+[11/03/2025-09:12:44] [I] Total GPU Compute Time: 2.92433 s
+"""
+LOG_86_LINE = ("[06/14/2023-17:40:03] [I] GPU Compute Time: min = 1.5e+01 ms, max = 17.25 ms, mean = 15.9 ms, "
+               "median = 15.8 ms, percentile(99%) = 17.1 ms")
+
+
+def test_performance_summary_of_10_and_8_6() -> None:
+    summary = trtexec.parse_performance_summary(LOG_10)
+    assert summary["throughput_qps"] == 1520.37
+    gpu = summary["GPU Compute Time"]
+    assert gpu["median"] == 0.635986 and gpu["min"] == 0.621582
+    assert gpu["percentiles"] == {"90": 0.648193, "95": 0.654297, "99": 0.738281}
+    assert set(summary) == {"throughput_qps", "Latency", "Enqueue Time", "H2D Latency", "GPU Compute Time",
+                            "D2H Latency"}
+    old = trtexec.parse_performance_summary(LOG_86_LINE)["GPU Compute Time"]
+    assert old["min"] == 15.0 and old["percentiles"] == {"99": 17.1}
+
+
+TIMES = """[
+  { "startEnqMs" : 0.0, "endEnqMs" : 0.03, "startH2dMs" : 0.01, "endH2dMs" : 0.08, "startComputeMs" : 0.08, \
+"endComputeMs" : 0.72, "startD2hMs" : 0.72, "endD2hMs" : 0.75, "h2dMs" : 0.07, "computeMs" : 0.64, "d2hMs" : 0.03, \
+"latencyMs" : 0.74 }
+, { "startEnqMs" : 1.0, "endEnqMs" : 1.02, "startH2dMs" : 1.0, "endH2dMs" : 1.07, "startComputeMs" : 1.07, \
+"endComputeMs" : 1.7, "startD2hMs" : 1.7, "endD2hMs" : 1.73, "h2dMs" : 0.07, "computeMs" : 0.63, "d2hMs" : 0.03, \
+"latencyMs" : 0.73 }
+, { "startEnqMs" : 2.0, "endEnqMs" : 2.02, "startH2dMs" : 2.0, "endH2dMs" : 2.07, "startComputeMs" : 2.07, \
+"endComputeMs" : 2.69, "startD2hMs" : 2.69, "endD2hMs" : 2.72, "h2dMs" : 0.07, "computeMs" : 0.62, "d2hMs" : 0.03, \
+"latencyMs" : 0.72 }
+]
+"""
+
+
+def test_exported_times_give_per_iteration_seconds() -> None:
+    records = trtexec.parse_exported_times(TIMES)
+    assert len(records) == 3 and records[0]["computeMs"] == 0.64
+    assert trtexec.bench_timings(records, warmup=1, iterations=5, max_seconds=10) == [0.63e-3, 0.62e-3]
+    assert trtexec.bench_timings(records, warmup=0, iterations=2, max_seconds=10) == [0.64e-3, 0.63e-3]
+    assert trtexec.bench_timings(records, warmup=0, iterations=5, max_seconds=0.001) == [0.64e-3, 0.63e-3]
+    assert trtexec.bench_timings(records, warmup=0, iterations=5, max_seconds=0.0001) == [0.64e-3]  # at least one
+    assert trtexec.bench_timings(records, warmup=5, iterations=5, max_seconds=10) == [0.62e-3]
+
+
+LOG_86_PLUGIN = """\
+[06/14/2023-17:39:58] [I] [TRT] No importer registered for op: MultiscaleDeformableAttnPlugin_TRT. \
+Attempting to import as plugin.
+[06/14/2023-17:39:58] [I] [TRT] Searching for plugin: MultiscaleDeformableAttnPlugin_TRT, plugin_version: 2, \
+plugin_namespace:
+[06/14/2023-17:39:58] [E] [TRT] 3: getPluginCreator could not find plugin: MultiscaleDeformableAttnPlugin_TRT \
+version: 2
+[06/14/2023-17:39:58] [E] [TRT] ModelImporter.cpp:771: While parsing node number 0 \
+[MultiscaleDeformableAttnPlugin_TRT -> "output"]:
+[06/14/2023-17:39:58] [E] [TRT] ModelImporter.cpp:775: ERROR: builtin_op_importers.cpp:5404 In function \
+importFallbackPluginImporter:
+[8] Assertion failed: creator && "Plugin not found, are the plugin name, version, and namespace correct?"
+[06/14/2023-17:39:58] [E] Failed to parse onnx file
+&&&& FAILED TensorRT.trtexec [TensorRT v8601] # trtexec --onnx=model.onnx
+"""
+LOG_10_PLUGIN = """\
+[11/03/2025-09:10:01] [E] [TRT] ModelImporter.cpp:959: While parsing node number 1 \
+[MultiscaleDeformableAttnPlugin_TRT -> "/attn/plugin_output_0"]:
+[11/03/2025-09:10:01] [E] [TRT] ModelImporter.cpp:962: ERROR: onnxOpImporters.cpp:6567 In function \
+importFallbackPluginImporter:
+[8] Assertion failed: creator && "Plugin not found, are the plugin name, version, and namespace correct?"
+&&&& FAILED TensorRT.trtexec [TensorRT v101300] # trtexec --onnx=model.onnx
+"""
+LOG_11_FLAG = """\
+&&&& RUNNING TensorRT.trtexec [TensorRT v110100] # trtexec --onnx=model.onnx --fp16
+[11/03/2025-09:10:01] [E] Unknown option: --fp16
+&&&& FAILED TensorRT.trtexec [TensorRT v110100] # trtexec --onnx=model.onnx --fp16
+"""
+LOG_CRASH = """\
+[11/03/2025-09:10:01] [E] Error[1]: [defaultAllocator.cpp::allocate::31] Error Code 1: Cuda Runtime (out of memory)
+[11/03/2025-09:10:01] [E] Engine could not be created from network
+"""
+
+
+def test_failures_are_diagnosed_from_the_log() -> None:
+    old = trtexec.diagnose_failure(LOG_86_PLUGIN)
+    assert old is not None and old.user_error
+    assert f"no plugin creator {MSDA} version 2 is registered" in old.message
+    assert f"the ONNX parser failed at node 0 ({MSDA}, output 'output')" in old.message
+    new = trtexec.diagnose_failure(LOG_10_PLUGIN)
+    assert new is not None and new.user_error
+    assert "no plugin creator with the node's name, version and namespace" in new.message
+    assert "node 1" in new.message and "/attn/plugin_output_0" in new.message
+    flag = trtexec.diagnose_failure(LOG_11_FLAG)
+    assert flag is not None and flag.user_error and "rejects --fp16" in flag.message
+    crash = trtexec.diagnose_failure(LOG_CRASH)
+    assert crash is not None and not crash.user_error and "out of memory" in crash.message
+    assert trtexec.diagnose_failure("[I] all good\n") is None
+
+
+def test_engine_io_follows_the_graph_and_8_x_narrows_int64() -> None:
+    x = helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    graph = helper.make_graph([helper.make_node("Cast", ["ids"], ["y"], to=TensorProto.FLOAT)], "g", [x], [y])
+    model = helper.make_model(graph)
+    assert trtexec.engine_io_for(model, "8.6.1")["inputs"] == [{"name": "ids", "dtype": "int32", "shape": [2, 3]}]
+    assert trtexec.engine_io_for(model, "10.13.0")["inputs"][0]["dtype"] == "int64"
+
+
+# ------------------------------------------------------------------------------------------- running
+
+def test_output_is_streamed_to_the_log(tmp_path: Path) -> None:
+    script = ("import sys\nfor i in range(3): print(f'[I] step {i}', flush=True)\n"
+              "print('[E] broke', file=sys.stderr)\nsys.exit(3)")
+    seen: list[str] = []
+    code, tail = trtexec.run_streaming([sys.executable, "-c", script], tmp_path / "run.log", seen.append)
+    assert code == 3
+    assert (tmp_path / "run.log").read_text() == tail
+    assert "[I] step 2" in tail and "[E] broke" in tail and seen == ["step 0", "step 1", "step 2"]
+
+
+def test_the_timing_cache_copy_is_published_only_if_nobody_changed_it(tmp_path: Path) -> None:
+    shared = tmp_path / "shared" / "timing.cache"
+    with trtexec.borrowed_timing_cache(shared) as local:
+        assert local is not None and not local.exists()
+        local.write_bytes(b"first build")
+    assert shared.read_bytes() == b"first build"
+    with trtexec.borrowed_timing_cache(shared) as local:
+        assert local is not None and local.read_bytes() == b"first build"
+        local.write_bytes(b"first build + second")
+        shared.write_bytes(b"another build, meanwhile")
+    assert shared.read_bytes() == b"another build, meanwhile"
+    with trtexec.borrowed_timing_cache(None) as nothing:
+        assert nothing is None
+
+
+def test_without_trtexec_the_backend_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError) as caught:
+        trtexec.require_trtexec()
+    assert caught.value.field == "build.backend" and "not on PATH" in caught.value.message
+    with pytest.raises(UserError):
+        trtexec.Runner(tmp_path)
+
+
+@pytest.mark.skipif(trtexec.shutil.which("trtexec") is not None, reason="trtexec is on PATH here")
+def test_pipeline_with_trtexec_backend_exits_2_without_it(project: Project) -> None:
+    pipeline = project.small(**{"verify:\n  atol: 1.0e-4": "build:\n  backend: trtexec\nverify:\n  atol: 1.0e-4"})
+    done = project.run("run", str(pipeline), env={"PATH": os.environ.get("PATH", "")})
+    assert done.code == 2, done.text
+    assert "trtexec" in done.err and "not on PATH" in done.err and "Traceback" not in done.text
+    assert not (project.store / "build").exists() or not any((project.store / "build").iterdir())

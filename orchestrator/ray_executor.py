@@ -144,7 +144,7 @@ class RayExecutor(Executor):
             cpus = self.jobs if self.jobs > 1 else (os.cpu_count() or 1)
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, **settings)
             self.started_here = True
-        self.cluster = ray.cluster_resources()
+        self.cluster = ray.cluster_resources()  # type: ignore[no-untyped-call,unused-ignore]
         self.task = ray.remote(produce_on_worker)
         return ray
 
@@ -186,8 +186,12 @@ class RayExecutor(Executor):
             raise value
         outcome: Outcome = value
         node = outcome.node
-        if self.remote is not None and not (self.store.path_of(node.kind, node.key) / MANIFEST).exists():
+        if not (self.store.path_of(node.kind, node.key) / MANIFEST).exists():
             # The worker's store is not this one: bring the result here through the remote cache.
+            if self.remote is None:
+                raise UserError(f"{node.kind} {node.short} ran on a worker whose store is not {self.store.root} "
+                                "on this machine", hint="put the store on a filesystem all nodes share, or set "
+                                "cache.remote so that artifacts travel through it")
             pulled, problem = self.remote.pull(self.store, node.kind, node.key)
             if pulled is None:
                 raise UserError(f"{node.kind} {node.short} ran on a worker, but cannot be pulled from "
@@ -230,7 +234,7 @@ class RayExecutor(Executor):
             self._stop(running)
 
     def _on_gpu(self, node: Node) -> bool:
-        return task_options(node, self.plan).get("num_gpus", 0) > 0
+        return bool(task_options(node, self.plan).get("num_gpus", 0) > 0)
 
     def _stop(self, running: dict[Any, Node]) -> None:
         if self.task is None:

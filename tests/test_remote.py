@@ -274,7 +274,7 @@ def test_push_and_pull_by_pipeline_through_a_shared_directory(project: Project, 
 
     # A stage's inputs that a worker's store lacks come from the remote cache.
     from orchestrator.errors import UserError
-    from orchestrator.remote import Remote, localize
+    from orchestrator.remote import Remote, configured, localize
     from orchestrator.store import Store
 
     source = Store(project.store)
@@ -292,6 +292,11 @@ def test_push_and_pull_by_pipeline_through_a_shared_directory(project: Project, 
     local = localize(worker, inputs, Remote(str(shared)))
     assert {role: a.path.parent.parent for role, a in local.items()} == dict.fromkeys(inputs, worker.root)
     assert all(worker.check(a.kind, a.key)[0] is not None for a in local.values())
+
+    # cache.push: false only pulls.
+    read_only = configured({"remote": "read-only", "push": False}, tmp_path)
+    assert read_only is not None and read_only.url == str(tmp_path / "read-only")
+    assert read_only.try_push(verify) is None and not (tmp_path / "read-only").exists()
 
 
 def test_push_without_a_remote_and_an_unknown_scheme_are_user_errors(project: Project) -> None:

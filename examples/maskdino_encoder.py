@@ -78,8 +78,8 @@ class DeformableEncoder(nn.Module):
         per_level = []
         for level, (height, width) in enumerate(spatial_shapes.tolist()):
             ys, xs = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=valid_ratios.dtype),
-                torch.linspace(0.5, width - 0.5, width, dtype=valid_ratios.dtype),
+                torch.linspace(0.5, height - 0.5, height, dtype=valid_ratios.dtype, device=valid_ratios.device),
+                torch.linspace(0.5, width - 0.5, width, dtype=valid_ratios.dtype, device=valid_ratios.device),
                 indexing="ij",
             )
             ys = ys.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)

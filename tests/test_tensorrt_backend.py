@@ -8,6 +8,7 @@ in ONNX Runtime. The torch-CUDA buffers run where a GPU is visible; the engine t
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -478,6 +479,15 @@ def test_small_plugin_engine_through_trtexec(project: Project) -> None:
     done = project.run("run", str(pipeline))
     assert done.code == 0, done.text
     [build] = [p for p in (project.store / "build").iterdir() if (p / "engine.plan").exists()]
-    assert "Engine built" in (build / "trtexec.log").read_text() or (build / "trtexec.log").stat().st_size
-    version = subprocess.run(["trtexec", "--help"], capture_output=True, text=True).stdout
-    assert version
+    description = json.loads((build / "engine.json").read_text())
+    assert description["backend"] == "trtexec" and description["tensorrt"] == trtexec_version()
+    assert "&&&& PASSED TensorRT.trtexec" in (build / "trtexec.log").read_text()
+    [bench] = list((project.store / "bench").glob("*/bench.json"))
+    figures = json.loads(bench.read_text())
+    assert figures["backend"] == "trtexec" and figures["median_ms"] > 0
+
+
+def trtexec_version() -> str | None:
+    from orchestrator.backends import trtexec
+
+    return trtexec.version_from_output(subprocess.run(["trtexec", "--help"], capture_output=True, text=True).stdout)

@@ -1078,10 +1078,11 @@ class Runner:
         return timings
 
     def close(self) -> None:
+        self.buffers.synchronize()
         self.device.clear()
-        self.buffers.close()
-        del self.context
+        del self.context  # TensorRT objects go before the buffers' CUDA context is released
         del self.engine
+        self.buffers.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------

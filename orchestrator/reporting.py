@@ -87,6 +87,8 @@ def print_show(plan: Plan, store: Store, stage: str | None) -> None:
             _verify_table(console, node, artifact, plan)
         elif node.kind == "bench":
             _bench_table(console, node, artifact, plan)
+        elif node.kind == "surgery":
+            _surgery_tables(console, node, artifact, plan, full=stage == "surgery")
         elif stage and node.kind == stage:
             import json
 
@@ -101,7 +103,10 @@ def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
     for column in ("output", "max abs", "mean abs", "max rel", "outside tol", "atol to pass", "NaN", "Inf",
                    "all-zero", "result"):
         table.add_column(column)
-    for name, stats in artifact.result.get("outputs", {}).items():
+    rows = list(artifact.result.get("outputs", {}).items())
+    rows += [(f"plugin {stats.get('module') or name}", stats)
+             for name, stats in artifact.result.get("plugin_nodes", {}).items()]
+    for name, stats in rows:
         if stats.get("shape_mismatch"):
             table.add_row(name, *[""] * 8, "[red]shape mismatch[/red]")
             continue
@@ -126,3 +131,50 @@ def _bench_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
                   f"{figures['bytes_in'] / 1e6:.1f}", f"{figures['bytes_out'] / 1e6:.1f}",
                   f"{figures['bandwidth_gb_s']:.2f}")
     console.print(table)
+
+
+def _surgery_tables(console: Any, node: Any, artifact: Any, plan: Plan, full: bool) -> None:
+    """What each edit did, the op counts before -> after, and (full) the removed, added and changed nodes."""
+    import json
+
+    from rich.table import Table
+
+    path = artifact.path / "surgery.json"
+    if not path.is_file():
+        return
+    record = json.loads(path.read_text())
+    label = variant_label(node, plan)
+    edits = Table(title=f"surgery {node.short}{f' [{label}]' if label else ''}", title_justify="left")
+    edits.add_column("edit")
+    edits.add_column("what it did", overflow="fold")
+    for report in record["edits"]:
+        edits.add_row(report["field"], report["summary"])
+    console.print(edits)
+    changes = record["diff"]
+    ops = Table(title=f"ops before -> after ({changes['nodes'][0]} -> {changes['nodes'][1]} nodes)",
+                title_justify="left")
+    for column in ("op", "before", "after"):
+        ops.add_column(column)
+    for op, (before, after) in changes["ops"].items():
+        ops.add_row(op, str(before), str(after))
+    console.print(ops)
+    if not full:
+        return
+    for title, nodes in (("removed", changes["removed"]), ("added", changes["added"])):
+        table = Table(title=f"{title} nodes ({len(nodes)})", title_justify="left")
+        table.add_column("op")
+        table.add_column("count")
+        table.add_column("nodes", overflow="fold")
+        grouped: dict[str, list[str]] = {}
+        for entry in nodes:
+            grouped.setdefault(entry["op"], []).append(entry["name"])
+        for op, names in sorted(grouped.items(), key=lambda item: -len(item[1])):
+            table.add_row(op, str(len(names)), ", ".join(names))
+        console.print(table)
+    if changes["changed"]:
+        table = Table(title=f"changed nodes ({len(changes['changed'])})", title_justify="left")
+        for column in ("node", "op before", "op after", "domain before -> after"):
+            table.add_column(column, overflow="fold")
+        for entry in changes["changed"]:
+            table.add_row(entry["name"], entry["before"], entry["after"], " -> ".join(repr(d) for d in entry["domain"]))
+        console.print(table)

@@ -125,8 +125,14 @@ class _Binder:
 
 # ---------------------------------------------------------------------- TorchScript: autograd.Function symbolic
 
-def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry) -> Any:
-    """An autograd.Function whose forward computes the real output and whose symbolic is the plugin node."""
+def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry,
+                    shapes: list[list[list[int | None] | None]] | None = None) -> Any:
+    """An autograd.Function whose forward computes the real output and whose symbolic is the plugin node.
+
+    The symbolic appends each node's input shapes (None where an axis is dynamic) to `shapes`: the
+    exporter writes no types for them, and with dynamic axes ONNX shape inference cannot always
+    recover them.
+    """
     import torch
 
     op_name = f"{plugin['domain']}::{plugin['op']}"
@@ -141,23 +147,25 @@ def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry) -> Any:
         @staticmethod
         def symbolic(g: Any, compute: Any, *inputs: Any) -> Any:
             node = g.op(op_name, *inputs, **attrs)
-            try:
-                sizes = [i.type().sizes() if i.type().dim() is not None else None for i in inputs]
-            except RuntimeError:  # dynamic axes: sizes are not all known
-                sizes = [None]
-            if all(s is not None for s in sizes):
-                node.setType(inputs[0].type().with_sizes(list(entry.output_shape([tuple(s) for s in sizes]))))
+            sizes = [i.type().varyingSizes() if i.type().dim() is not None else None for i in inputs]
+            if shapes is not None:
+                shapes.append(sizes)
+            if all(s is not None for s in sizes):  # dynamic axes leave None in the sizes; the rule keeps them
+                with contextlib.suppress(TypeError, ValueError, IndexError):
+                    shape = list(entry.output_shape([tuple(s) for s in sizes]))
+                    node.setType(inputs[0].type().with_sizes(shape))
             return node
 
     PluginNode.__name__ = f"{plugin['op']}Node"
     return PluginNode
 
 
-def make_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any]) -> Any:
-    """The function that stands in for `original` during a TorchScript export."""
+def make_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any],
+                     shapes: list[list[list[int | None] | None]] | None = None) -> Any:
+    """The function that stands in for `original` during a TorchScript export (see plugin_function for `shapes`)."""
     import torch
 
-    node = plugin_function(plugin, entry)
+    node = plugin_function(plugin, entry, shapes)
     binder = _Binder(plugin, original)
 
     def replacement(*args: Any, **kwargs: Any) -> Any:
@@ -167,9 +175,20 @@ def make_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, origina
         result_shape = tuple(int(d) for d in real.shape)
         plugin_shape = tuple(int(d) for d in entry.output_shape([tuple(int(d) for d in t.shape) for t in inputs]))
         out = node.apply(lambda *_: real.reshape(plugin_shape), *inputs)
-        return out if plugin_shape == result_shape else out.reshape(result_shape)
+        return out if plugin_shape == result_shape else reshape_like(out, plugin_shape, result_shape)
 
     return replacement
+
+
+def reshape_like(out: Any, plugin_shape: tuple[int, ...], result_shape: tuple[int, ...]) -> Any:
+    """The plugin's output in the shape the model used, keeping the leading dimensions they share symbolic
+    (traced from the tensor), so dynamic axes stay dynamic: [N, Lq, M, D] -> [N, Lq, -1]."""
+    shared = 0
+    while shared < min(len(plugin_shape), len(result_shape)) and plugin_shape[shared] == result_shape[shared]:
+        shared += 1
+    if shared == len(result_shape) - 1:
+        return out.reshape(*[out.shape[i] for i in range(shared)], -1)
+    return out.reshape(result_shape)
 
 
 class _untraced:
@@ -346,23 +365,24 @@ def run(call: StageCall) -> StageResult:
         return _use_given(call, Path(call.paths["onnx"]), out)
     record = json.loads((capture.path / "capture.json").read_text())
     table: dict[Any, Any] = {}  # dynamo: custom op -> onnxscript translation
+    shapes: dict[str, list[Any]] = {}  # TorchScript: op -> each plugin node's input shapes, in graph order
     with imports.search_path(call.paths["python_path"]):
         if settings["scope"] == "model":
             module, args, input_names, output_names, what = _whole_model(call, record)
         else:
-            module, args, input_names, output_names, what = _one_call(call, settings, record, table)
-        with _swapped(settings, table):
+            module, args, input_names, output_names, what = _one_call(call, settings, record, table, shapes)
+        with _swapped(settings, table, shapes):
             call.progress(f"exporting ({settings['exporter']})")
             if settings["exporter"] == "dynamo":
                 strategy = _dynamo_export(module, args, out, settings, input_names, output_names, table)
             else:
                 _torch_export(module, args, out, settings, input_names, output_names)
                 strategy = "torch.onnx.export (TorchScript)"
-    return _finish(call, out, settings, what, strategy, record)
+    return _finish(call, out, settings, what, strategy, record, shapes)
 
 
 @contextlib.contextmanager
-def _swapped(settings: dict[str, Any], table: dict[Any, Any]) -> Iterator[None]:
+def _swapped(settings: dict[str, Any], table: dict[Any, Any], shapes: dict[str, list[Any]]) -> Iterator[None]:
     """Every plugin's `replace` callable swapped for its stand-in (scope model; scope call uses the first)."""
     from orchestrator.stages.capture import swap_callable
 
@@ -374,16 +394,16 @@ def _swapped(settings: dict[str, Any], table: dict[Any, Any]) -> Iterator[None]:
             field = f"export.plugins[{index}].replace"
             entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
             original = imports.resolve(plugin["replace"], field)
-            stand_in = _stand_in(plugin, entry, original, settings["exporter"], table)
+            stand_in = _stand_in(plugin, entry, original, settings["exporter"], table, shapes)
             stack.enter_context(swap_callable(plugin["replace"], stand_in, field))
         yield
 
 
 def _stand_in(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any], exporter: str,
-              table: dict[Any, Any]) -> Any:
+              table: dict[Any, Any], shapes: dict[str, list[Any]]) -> Any:
     if exporter == "dynamo":
         return make_dynamo_replacement(plugin, entry, original, table)
-    return make_replacement(plugin, entry, original)
+    return make_replacement(plugin, entry, original, shapes.setdefault(plugin["op"], []))
 
 
 def _use_given(call: StageCall, source: Path, out: Path) -> StageResult:
@@ -400,8 +420,8 @@ def _use_given(call: StageCall, source: Path, out: Path) -> StageResult:
     return StageResult(f"given ONNX {source.name}, {_plugin_summary(info)}", info)
 
 
-def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
-              table: dict[Any, Any]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
+def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any], table: dict[Any, Any],
+              shapes: dict[str, list[Any]]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
     """The seed's test model: the plugin call alone, fed the captured tensors."""
     import numpy as np
     import torch
@@ -420,7 +440,7 @@ def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
     elif settings["exporter"] == "dynamo":
         function = make_dynamo_replacement(plugin, entry, original, table)
     else:
-        function = make_replacement(plugin, entry, original)
+        function = make_replacement(plugin, entry, original, shapes.setdefault(plugin["op"], []))
     derived = plugin.get("derive", {})
     names = [n for n in plugin["inputs"] if n not in derived]
     inputs = {name: torch.from_numpy(np.load(call.inputs["capture"].path / meta["file"]))
@@ -533,7 +553,7 @@ def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict
 
 
 def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, strategy: str,
-            record: dict[str, Any]) -> StageResult:
+            record: dict[str, Any], shapes: dict[str, list[Any]]) -> StageResult:
     import onnx
 
     model = onnx.load(str(out))
@@ -542,6 +562,7 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
     for domain in sorted(domains - present):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    _declare_plugin_input_shapes(model, shapes)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -565,6 +586,32 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
     if strategy.startswith("torch.export.draft_export"):
         text += "; draft_export"
     return StageResult(text, info)
+
+
+def _declare_plugin_input_shapes(model: Any, shapes: dict[str, list[Any]]) -> None:
+    """Give plugin inputs whose shape inference left the shape unknown the shape the exporter traced
+    (dynamic axes unknown), so the build can check them against the contract."""
+    import onnx
+
+    typed = {v.name: v for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in shapes:
+            continue
+        index = seen[node.op_type] = seen.get(node.op_type, -1) + 1
+        if index >= len(shapes[node.op_type]):
+            continue
+        for name, sizes in zip(node.input, shapes[node.op_type][index], strict=False):
+            info = typed.get(name)
+            if sizes is None or info is None or info.type.tensor_type.HasField("shape"):
+                continue
+            shape = info.type.tensor_type.shape
+            shape.SetInParent()
+            for size in sizes:
+                dim = shape.dim.add()
+                if size is not None:
+                    dim.dim_value = size
+    onnx.checker.check_model(model)
 
 
 def describe_graph(model: Any) -> dict[str, Any]:

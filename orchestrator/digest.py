@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,38 +48,62 @@ def stat_signature(path: str | os.PathLike[str]) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+# A file modified twice within one tick of the filesystem clock keeps its mtime (ext4 ticks are a few
+# ms; FAT's are 2 s). A signature taken less than this long after the file's mtime cannot vouch for
+# the content, so the digest is not remembered (git calls such entries "racily clean").
+RACY_NS = 2_000_000_000
+
+
+def vouching_signature(path: str | os.PathLike[str]) -> list[int] | None:
+    """The stat signature of `path`, or None while it is too young to vouch for the content."""
+    signature = stat_signature(path)
+    age = time.time_ns() - signature[1]
+    return None if 0 <= age < RACY_NS else signature
+
+
 class DigestCache:
     """Remembers file digests by absolute path and stat signature, in one JSON file.
 
     Concurrent writers may each drop the other's new entries; that costs a rehash, never a wrong
-    answer, because an entry is only used while the file's signature is unchanged.
+    answer, because an entry is only used while the file's signature is unchanged. A file modified
+    in the last RACY_NS is hashed on every use and not remembered.
     """
 
     def __init__(self, path: Path | None):
         self.path = path
         self.entries: dict[str, list[Any]] = {}
         self.dirty = False
+        self.vouched: dict[str, list[int] | None] = {}  # path -> signature its last digest is valid for
         if path is not None and path.is_file():
             try:
-                self.entries = json.loads(path.read_text())
+                loaded = json.loads(path.read_text())
+                self.entries = loaded if isinstance(loaded, dict) else {}
             except (OSError, ValueError):
                 self.entries = {}
 
     def file(self, path: str | os.PathLike[str]) -> str:
         real = os.path.realpath(path)
-        signature = stat_signature(real)
+        signature = vouching_signature(real)
         known = self.entries.get(real)
-        if known is not None and known[:3] == signature:
+        if signature is not None and isinstance(known, list) and known[:3] == signature and len(known) == 4:
+            self.vouched[real] = signature
             return str(known[3])
         value = hash_file(real)
-        self.entries[real] = [*signature, value]
-        self.dirty = True
+        self.vouched[real] = signature
+        if signature is not None:
+            self.entries[real] = [*signature, value]
+            self.dirty = True
+        elif real in self.entries:
+            del self.entries[real]
+            self.dirty = True
         return value
 
     def remember(self, path: str | os.PathLike[str], value: str) -> None:
-        """Record a digest computed elsewhere (e.g. while writing the file)."""
+        """Record a digest computed elsewhere, for a file nothing writes to any more (a published artifact)."""
         real = os.path.realpath(path)
-        self.entries[real] = [*stat_signature(real), value]
+        signature = stat_signature(real)
+        self.entries[real] = [*signature, value]
+        self.vouched[real] = signature
         self.dirty = True
 
     def tree(self, root: str | os.PathLike[str]) -> dict[str, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import shutil
 import time
@@ -14,26 +17,56 @@ from orchestrator.store import MANIFEST, Store
 
 
 def fsck(store: Store, repair: bool, echo: Callable[[str], None]) -> int:
-    """Re-hash every artifact; report (and with repair, remove) the damaged ones. Exit 1 if any found."""
+    """Re-hash every artifact; report (and with repair, remove) the damaged ones. Exit 1 if any is left.
+
+    Whatever it finds, the digest cache learns the true digests and the fast-path records that vouch
+    for a damaged artifact are dropped, so the next run rebuilds a damaged artifact instead of using it.
+    """
+    if not store.root.is_dir():
+        echo(f"checked 0 artifacts: {store.root} does not exist")
+        return 0
     checked = damaged = 0
-    for kind, key, _ in store.artifacts():
+    broken: list[str] = []
+    for kind, key, path in store.artifacts():
         checked += 1
         artifact, problem = store.check(kind, key, rehash=True)
         if artifact is None:
             damaged += 1
+            broken.append(os.path.realpath(path))
             action = "removed" if repair else "damaged"
             echo(f"{action}: {kind}/{key[:12]}: {problem}")
             if repair:
                 with store.lock(key):
                     store.discard(kind, key)
+    forgotten = _forget_fast_records(store, broken)
+    store.save()
     leftovers = store.stale_staging(min_age=0 if repair else 3600)
     if repair:
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
     echo(f"checked {checked} artifacts: {damaged} damaged" + (", removed" if repair and damaged else "")
          + (f"; {len(leftovers)} unfinished staging directories {'removed' if repair else 'left over'}"
-            if leftovers else ""))
+            if leftovers else "")
+         + (f"; {forgotten} remembered no-op answers dropped" if forgotten else ""))
     return 1 if damaged and not repair else 0
+
+
+def _forget_fast_records(store: Store, broken: list[str]) -> int:
+    """Remove the fast-path records that list a file of a damaged artifact."""
+    if not broken:
+        return 0
+    folder = store.state / "fast"
+    removed = 0
+    for record in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            text = record.read_text()
+        except OSError:
+            continue
+        if any(json.dumps(path + os.sep)[1:-1] in text for path in broken):
+            with contextlib.suppress(OSError):
+                record.unlink()
+                removed += 1
+    return removed
 
 
 def parse_age(text: str) -> float:
@@ -44,50 +77,50 @@ def parse_age(text: str) -> float:
 
 
 def gc(store: Store, specs: list[Any], older_than: str | None, dry_run: bool, echo: Callable[[str], None]) -> None:
-    """Remove artifacts no given pipeline reaches (and, with an age, only older ones)."""
+    """Remove artifacts no given pipeline reaches (and, with an age, only older ones).
+
+    Never one a running process uses: runs register their keys under the store's registry lock,
+    and the sweep holds that lock from reading the registrations to its last removal.
+    """
     from orchestrator.plan import make_plan
 
-    keep: set[str] = set()
-    for spec in specs:
-        keep.update(make_plan(spec, store.digests).nodes)
     if not specs and older_than is None:
         raise UserError("name the pipelines whose artifacts to keep, or give --older-than")
     max_age = parse_age(older_than) if older_than else None
-    in_use = store.keys_in_use()
-    now = time.time()
+    keep: set[str] = set()
+    for spec in specs:
+        keep.update(make_plan(spec, store.digests).nodes)
+    if not store.root.is_dir():
+        echo(f"nothing to remove: {store.root} does not exist")
+        return
     removed = kept_busy = 0
     freed = 0
-    for kind, key, path in list(store.artifacts()):
-        if key in keep:
-            continue
-        if max_age is not None:
-            try:
-                age = now - (path / MANIFEST).stat().st_mtime
-            except OSError:
-                age = float("inf")
-            if age < max_age:
+    with store.registry():
+        in_use = store.keys_in_use()
+        now = time.time()
+        for kind, key, path in list(store.artifacts()):
+            if key in keep:
                 continue
-        if key in in_use:
-            kept_busy += 1
-            continue
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        if dry_run:
-            echo(f"would remove {kind}/{key[:12]} ({size / 1e6:.1f} MB)")
-        else:
-            from filelock import Timeout
-
-            lock = store.lock(key)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
+            if max_age is not None:
+                try:
+                    age = now - (path / MANIFEST).stat().st_mtime
+                except OSError:
+                    age = float("inf")
+                if age < max_age:
+                    continue
+            if key in in_use:
                 kept_busy += 1
                 continue
-            try:
-                store.discard(kind, key)
-            finally:
-                lock.release()
-        removed += 1
-        freed += size
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            if dry_run:
+                echo(f"would remove {kind}/{key[:12]} ({size / 1e6:.1f} MB)")
+            elif store.remove_unless_busy(kind, key):
+                echo(f"removed {kind}/{key[:12]} ({size / 1e6:.1f} MB)")
+            else:
+                kept_busy += 1
+                continue
+            removed += 1
+            freed += size
     if not dry_run:
         for path in store.stale_staging():
             shutil.rmtree(path, ignore_errors=True)

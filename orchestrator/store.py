@@ -4,6 +4,7 @@ Layout:
   <root>/<stage>/<key>/          one artifact: the stage's files plus manifest.json
   <root>/.tmp/                   artifacts being written (never read)
   <root>/.locks/<key>.lock       held while a key is being produced, so it is produced once
+  <root>/.locks/registry.lock    orders runs registering the keys they use against gc removing them
   <root>/.state/digests.json     file digests by stat signature (no rehash on a no-op run)
   <root>/.state/runs/<name>.json the keys of a pipeline's last run (for `plan --why`)
   <root>/.state/fast/            remembered plans for the no-op fast path
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.digest import DigestCache, hash_file, stat_signature
+from orchestrator.digest import DigestCache, hash_file, vouching_signature
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -91,9 +92,13 @@ class Store:
             return None, "missing"
         except (OSError, ValueError):
             return None, "damaged: manifest.json unreadable"
-        if manifest.get("format") != FORMAT or manifest.get("key") != key:
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            return None, "damaged: manifest.json is not a manifest"
+        if manifest.get("format") != FORMAT or manifest.get("key") != key or manifest.get("stage", kind) != kind:
             return None, "damaged: manifest does not belong to this key"
-        for relative, meta in manifest.get("files", {}).items():
+        for relative, meta in manifest["files"].items():
+            if not isinstance(meta, dict) or not isinstance(meta.get("size"), int) or ".." in Path(relative).parts:
+                return None, f"damaged: manifest entry for {relative} is malformed"
             file = path / relative
             try:
                 size = file.stat().st_size
@@ -101,7 +106,14 @@ class Store:
                 return None, f"damaged: {relative} is missing"
             if size != meta["size"]:
                 return None, f"damaged: {relative} has {size} bytes, manifest says {meta['size']}"
-            actual = hash_file(file) if rehash else self.digests.file(file)
+            if rehash:  # fsck: read every byte, and let the digest cache learn what is really there
+                signature = vouching_signature(file)
+                actual = hash_file(file)
+                if signature is not None:
+                    self.digests.entries[os.path.realpath(file)] = [*signature, actual]
+                    self.digests.dirty = True
+            else:
+                actual = self.digests.file(file)
             if actual != meta["digest"]:
                 return None, f"damaged: {relative} does not match its digest"
         return Artifact(kind, key, path, manifest), None
@@ -142,7 +154,7 @@ class Store:
                 digest = hash_file(item)
                 files[relative] = {"size": item.stat().st_size, "digest": digest}
         manifest = {"format": FORMAT, "key": key, "stage": kind, **manifest, "files": files,
-                    "created": time.time()}
+                    "created": time.time(), "writer": _writer()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
         _fsync_tree(staging)
         final = self.path_of(kind, key)
@@ -156,9 +168,7 @@ class Store:
         os.rename(staging, final)
         _fsync_dir(final.parent)
         for relative, meta in files.items():
-            self.digests.entries[os.path.realpath(final / relative)] = [*stat_signature(final / relative),
-                                                                        meta["digest"]]
-        self.digests.dirty = True
+            self.digests.remember(final / relative, meta["digest"])
         return Artifact(kind, key, final, manifest)
 
     def discard(self, kind: str, key: str) -> None:
@@ -187,6 +197,18 @@ class Store:
             self._digests.save()
 
     # -------------------------------------------------------------- keys in use (for gc)
+    def registry(self) -> Any:
+        """The store-wide lock that orders 'a run announces the keys it uses' against 'gc removes'.
+
+        A run registers its keys under it before it reads any artifact; a sweep (gc, withdraw) reads
+        the registered keys and removes artifacts while holding it. So a sweep either sees a run's
+        keys, or finishes before that run looks at the store (and the run rebuilds what is gone).
+        """
+        from filelock import FileLock
+
+        self.ensure()
+        return FileLock(str(self.root / ".locks" / "registry.lock"))
+
     @contextlib.contextmanager
     def in_use(self, keys: list[str]) -> Iterator[None]:
         """Mark keys as in use by this process for as long as the block runs."""
@@ -195,17 +217,21 @@ class Store:
         self.ensure()
         base = self.root / ".state" / "inuse" / f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         lock = FileLock(str(base) + ".lock")
-        with lock:
-            write_json_atomic(Path(str(base) + ".json"), keys)
-            try:
-                yield
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(str(base) + ".json")
-        with contextlib.suppress(OSError):
-            os.unlink(str(base) + ".lock")
+        try:
+            with lock:
+                with self.registry():
+                    write_json_atomic(Path(str(base) + ".json"), keys)
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.unlink(str(base) + ".json")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(str(base) + ".lock")
 
     def keys_in_use(self) -> set[str]:
+        """Keys registered by live processes (a record whose lock is free belongs to a dead one: removed)."""
         from filelock import FileLock, Timeout
 
         used: set[str] = set()
@@ -226,12 +252,81 @@ class Store:
                 lock.release()
         return used
 
+    def remove_unless_busy(self, kind: str, key: str) -> bool:
+        """Discard an artifact unless another process holds its key's lock; call inside `registry()`."""
+        from filelock import Timeout
+
+        lock = self.lock(key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        try:
+            self.discard(kind, key)
+        finally:
+            lock.release()
+        return True
+
+    def withdraw(self, candidates: list[tuple[str, str]], since: float) -> list[tuple[str, str]]:
+        """Remove the artifacts among `candidates` that this process (or a worker it started) published
+        since `since`: a run that stopped on bad input leaves nothing behind.
+
+        An artifact another running process has registered (it may already be reading it) is kept:
+        it is sound, and that process needs it. Returns what was removed.
+        """
+        removed: list[tuple[str, str]] = []
+        me = _writer()
+        with self.registry():
+            busy = self.keys_in_use()
+            for kind, key in candidates:
+                try:
+                    manifest = json.loads((self.path_of(kind, key) / MANIFEST).read_text())
+                except (OSError, ValueError):
+                    continue
+                writer = manifest.get("writer") or {}
+                ours = writer.get("host") == me["host"] and me["pid"] in (writer.get("pid"), writer.get("parent"))
+                if ours and manifest.get("created", 0) >= since and key not in busy \
+                        and self.remove_unless_busy(kind, key):
+                    removed.append((kind, key))
+        return removed
+
     def stale_staging(self, min_age: float = 3600.0) -> list[Path]:
+        """Unfinished staging directories older than `min_age` whose writing process is gone.
+
+        A stage may run for hours (an engine build); its staging directory is kept while its process lives.
+        """
         folder = self.root / ".tmp"
         if not folder.is_dir():
             return []
         now = time.time()
-        return [p for p in folder.iterdir() if now - p.stat().st_mtime > min_age]
+        found = []
+        for path in folder.iterdir():
+            try:
+                age = now - path.stat().st_mtime
+            except OSError:
+                continue
+            if age >= min_age and not _writer_alive(path.name):
+                found.append(path)
+        return found
+
+
+def _writer_alive(staging_name: str) -> bool:
+    """Whether the process that named a staging directory '<kind>-<key>-<pid>-<random>' still runs."""
+    parts = staging_name.split("-")
+    if parts[0] == "discard" or len(parts) != 4 or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _writer() -> dict[str, Any]:
+    """Who publishes: enough to tell this run's artifacts from those of other processes."""
+    return {"host": os.uname().nodename, "pid": os.getpid(), "parent": os.getppid()}
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

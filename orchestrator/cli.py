@@ -155,12 +155,12 @@ def _make_app() -> Any:
         Prints one line per stage: name, short key, ran/cached/pulled/passed/failed, time, summary.
         """
         from orchestrator import fastpath
-        from orchestrator import spec as spec_module
         from orchestrator.errors import UserError
         from orchestrator.executor import Executor, variant_label
         from orchestrator.plan import make_plan
 
         started = time.perf_counter()
+        before = fastpath.snapshot()  # before anything is read, so that edits made during the run are seen
         if executor_name == "ray":
             from orchestrator.ray_executor import require_ray
 
@@ -199,8 +199,8 @@ def _make_app() -> Any:
             lines = [{"kind": o.node.kind, "short": o.node.short, "label": variant_label(o.node, plan),
                       "status": "failed" if not o.artifact.manifest.get("passed", True) else "cached",
                       "summary": o.summary} for o in report.outcomes]
-            fastpath.remember(artifacts.root, spec.path, plan.watched, spec_module.schema_path(), lines,
-                              [o.artifact.path for o in report.outcomes], report.exit_code)
+            fastpath.remember(artifacts, spec, plan, before, [o.artifact for o in report.outcomes], lines,
+                              report.exit_code)
         _RESULT["code"] = report.exit_code
 
     @cli.command()

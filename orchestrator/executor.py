@@ -2,7 +2,8 @@
 
 Each stage runs under a per-key file lock, so concurrent `orchestrate run`s of the same pipeline
 produce every artifact once and the others wait and reuse it. A stage's `UserError` stops the run
-(exit 2) with nothing published; a failed check (verify) is published and makes the exit code 1.
+(exit 2), and what the run had published is withdrawn, so bad input leaves no artifact behind; a
+failed check (verify) is published and makes the exit code 1.
 """
 
 from __future__ import annotations
@@ -98,9 +99,15 @@ class Executor:
         report = RunReport()
         artifacts: dict[str, Artifact] = {}
         self.store.ensure()
+        started = time.time()
         try:
             with self.store.in_use(list(self.plan.nodes)):
                 self._schedule(report, artifacts)
+        except UserError:
+            # A stage found bad input: take back what this run published, so that nothing it wrote
+            # stays in the store (artifacts another running process has registered are kept).
+            self.store.withdraw([(node.kind, node.key) for node in self.plan.order()], since=started)
+            raise
         finally:
             self.store.save()
         self.write_record(artifacts)

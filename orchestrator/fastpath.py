@@ -1,12 +1,21 @@
 """The no-op fast path of `orchestrate run FILE`: answer from a remembered plan, importing nothing heavy.
 
-After a full run, `remember` writes what the answer depended on: the stat signatures of every file
-that went into the plan (the pipeline file, model sources, capture files, plugin libraries, the
-schema and orchestrate's own code), the Python interpreter, where each tool's package metadata
-lives, whether TensorRT is importable, and the stat signature of every artifact file. `replay`
-checks all of that with stat calls only; if anything differs it returns None and the full path
-(YAML, schema validation, planning, digests) runs instead. It can only ever decline, never
-answer wrongly: it prints only what a full run would, for artifacts whose files are unchanged.
+A full run remembers, under the digest of the pipeline file's bytes (and its folder, the current
+directory and the store), what its answer depended on, each as a stat signature (size, mtime_ns,
+inode) taken when it was read:
+
+  * every file and folder the keys were computed from (model sources, capture files and folder,
+    plugin libraries, the folders an import path was resolved in);
+  * orchestrate's own code and schema, the Python interpreter, sys.path and its folders (a package
+    installed or upgraded changes its site-packages folder), where each tool's metadata lives and
+    whether TensorRT is importable; for GPU builds, the visible GPUs, CUDA_VISIBLE_DEVICES and PATH;
+  * every file of every artifact the run used.
+
+`replay` re-checks all of it with stat calls; if anything differs it returns None and the full path
+(YAML, schema validation, planning, digests) runs instead. It can decline, never answer wrongly:
+it prints what the full run printed, for artifacts whose files are unchanged. A signature taken
+within two seconds of the file's mtime cannot vouch for its content (a second write in the same
+clock tick keeps the mtime), so such a run writes no record and the next run takes the full path.
 """
 
 from __future__ import annotations
@@ -18,8 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FORMAT = 3
+FORMAT = 4
 TOOLS = ("torch", "onnx", "onnxruntime", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "tensorrt")
+GPU_TOOLS = ("gpu", "tensorrt", "trtexec")  # a key with one of these depends on the machine's GPUs
+GPU_ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PATH", "LD_LIBRARY_PATH")
+NVIDIA_PROC = "/proc/driver/nvidia/gpus"
+PACKAGE = Path(__file__).resolve().parent
 
 
 def _signature(path: str) -> list[int] | None:
@@ -38,9 +51,16 @@ def record_path(store_root: Path, pipeline: Path, pipeline_bytes: bytes) -> Path
     return store_root / ".state" / "fast" / f"{identity.hexdigest()}.json"
 
 
-def _code_files() -> list[str]:
-    package = Path(__file__).resolve().parent
-    return sorted(str(p) for p in package.rglob("*.py"))
+def _code_paths() -> list[str]:
+    """orchestrate's own modules, the folders holding them, and the schema."""
+    from orchestrator.spec import schema_path
+
+    found = [str(PACKAGE)]
+    for path in PACKAGE.rglob("*"):
+        if path.suffix == ".py" or (path.is_dir() and path.name != "__pycache__"):
+            found.append(str(path))
+    found.append(str(schema_path().resolve()))
+    return sorted(found)
 
 
 def _tool_locations() -> dict[str, str | None]:
@@ -62,35 +82,108 @@ def _tensorrt_importable() -> bool:
     return importable("tensorrt")
 
 
-def remember(store_root: Path, pipeline: Path, watched: list[str], schema: Path, lines: list[dict[str, Any]],
-             artifact_dirs: list[Path], exit_code: int) -> None:
-    """Write the fast-path record for this pipeline file's current bytes."""
-    from orchestrator.store import write_json_atomic
+def _gpu_fingerprint() -> dict[str, Any] | None:
+    """What identifies the visible GPUs, read without running nvidia-smi; None where that cannot be read."""
+    try:
+        names = sorted(os.listdir(NVIDIA_PROC))
+    except OSError:
+        names = None
+    gpus = {}
+    for name in names or []:
+        try:
+            with open(os.path.join(NVIDIA_PROC, name, "information")) as handle:
+                gpus[name] = handle.read()
+        except OSError:
+            return None
+    import shutil
 
-    data = Path(pipeline).read_bytes()
-    files = sorted(set(watched) | {str(schema.resolve())} | set(_code_files()))
-    artifact_files = []
-    for folder in artifact_dirs:
-        artifact_files += [str(p) for p in folder.rglob("*") if p.is_file()]
+    trtexec = shutil.which("trtexec")
+    return {"environment": {name: os.environ.get(name) for name in GPU_ENVIRONMENT}, "gpus": gpus,
+            "proc": names is not None, "trtexec": [trtexec, _signature(trtexec) if trtexec else None]}
+
+
+def snapshot() -> dict[str, Any]:
+    """The state of this installation, taken before the full path reads the pipeline or any file."""
+    from orchestrator.digest import vouching_signature
+
+    def vouched(path: str) -> list[int] | None:
+        try:
+            return vouching_signature(path)
+        except OSError:
+            return None
+
+    folders = [p for p in sys.path[1:] if p and os.path.exists(p)]
     tools = _tool_locations()
-    record = {
-        "format": FORMAT,
-        "executable": sys.executable,
+    return {
+        "executable": [sys.executable, _signature(os.path.realpath(sys.executable))],
+        "package": str(PACKAGE),
+        "sys_path": sys.path[1:],
+        "folders": {path: vouched(path) for path in folders},
+        "code": {path: vouched(path) for path in _code_paths()},
+        "tools": {name: [location, _signature(location) if location else None] for name, location in tools.items()},
         "tensorrt": _tensorrt_importable(),
-        "tools": {name: (location, _signature(location) if location else None) for name, location in tools.items()},
-        "files": {path: _signature(path) for path in files},
-        "artifacts": {path: _signature(path) for path in artifact_files},
-        "lines": lines,
-        "exit_code": exit_code,
     }
-    write_json_atomic(record_path(store_root, pipeline, data), record)
+
+
+def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts: list[Any],
+             lines: list[dict[str, Any]], exit_code: int) -> bool:
+    """Write the fast-path record for the bytes the spec was read from; False when none can be written."""
+    from orchestrator.store import MANIFEST, write_json_atomic
+
+    watched: dict[str, list[int] | None] = dict(plan.watched)
+    if any(signature is None for signature in [*watched.values(), *before["code"].values(),
+                                               *before["folders"].values()]):
+        return False  # something was modified too recently to vouch for its content
+    machine = None
+    if any(tool in node.parts["tools"] for node in plan.order() for tool in GPU_TOOLS):
+        from orchestrator import environment
+
+        machine = _gpu_fingerprint()
+        if machine is None or (not machine["proc"] and environment.gpus()):
+            return False  # GPUs this process sees cannot be re-identified without nvidia-smi
+    artifact_files: dict[str, list[int] | None] = {}
+    for artifact in artifacts:
+        folder = Path(artifact.path)
+        for relative in [*artifact.manifest.get("files", {}), MANIFEST]:
+            real = os.path.realpath(folder / relative)
+            artifact_files[real] = store.digests.vouched.get(real) or _signature(real)
+    if any(signature is None for signature in artifact_files.values()):
+        return False
+    record = {**before, "format": FORMAT, "watched": watched, "artifacts": artifact_files, "machine": machine,
+              "lines": lines, "exit_code": exit_code}
+    try:
+        write_json_atomic(record_path(store.root, spec.path, spec.source), record)
+    except OSError:
+        return False
+    return True
+
+
+def _unchanged(signatures: dict[str, list[int] | None]) -> bool:
+    return all(_signature(path) == signature for path, signature in signatures.items())
+
+
+def _still_valid(record: dict[str, Any]) -> bool:
+    executable, signature = record["executable"]
+    if executable != sys.executable or _signature(os.path.realpath(sys.executable)) != signature:
+        return False
+    if record["package"] != str(PACKAGE) or record["sys_path"] != sys.path[1:]:
+        return False
+    if record["tensorrt"] != _tensorrt_importable():
+        return False
+    for location, signature in record["tools"].values():
+        if location and _signature(location) != signature:
+            return False
+    for group in ("folders", "code", "watched", "artifacts"):
+        if not _unchanged(record[group]):
+            return False
+    return record["machine"] is None or record["machine"] == _gpu_fingerprint()
 
 
 def replay(argv: list[str]) -> int | None:
     """Answer `run FILE [--store DIR]` from the record, or None to take the full path."""
     if len(argv) < 2 or argv[0] != "run":
         return None
-    store = os.environ.get("ORCHESTRATE_STORE", "artifacts")
+    store = os.environ.get("ORCHESTRATE_STORE") or "artifacts"
     file = None
     rest = argv[1:]
     index = 0
@@ -111,21 +204,14 @@ def replay(argv: list[str]) -> int | None:
         return None
     try:
         pipeline = Path(file)
+        if os.stat(pipeline).st_size > 1 << 20:  # larger than a pipeline file may be: let the full path say so
+            return None
         data = pipeline.read_bytes()
         record = json.loads(record_path(Path(store).absolute(), pipeline, data).read_text())
-    except (OSError, ValueError):
-        return None
-    if record.get("format") != FORMAT or record.get("executable") != sys.executable:
-        return None
-    if record.get("tensorrt") != _tensorrt_importable():
-        return None
-    for location, signature in record["tools"].values():
-        if location and _signature(location) != signature:
+        if record.get("format") != FORMAT or not _still_valid(record):
             return None
-    for group in ("files", "artifacts"):
-        for path, signature in record[group].items():
-            if _signature(path) != signature:
-                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
     from orchestrator import ui
 
     colour = ui.colour_enabled()

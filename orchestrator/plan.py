@@ -13,6 +13,8 @@ The pipeline's name and file path are in no key. Variants whose stages coincide 
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import copy
 import os
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import environment, imports
-from orchestrator.digest import DigestCache, digest_json
+from orchestrator.digest import DigestCache, digest_json, vouching_signature
 from orchestrator.errors import UserError
 from orchestrator.spec import Spec, Variant
 
@@ -40,6 +42,7 @@ class Node:
     inputs: dict[str, str]  # role -> key of the upstream node
     parts: dict[str, Any]  # everything that went into the key
     variants: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # label in parts["files"] -> the file it digests
 
     @property
     def short(self) -> str:
@@ -52,7 +55,9 @@ class Plan:
     nodes: dict[str, Node]  # by key, in topological order
     by_variant: dict[str, list[str]]  # variant name -> its node keys in stage order
     backend_reason: dict[str, str]  # variant -> why this backend
-    watched: list[str] = field(default_factory=list)  # files whose stat signatures validate this plan
+    # Files and folders the keys were computed from, with the stat signature each had when it was read
+    # (None: modified too recently to vouch for its content). The no-op fast path re-checks these.
+    watched: dict[str, list[int] | None] = field(default_factory=dict)
 
     def order(self) -> list[Node]:
         return list(self.nodes.values())
@@ -68,7 +73,8 @@ class Planner:
     def __init__(self, spec: Spec, digests: DigestCache):
         self.spec = spec
         self.digests = digests
-        self.watched: set[str] = set()
+        self.watched: dict[str, list[int] | None] = {}
+        self.origins: dict[str, str] = {}  # file label -> path, for `plan --why`
 
     # ------------------------------------------------------------------ file digests
     def file_digest(self, path: Path, field: str) -> str:
@@ -76,12 +82,30 @@ class Planner:
             value = self.digests.file(path)
         except OSError as exc:
             raise self.spec.error(f"cannot read '{path}': {exc.strerror}", field) from None
-        self.watched.add(os.path.realpath(path))
+        real = os.path.realpath(path)
+        self.watched[real] = self.digests.vouched.get(real)
         return value
 
+    def watch_folder(self, path: Path) -> None:
+        """A folder whose entries matter: adding, removing or renaming a file in it changes its signature."""
+        real = os.path.realpath(path)
+        if real not in self.watched:
+            try:
+                self.watched[real] = vouching_signature(real)
+            except OSError:
+                self.watched[real] = None
+
     def source_digest(self, import_path: str, field: str) -> tuple[str, str]:
-        """Digest of the source file of the module an import path ('pkg.mod:attr') points into."""
-        return self.module_digest(imports.split(import_path)[0], field)
+        """Digest of the source file of the module an import path ('pkg.mod:attr') points into.
+
+        Also checks, without running the module, that it defines the attribute, so a misspelt
+        callable is reported before any stage runs.
+        """
+        module, attrs = imports.split(import_path)
+        label, digest = self.module_digest(module, field)
+        if attrs and _defines(Path(self.origins[label]), attrs[0]) is False:
+            raise self.spec.error(f"module '{module}' ({self.origins[label]}) defines no '{attrs[0]}'", field)
+        return label, digest
 
     def module_digest(self, module: str, field: str) -> tuple[str, str]:
         try:
@@ -89,7 +113,14 @@ class Planner:
                 source = imports.module_file(module)
         except UserError as exc:
             raise self.spec.error(exc.message, field, hint=exc.hint) from None
-        return f"module:{module}", self.file_digest(source, field)
+        label = f"module:{module}"
+        self.origins[label] = str(source)
+        # Where the import system found it: a new module or package in one of these folders would
+        # shadow it. (sys.path's own folders are watched by the fast path.)
+        depth = module.count(".") + 1 + (source.name == "__init__.py")
+        for folder in [*source.parents[:depth], *self.python_path, Path.cwd()]:
+            self.watch_folder(folder)
+        return label, self.file_digest(source, field)
 
     def paths_digests(self, entries: list[str], field: str) -> dict[str, str]:
         found = {}
@@ -97,15 +128,32 @@ class Planner:
             target = self.spec.resolve_path(entry)
             where = f"{field}[{index}]"
             if target.is_dir():
+                self.watch_folder(target)
+                for folder in target.rglob("*"):
+                    if folder.is_dir() and "__pycache__" not in folder.parts:
+                        self.watch_folder(folder)
                 for relative, digest in self.digests.tree(target).items():
                     if "__pycache__" not in relative and not relative.endswith(".pyc"):
                         found[f"source:{entry}/{relative}"] = digest
-                self.watched.update(os.path.realpath(p) for p in target.rglob("*") if p.is_file())
+                        self.origins[f"source:{entry}/{relative}"] = str(target / relative)
+                        real = os.path.realpath(target / relative)
+                        self.watched[real] = self.digests.vouched.get(real)
             elif target.is_file():
                 found[f"source:{entry}"] = self.file_digest(target, where)
+                self.origins[f"source:{entry}"] = str(target)
             else:
                 raise self.spec.error(f"'{entry}' does not exist (looked in {target})", where)
         return found
+
+    def check_onnx(self, path: Path, value: str) -> None:
+        """Refuse a file that is not an ONNX model now, before any stage runs (the graph is not checked)."""
+        import onnx
+
+        try:
+            onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - whatever the parser says, the user's file is not ONNX
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise self.spec.error(f"'{value}' is not an ONNX model ({detail})", "export.onnx") from None
 
     @property
     def python_path(self) -> list[Path]:
@@ -122,7 +170,8 @@ class Planner:
             "files": dict(sorted(files.items())),
             "tools": dict(sorted(tools.items())),
         }
-        return Node(kind, digest_json(parts), config, paths, parts["inputs"], parts)
+        origins = {label: self.origins[label] for label in files if label in self.origins}
+        return Node(kind, digest_json(parts), config, paths, parts["inputs"], parts, origins=origins)
 
     def plugins(self, export: dict[str, Any]) -> list[dict[str, Any]]:
         """Each plugin with its catalog contract resolved (the contract shapes the export)."""
@@ -172,6 +221,7 @@ class Planner:
             from orchestrator.stages.capture import match_folder
 
             folder = self.spec.resolve_path(capture["from_dir"])
+            self.watch_folder(folder)  # a file added there can make a tensor's file ambiguous
             wanted = [e["name"] for e in expect] or list(capture.get("names") or [])
             try:
                 matched, ignored = match_folder(folder, wanted, capture["outputs"], capture["files"])
@@ -179,6 +229,7 @@ class Planner:
                 raise self.spec.error(exc.message, "capture.from_dir", hint=exc.hint) from None
             for name, file in matched.items():
                 files[f"tensor:{name}"] = self.file_digest(folder / file, "capture.from_dir")
+                self.origins[f"tensor:{name}"] = str(folder / file)
             config = {"capture": {"source": "dir", "names": list(matched), "outputs": capture["outputs"],
                                   "expect": expect}}
             paths.update(folder=str(folder), files=matched, ignored=ignored)
@@ -211,12 +262,27 @@ class Planner:
         paths: dict[str, Any] = {"python_path": [str(p) for p in self.python_path]}
         for index, plugin in enumerate(plugins):
             if plugin.get("replace"):
-                label, digest = self.source_digest(plugin["replace"], f"export.plugins[{index}].replace")
+                where = f"export.plugins[{index}].replace"
+                label, digest = self.source_digest(plugin["replace"], where)
+                files[label] = digest
+                parameters = _parameters(Path(self.origins[label]), imports.split(plugin["replace"])[1])
+                missing = [name for name in plugin["inputs"] if parameters is not None and name not in parameters
+                           and name not in plugin.get("derive", {})]
+                if missing:
+                    raise self.spec.error(
+                        f"'{plugin['replace']}' takes ({', '.join(parameters or [])}); the plugin's inputs are passed "
+                        f"to it by name and it has no parameter {', '.join(missing)}", where,
+                        hint="name the callable's parameters in export.plugins[].inputs, in the plugin's order; "
+                             "compute the others with export.plugins[].derive")
+            if plugin.get("catalog"):  # a user's own PluginEntry: its output-shape rule shapes the export
+                label, digest = self.source_digest(plugin["catalog"], f"export.plugins[{index}].catalog")
                 files[label] = digest
         if data["export"].get("onnx"):
             onnx_path = self.spec.resolve_path(data["export"]["onnx"])
             files["onnx"] = self.file_digest(onnx_path, "export.onnx")
+            self.origins["onnx"] = str(onnx_path)
             paths["onnx"] = str(onnx_path)
+            self.check_onnx(onnx_path, data["export"]["onnx"])
         if data["export"]["scope"] == "model":
             model = data["model"]
             config["model"] = {k: v for k, v in model.items() if k != "sources"}
@@ -274,12 +340,14 @@ class Planner:
                                   "backend: onnxruntime to run the plugin graph on the CPU")
         config_build = {k: v for k, v in build.items() if k not in ("threads", "plugin_libraries", "backend")}
         config = {"build": {**config_build, "backend": backend}, "plugins": [
-            {"op": p["op"], "version": p["version"], "namespace": p["namespace"]} for p in plugins]}
+            {"op": p["op"], "version": p["version"], "namespace": p["namespace"],
+             **({"catalog": p["catalog"]} if p.get("catalog") else {})} for p in plugins]}
         files: dict[str, str] = {}
         libraries = []
         for index, library in enumerate(build["plugin_libraries"]):
             path = self.spec.resolve_path(library)
             files[f"library:{Path(library).name}#{index}"] = self.file_digest(path, f"build.plugin_libraries[{index}]")
+            self.origins[f"library:{Path(library).name}#{index}"] = str(path)
             libraries.append(str(path))
         if backend == "onnxruntime":
             tools = environment.tools("onnxruntime", "onnx", "numpy", "numba")
@@ -327,6 +395,108 @@ class Planner:
         return nodes, reason
 
 
+def _parameters(source: Path, attrs: list[str]) -> list[str] | None:
+    """The parameter names of a plain top-level function, read from its source; None when not that simple."""
+    if len(attrs) != 1 or source.suffix != ".py":
+        return None
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    name = attrs[0]
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name]
+    if len(functions) != 1:
+        return None
+    function = functions[0]
+    for statement in tree.body:  # bound a second way (assigned, imported, redefined in a branch): do not guess
+        if statement is function:
+            continue
+        for node in ast.walk(statement):
+            if (isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store)) \
+                    or (isinstance(node, ast.alias) and (node.asname or node.name) == name) \
+                    or (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name):
+                return None
+    arguments = function.args
+    if function.decorator_list or arguments.vararg or arguments.kwarg:
+        return None
+    return [a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]]
+
+
+_BINDS_NOTHING = (ast.Expr, ast.Pass, ast.Delete, ast.Raise, ast.Assert, ast.Global, ast.Nonlocal, ast.Return,
+                  ast.Break, ast.Continue)
+_DYNAMIC_MARKERS = ("globals()", "setattr(", "sys.modules", "__getattr__", "exec(", "vars()", "locals()")
+
+
+def _defines(source: Path, name: str) -> bool | None:
+    """Whether a module's source binds `name` at its top level: True, False, or None when it cannot tell.
+
+    Only a clear False is acted on; modules that bind names dynamically (`import *`, `globals()`,
+    a module `__getattr__`, ...) give None.
+    """
+    if source.suffix != ".py":
+        return None
+    if source.name == "__init__.py" and ((source.parent / f"{name}.py").is_file() or (source.parent / name).is_dir()):
+        return True  # a submodule becomes an attribute of its package once imported
+    try:
+        raw = source.read_bytes()
+        tree = ast.parse(raw, filename=str(source))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    text = raw.decode("utf-8", "replace")
+    if any(marker in text for marker in _DYNAMIC_MARKERS):
+        return None
+    names: set[str] = set()
+
+    def bind(target: ast.AST) -> None:
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+
+    def visit(statements: list[ast.stmt]) -> bool:
+        """Collect bound names; False when a construct makes the answer unknowable."""
+        for node in statements:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    bind(target)
+            elif isinstance(node, ast.AnnAssign | ast.AugAssign):
+                bind(node.target)
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                for alias in node.names:
+                    if alias.name == "*":
+                        return False
+                    names.add(alias.asname or alias.name.split(".")[0])
+            elif isinstance(node, ast.For | ast.AsyncFor):
+                bind(node.target)
+                if not (visit(node.body) and visit(node.orelse)):
+                    return False
+            elif isinstance(node, ast.With | ast.AsyncWith):
+                for item in node.items:
+                    if item.optional_vars is not None:
+                        bind(item.optional_vars)
+                if not visit(node.body):
+                    return False
+            elif isinstance(node, ast.If | ast.While):
+                if not (visit(node.body) and visit(node.orelse)):
+                    return False
+            elif isinstance(node, ast.Try):
+                for handler in node.handlers:
+                    if handler.name:
+                        names.add(handler.name)
+                    if not visit(handler.body):
+                        return False
+                if not (visit(node.body) and visit(node.orelse) and visit(node.finalbody)):
+                    return False
+            elif not isinstance(node, _BINDS_NOTHING) or any(isinstance(n, ast.NamedExpr) for n in ast.walk(node)):
+                return False  # match, try/except*, type aliases, walrus: not worth modelling
+        return True
+
+    if not visit(tree.body):
+        return None
+    return name in names
+
+
 def make_plan(spec: Spec, digests: DigestCache, only: dict[str, list[str]] | None = None) -> Plan:
     """Plan every variant (or those matching `only`: {field or its last part: [values]})."""
     planner = Planner(spec, digests)
@@ -345,8 +515,7 @@ def make_plan(spec: Spec, digests: DigestCache, only: dict[str, list[str]] | Non
             keys.append(node.key)
         by_variant[variant.name] = keys
     ordered = sorted(nodes.values(), key=lambda n: STAGE_ORDER.index(n.kind))
-    planner.watched.add(os.path.realpath(spec.path))
-    return Plan(spec, {n.key: n for n in ordered}, by_variant, reasons, sorted(planner.watched))
+    return Plan(spec, {n.key: n for n in ordered}, by_variant, reasons, dict(sorted(planner.watched.items())))
 
 
 def _selected(variant: Variant, only: dict[str, list[str]] | None) -> bool:
@@ -393,6 +562,21 @@ def _show(value: Any) -> str:
 NEVER_RUN = "no earlier run of this stage"
 
 
+def _file_label(label: str, origin: str | None) -> str:
+    """'module:examples.ops.msda' -> 'examples/ops/msda.py (module examples.ops.msda)'."""
+    kind, _, name = label.partition(":")
+    if origin is None:
+        return name or label
+    shown = origin
+    with contextlib.suppress(ValueError):  # another drive (Windows)
+        shown = os.path.relpath(origin)
+    if len(shown) > len(origin):
+        shown = origin
+    described = {"module": f"module {name}", "tensor": f"tensor {name}", "library": "plugin library",
+                 "onnx": "export.onnx", "source": "model.sources"}.get(kind, kind)
+    return f"{shown} ({described})"
+
+
 def explain(node: Node, previous: dict[str, Any] | None) -> str:
     """Why `node` must run, compared with the parts of the artifact of the last run (if any)."""
     if previous is None:
@@ -406,12 +590,12 @@ def explain(node: Node, previous: dict[str, Any] | None) -> str:
     old_files, new_files = previous.get("files", {}), node.parts["files"]
     for label in sorted(set(old_files) | set(new_files)):
         if old_files.get(label) != new_files.get(label):
-            what = label.split(":", 1)[-1]
+            what = _file_label(label, node.origins.get(label))
             if label not in old_files:
                 return f"file added: {what}"
             if label not in new_files:
                 return f"file no longer used: {what}"
-            return f"file changed: {what}"
+            return f"file changed: {what} (content {old_files[label][:8]} -> {new_files[label][:8]})"
     found = _first_difference(previous.get("tools", {}), node.parts["tools"])
     if found:
         return f"tool changed: {found[0]} {_show(found[1])} -> {_show(found[2])}"

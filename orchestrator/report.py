@@ -13,6 +13,7 @@ import html
 import io
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def write(plan: Plan, store: Store, outcomes: list[Outcome] | None = None) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "report.json", record)
     page = render_html(record)
-    tmp = folder / ".report.html.tmp"
+    tmp = folder / f".report.html.{os.getpid()}.tmp"  # concurrent runs of one pipeline each write their own
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(folder / "report.html")
     return folder

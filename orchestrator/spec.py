@@ -12,6 +12,7 @@ import copy
 import difflib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class Spec:
     data: dict[str, Any]
     lines: dict[FieldPath, int]
     variants: list[Variant]
+    source: bytes = b""  # the file's bytes as read and validated (the fast path is keyed by them)
 
     @property
     def name(self) -> str:
@@ -102,25 +104,35 @@ def parse_field(text: str) -> FieldPath:
 
 # ----------------------------------------------------------------------------- reading YAML
 
-def _read_text(path: Path) -> str:
+def _read(path: Path) -> tuple[bytes, str]:
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise UserError("no such pipeline file", file=str(path)) from None
     except OSError as exc:
         raise UserError(f"cannot read pipeline file: {exc.strerror}", file=str(path)) from None
     if path.is_dir():
         raise UserError("is a directory, expected a pipeline YAML file", file=str(path))
-    if size > MAX_FILE_BYTES:
-        raise UserError(f"file is {size / 1e6:.1f} MB; a pipeline file may be at most {MAX_FILE_BYTES >> 10} KiB",
+    if st.st_size > MAX_FILE_BYTES:
+        raise UserError(f"file is {st.st_size / 1e6:.1f} MB; a pipeline file may be at most {MAX_FILE_BYTES >> 10} KiB",
                         file=str(path), hint="is this the right file? tensors belong in capture.from_dir")
-    raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        with open(path, "rb") as handle:  # bounded: a device or a growing file cannot make us read forever
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read pipeline file: {exc.strerror}", file=str(path)) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise UserError(f"file is larger than {MAX_FILE_BYTES >> 10} KiB; a pipeline file may be at most that",
+                        file=str(path))
+    try:
+        return raw, raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise UserError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} cannot be decoded",
                         file=str(path), line=line) from None
+
+
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int]]:
@@ -149,6 +161,9 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int]]:
         if budget[0] < 0:
             raise UserError(f"the document expands to more than {MAX_NODES} values (aliases repeated too often?)",
                             file=str(path), line=node.start_mark.line + 1)
+        if isinstance(node, yaml.CollectionNode) and node.tag not in _PLAIN_TAGS:
+            raise UserError(f"the tag {node.tag} is not allowed; a pipeline holds plain mappings, lists and scalars",
+                            field=dotted(at) or None, file=str(path), line=node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             scalar_loader.flatten_mapping(node)
             result: dict[str, Any] = {}
@@ -171,10 +186,16 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int]]:
                 items.append(build(item, (*at, index)))
             return items
         try:
-            return scalar_loader.construct_object(node, deep=True)
+            value = scalar_loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
-            raise UserError(f"cannot read value: {exc}", field=dotted(at) or None, file=str(path),
+            problem = " ".join(str(exc).split())
+            raise UserError(f"cannot read value: {problem}", field=dotted(at) or None, file=str(path),
                             line=node.start_mark.line + 1) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{node.value} is not a finite number; keys and results are plain JSON numbers",
+                            field=dotted(at) or None, file=str(path), line=node.start_mark.line + 1,
+                            hint="leave the field out to get its default")
+        return value
 
     data = build(root, ())
     lines[()] = root.start_mark.line + 1
@@ -294,7 +315,8 @@ def validate(data: Any, lines: dict[FieldPath, int], path: Path) -> None:
             line = lines.get(probe)
             probe = probe[:-1]
         problems.append((line or lines.get((), 0), dotted(at), message, hint))
-    problems.sort(key=lambda p: (p[0], p[1]))
+    # A misspelt required key is reported as unknown and as missing: the unknown one says more.
+    problems.sort(key=lambda p: (p[2].startswith("missing required key"), p[0], p[1]))
     first = problems[0]
     extra = ""
     if len(problems) > 1:
@@ -322,11 +344,45 @@ def _set_field(data: dict[str, Any], parts: FieldPath, value: Any) -> None:
         target[parts[-1]] = value
 
 
-def expand_matrix(data: dict[str, Any], path: Path, lines: dict[FieldPath, int]) -> list[Variant]:
+def _schema_knows(parts: FieldPath, schema: dict[str, Any], root: dict[str, Any]) -> bool:
+    """Whether the schema has a place for the field `parts` (free-form mappings such as kwargs accept any key)."""
+    node = schema
+    for part in parts:
+        node = _resolve_ref(node, root)
+        if isinstance(part, int):
+            if not isinstance(node.get("items"), dict):
+                return False
+            node = node["items"]
+        elif part in node.get("properties", {}):
+            node = node["properties"][part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:  # a free-form mapping (kwargs) takes any key; a closed one or a scalar takes none
+            return node.get("additionalProperties") is not False and node.get("type") in (None, "object")
+    return True
+
+
+def _field_names(schema: dict[str, Any], root: dict[str, Any], prefix: str = "", depth: int = 2) -> list[str]:
+    names = []
+    for key, sub in _resolve_ref(schema, root).get("properties", {}).items():
+        names.append(prefix + key)
+        if depth > 1:
+            names += _field_names(sub, root, f"{prefix}{key}.", depth - 1)
+    return names
+
+
+def expand_matrix(data: dict[str, Any], path: Path, lines: dict[FieldPath, int],
+                  schema: dict[str, Any] | None = None) -> list[Variant]:
     matrix: dict[str, list[Any]] = data.get("matrix") or {}
     if not matrix:
         return [Variant("", data)]
     keys = list(matrix)
+    for key in keys if schema is not None else []:
+        if not _schema_knows(parse_field(key), schema, schema):
+            close = difflib.get_close_matches(key, _field_names(schema, schema), n=1)
+            raise UserError(f"matrix field '{key}' does not name a field of the pipeline", field=f"matrix.{key}",
+                            file=str(path), line=lines.get(("matrix", key)),
+                            hint=f"did you mean '{close[0]}'?" if close else None)
     short = {}
     for key in keys:
         leaf = key.rsplit(".", 1)[-1]
@@ -412,18 +468,32 @@ def _check_semantics(spec: Spec, variant: Variant) -> None:
 def load(path: str | Path) -> Spec:
     """Read, validate and default a pipeline file; raise `UserError` naming file:line:field on any problem."""
     path = Path(path)
-    text = _read_text(path)
+    raw, text = _read(path)
     data, lines = _parse_yaml(text, path)
     if not isinstance(data, dict):
         raise UserError(f"expected a mapping at the top of the file, got {_kind(data)}", file=str(path), line=1)
     validate(data, lines, path)
     schema = load_schema()
     fill_defaults(data, schema, schema)
-    variants = expand_matrix(data, path, lines)
-    spec = Spec(path=path, data=data, lines=lines, variants=variants)
+    variants = expand_matrix(data, path, lines, schema)
+    spec = Spec(path=path, data=data, lines=lines, variants=variants, source=raw)
     for variant in variants:
         if variant.name:
-            validate(variant.data, lines, path)
+            try:
+                validate(variant.data, lines, path)
+            except UserError as exc:
+                raise _in_matrix(exc, variant, lines) from None
             fill_defaults(variant.data, schema, schema)
         _check_semantics(spec, variant)
     return spec
+
+
+def _in_matrix(error: UserError, variant: Variant, lines: dict[FieldPath, int]) -> UserError:
+    """An error in a variant points at the matrix entry whose value caused it."""
+    for key in variant.choices:
+        wanted = dotted(parse_field(key))
+        if error.field and (error.field == wanted or error.field.startswith((wanted + ".", wanted + "["))):
+            message = error.message.split("\n", 1)[0]
+            return UserError(f"{message} (variant {variant.name})", field=f"matrix.{key}", file=error.file,
+                             line=lines.get(("matrix", key), error.line), hint=error.hint)
+    return error

@@ -5,6 +5,12 @@ graph is cut at plugin nodes into ONNX Runtime segments, and the kernels are cal
 between, so tensors cross from one to the other without copies (onnxruntime-extensions' Python
 ops copy outputs at ~40 MB/s, slower than the work itself).
 
+A segment that only changes how its tensors are viewed (Reshape, Flatten, Squeeze, Unsqueeze,
+Identity to static shapes) or casts them runs as NumPy array operations instead: a reshape is then
+a view rather than ONNX Runtime's copy, and no session call is paid for two casts. ONNX Runtime's
+threads stop spinning when a session call returns (`session.force_spinning_stop`), so they leave
+the cores to the kernel that runs next.
+
 Build writes segments/*.onnx and runplan.json; `Runner` executes that plan.
 """
 
@@ -97,6 +103,50 @@ def _segment_model(model: Any, step: dict[str, Any], infos: dict[str, Any]) -> A
     return segment
 
 
+VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
+def _array_ops(step: dict[str, Any], infos: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The segment as NumPy operations (reshape to a static shape, cast), or None if it is more than that.
+
+    Only the first input of each node is data; shapes and axes come from shape inference, so a
+    Constant node may feed them. Segment outputs must come from the reshapes and casts themselves.
+    """
+    import numpy as np
+    import onnx
+
+    ops: list[dict[str, Any]] = []
+    constants: set[str] = set()
+    for node in step["nodes"]:
+        if node.op_type == "Constant":
+            constants.update(node.output)
+            continue
+        if node.op_type not in VIEW_OPS | {"Cast"} or len(node.output) != 1 or any(
+                name in constants for name in node.input[:1]):
+            return None
+        info = infos.get(node.output[0])
+        if info is None:
+            return None
+        meta = _tensor_meta(info)
+        if node.op_type == "Cast":
+            try:
+                dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+                    next(a.i for a in node.attribute if a.name == "to")))
+            except (StopIteration, KeyError, TypeError, ValueError):
+                return None
+            if dtype.kind not in "biuf":
+                return None
+            ops.append({"op": "cast", "input": node.input[0], "output": node.output[0], "dtype": dtype.name})
+        else:
+            shape = meta["shape"]
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or not info.type.tensor_type.HasField("shape"):
+                return None
+            ops.append({"op": "reshape", "input": node.input[0], "output": node.output[0], "shape": shape})
+    if not ops or any(name in constants for name in step["outputs"]):
+        return None
+    return ops
+
+
 def _tensor_meta(info: Any) -> dict[str, Any]:
     import onnx
 
@@ -116,7 +166,10 @@ def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]],
     folder.mkdir(parents=True, exist_ok=True)
     plan_steps = []
     for index, step in enumerate(steps):
-        if step["type"] == "onnx":
+        if step["type"] == "onnx" and (ops := _array_ops(step, infos)) is not None:
+            plan_steps.append({"type": "arrays", "ops": ops, "inputs": step["inputs"], "outputs": step["outputs"],
+                               "nodes": len(step["nodes"])})
+        elif step["type"] == "onnx":
             progress(f"segment {index}")
             segment = _segment_model(model, step, infos)
             file = folder / f"segment_{index:02d}.onnx"
@@ -148,11 +201,13 @@ def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]],
     runner = Runner(out)  # load every segment once: a graph ONNX Runtime cannot run fails the build
     runner.close()
     segments = sum(s["type"] == "onnx" for s in plan_steps)
+    array_steps = sum(s["type"] == "arrays" for s in plan_steps)
     kernels = sorted({s["kernel"].rsplit(":", 1)[-1] for s in plan_steps if s["type"] == "plugin"})
     plugin_nodes = sum(s["type"] == "plugin" for s in plan_steps)
-    return {"summary": f"{segments} ONNX Runtime segment{'s' if segments != 1 else ''}, {plugin_nodes} plugin "
-                       f"node{'s' if plugin_nodes != 1 else ''} -> reference kernel {', '.join(kernels)}",
-            "segments": segments, "plugin_nodes": plugin_nodes}
+    arrays_text = f", {array_steps} reshape/cast step{'s' if array_steps != 1 else ''} in NumPy" if array_steps else ""
+    return {"summary": f"{segments} ONNX Runtime segment{'s' if segments != 1 else ''}{arrays_text}, {plugin_nodes} "
+                       f"plugin node{'s' if plugin_nodes != 1 else ''} -> reference kernel {', '.join(kernels)}",
+            "segments": segments, "array_steps": array_steps, "plugin_nodes": plugin_nodes}
 
 
 @dataclass
@@ -173,6 +228,7 @@ class Runner:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.steps: list[tuple[dict[str, Any], Any]] = []
         for step in self.plan["steps"]:
             if step["type"] == "onnx":
@@ -183,6 +239,8 @@ class Runner:
                     raise UserError(f"ONNX Runtime cannot run {step['file']}: {str(exc)[:300]}",
                                     field="build") from None
                 self.steps.append((step, session))
+            elif step["type"] == "arrays":
+                self.steps.append((step, _array_function(step["ops"], step["outputs"])))
             else:
                 entry_kernel = _load_kernel(step["kernel"])
                 self.steps.append((step, entry_kernel))
@@ -205,6 +263,8 @@ class Runner:
         for step, target in self.steps:
             if step["type"] == "onnx":
                 values = target.run(step["outputs"], {n: env[n] for n in step["inputs"]})
+            elif step["type"] == "arrays":
+                values = target({n: env[n] for n in step["inputs"]})
             else:
                 arguments = [env[n] for n in step["inputs"]]
                 if self.half:
@@ -249,6 +309,22 @@ def single_session(model: Any, entries: dict[str, catalog.PluginEntry], threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(rewritten.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _array_function(ops: list[dict[str, Any]], outputs: list[str]) -> Any:
+    """An array step as a function of its inputs (by name) returning its outputs."""
+    import numpy as np
+
+    def run(values: dict[str, Any]) -> list[Any]:
+        for op in ops:
+            value = values[op["input"]]
+            if op["op"] == "cast":
+                values[op["output"]] = np.asarray(value).astype(op["dtype"], copy=False)
+            else:
+                values[op["output"]] = np.reshape(value, op["shape"])
+        return [values[name] for name in outputs]
+
+    return run
 
 
 def _load_kernel(path: str) -> Any:

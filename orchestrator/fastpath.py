@@ -220,4 +220,8 @@ def replay(argv: list[str]) -> int | None:
                             colour))
     count = len(record["lines"])
     print(f"nothing to do: all {count} stage{'s' if count != 1 else ''} cached")
+    for line in record["lines"]:  # as the full path reports a cached failed check
+        if line["status"] == "failed":
+            label = f" [{line['label']}]" if line["label"] else ""
+            print(f"FAILED {line['kind']}{label}: {line['summary']}", file=sys.stderr)
     return int(record["exit_code"])

@@ -162,7 +162,7 @@ class Planner:
     # ------------------------------------------------------------------ nodes
     def make(self, kind: str, config: dict[str, Any], paths: dict[str, Any], inputs: dict[str, Node],
              files: dict[str, str], tools: dict[str, str]) -> Node:
-        parts = {
+        parts: dict[str, Any] = {
             "stage": kind,
             "stage_version": STAGE_VERSIONS[kind],
             "config": config,

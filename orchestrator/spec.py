@@ -247,7 +247,7 @@ def _describe(error: Any, schema_root: dict[str, Any]) -> tuple[str, FieldPath, 
         return f"missing required key '{missing}'", at, None
     if validator == "type":
         wanted = schema["type"]
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in (wanted if isinstance(wanted, list) else [wanted]))
+        words = " or ".join(str(_TYPE_WORDS.get(t, t)) for t in (wanted if isinstance(wanted, list) else [wanted]))
         return f"expected {words}, got {_kind(value)} {_short(value)}", at, description
     if validator == "enum":
         return f"expected one of {', '.join(map(str, schema['enum']))}; got {_short(value)}", at, None
@@ -377,8 +377,8 @@ def expand_matrix(data: dict[str, Any], path: Path, lines: dict[FieldPath, int],
     if not matrix:
         return [Variant("", data)]
     keys = list(matrix)
-    for key in keys if schema is not None else []:
-        if not _schema_knows(parse_field(key), schema, schema):
+    for key in keys:
+        if schema is not None and not _schema_knows(parse_field(key), schema, schema):
             close = difflib.get_close_matches(key, _field_names(schema, schema), n=1)
             raise UserError(f"matrix field '{key}' does not name a field of the pipeline", field=f"matrix.{key}",
                             file=str(path), line=lines.get(("matrix", key)),

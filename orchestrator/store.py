@@ -147,7 +147,7 @@ class Store:
 
     def publish(self, staging: Path, kind: str, key: str, manifest: dict[str, Any]) -> Artifact:
         """Digest every staged file, write the manifest last, fsync, and rename into place."""
-        files = {}
+        files: dict[str, dict[str, Any]] = {}
         for item in sorted(staging.rglob("*")):
             if item.is_file() and item.name != MANIFEST:
                 relative = item.relative_to(staging).as_posix()

@@ -52,7 +52,7 @@ def fsck(store: Store, repair: bool, echo: Callable[[str], None]) -> int:
 
 
 def _forget_fast_records(store: Store, broken: list[str]) -> int:
-    """Remove the fast-path records that list a file of a damaged artifact."""
+    """Remove the fast-path records that list a file of these (damaged or removed) artifacts."""
     if not broken:
         return 0
     folder = store.state / "fast"
@@ -95,6 +95,7 @@ def gc(store: Store, specs: list[Any], older_than: str | None, dry_run: bool, ec
         return
     removed = kept_busy = 0
     freed = 0
+    gone: list[str] = []
     with store.registry():
         in_use = store.keys_in_use()
         now = time.time()
@@ -116,6 +117,7 @@ def gc(store: Store, specs: list[Any], older_than: str | None, dry_run: bool, ec
                 echo(f"would remove {kind}/{key[:12]} ({size / 1e6:.1f} MB)")
             elif store.remove_unless_busy(kind, key):
                 echo(f"removed {kind}/{key[:12]} ({size / 1e6:.1f} MB)")
+                gone.append(os.path.realpath(path))
             else:
                 kept_busy += 1
                 continue
@@ -124,6 +126,7 @@ def gc(store: Store, specs: list[Any], older_than: str | None, dry_run: bool, ec
     if not dry_run:
         for path in store.stale_staging():
             shutil.rmtree(path, ignore_errors=True)
+        _forget_fast_records(store, gone)  # they could only decline now; do not keep them
     verb = "would remove" if dry_run else "removed"
     echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB)" +
          (f"; kept {kept_busy} in use by running processes" if kept_busy else ""))

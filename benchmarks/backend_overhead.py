@@ -13,7 +13,8 @@ parts run bare on the very tensors the runner hands them: every plugin node's ke
 every ONNX Runtime segment's `session.run` (and the reshape/cast steps the runner does in NumPy).
 It prints the medians and the ratios whole / kernels and whole / (segments + kernels).
 
-    python benchmarks/backend_overhead.py [--threads 2] [--repeat 15] [--store artifacts] [--only layer-07]
+    python benchmarks/backend_overhead.py [--threads 2] [--repeat 25] [--encoder-repeat 5] [--store artifacts]
+                                          [--only layer-07|encoder] [--single-session]
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def pipelines(folder: Path) -> dict[str, Path]:
     return files
 
 
-def built(pipeline: Path, store: Path) -> tuple[Path, Any]:
-    """Run the pipeline and return its build folder and capture artifact.
+def built(pipeline: Path, store: Path) -> tuple[Path, Any, Path]:
+    """Run the pipeline and return its build folder, capture artifact and exported graph.
 
     Capture and export are cached after the first time; the build is forced, so that the run plan is
     the current backend's (its key does not follow the backend's code).
@@ -82,12 +83,12 @@ def built(pipeline: Path, store: Path) -> tuple[Path, Any]:
 
     artifacts = Store(store)
     plan = make_plan(spec_module.load(pipeline), artifacts.digests)
-    build, capture = plan.node("", "build"), plan.node("", "capture")
-    assert build is not None and capture is not None
+    build, capture, export = plan.node("", "build"), plan.node("", "capture"), plan.node("", "export")
+    assert build is not None and capture is not None and export is not None
     captured = artifacts.get("capture", capture.key)
     if captured is None:
         raise SystemExit(f"the capture of {pipeline.name} is not in {store}")
-    return artifacts.path_of("build", build.key), captured
+    return artifacts.path_of("build", build.key), captured, artifacts.path_of("export", export.key) / "model.onnx"
 
 
 def step_inputs(runner: Any, feeds: dict[str, Any]) -> list[list[Any]]:
@@ -107,7 +108,7 @@ def step_inputs(runner: Any, feeds: dict[str, Any]) -> list[list[Any]]:
     return received
 
 
-def measure(build_path: Path, capture: Any, threads: int, repeat: int) -> dict[str, float]:
+def measure(build_path: Path, capture: Any, threads: int, repeat: int, graph: Path | None = None) -> dict[str, float]:
     import numpy as np
 
     from orchestrator.backends.onnxruntime import Runner
@@ -137,6 +138,15 @@ def measure(build_path: Path, capture: Any, threads: int, repeat: int) -> dict[s
         runner.run(feeds)
 
     functions = {"whole": whole, "kernels": kernels, "segments": segments}
+    if graph is not None:  # the same graph in one session, the plugin as an onnxruntime-extensions op
+        import onnx
+
+        from orchestrator import plugins as catalog
+        from orchestrator.backends.onnxruntime import single_session
+
+        ops = {step["op"] for step, _, _ in plugin_steps}
+        session = single_session(onnx.load(str(graph)), {op: catalog.lookup(op) for op in ops}, threads)
+        functions["single_session"] = lambda: session.run(None, feeds)
     for function in functions.values():
         function()  # warm
     times: dict[str, list[float]] = {name: [] for name in functions}
@@ -161,9 +171,12 @@ def measure(build_path: Path, capture: Any, threads: int, repeat: int) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=25, help="interleaved repetitions at layer-07")
+    parser.add_argument("--encoder-repeat", type=int, default=5, help="interleaved repetitions of the encoder")
     parser.add_argument("--store", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--only", choices=["layer-07", "encoder"])
+    parser.add_argument("--single-session", action="store_true",
+                        help="also time layer-07 in one session, the plugin an onnxruntime-extensions op")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
@@ -180,16 +193,22 @@ def main() -> None:
         for name, pipeline in files.items():
             if args.only and name != args.only:
                 continue
-            build_path, capture = built(pipeline, args.store.absolute())
-            results[name] = measure(build_path, capture, args.threads, args.repeat)
-    print(f"\n{args.repeat} interleaved repetitions, medians:")
+            build_path, capture, graph = built(pipeline, args.store.absolute())
+            single = graph if (args.single_session and name == "layer-07") else None
+            repeat = args.repeat if name == "layer-07" else args.encoder_repeat
+            results[name] = measure(build_path, capture, args.threads, repeat, single)
+            results[name]["repeat"] = repeat
+    print("\ninterleaved repetitions, medians:")
     for name, m in results.items():
         print(f"  {name:<9} {m['onnx_segments']} ONNX Runtime segments, {m['array_steps']} reshape/cast steps, "
-              f"{m['plugin_nodes']} plugin nodes: "
+              f"{m['plugin_nodes']} plugin nodes ({m['repeat']} repetitions): "
               f"Runner.run {m['whole'] * 1e3:.2f} ms, kernel calls {m['kernels'] * 1e3:.2f} ms, "
               f"segments {m['segments'] * 1e3:.2f} ms")
         print(f"  {'':<9} whole / kernel calls = {m['whole'] / m['kernels']:.3f}, "
               f"whole / (segments + kernel calls) = {m['whole'] / m['parts']:.3f}")
+        if "single_session" in m:
+            print(f"  {'':<9} one session, plugin as an onnxruntime-extensions op: {m['single_session'] * 1e3:.1f} ms "
+                  f"= {m['single_session'] / m['kernels']:.1f}x the kernel call")
 
 
 if __name__ == "__main__":

@@ -121,3 +121,48 @@ def test_the_custom_op_is_registered_once_and_computes_what_it_is_given() -> Non
     assert out.tolist() == [3.0, 3.0]
     with pytest.raises(RuntimeError):
         first(torch.ones(2))  # the schema takes two tensors
+
+
+DYNAMIC = """\
+export:
+  exporter: dynamo
+  opset: 18
+  scope: model
+  dynamic_axes: {{src: {{'0': batch}}, pos: {{'0': batch}}, valid_ratios: {{'0': batch}}, output: {{'0': batch}}}}
+  plugins:
+    - replace: examples.ops.msda:ms_deform_attn
+      op: MultiscaleDeformableAttnPlugin_TRT
+bench:
+  enabled: false
+"""
+
+
+def dynamic_pipeline(project: Project, batch: int) -> Path:
+    model = SMALL_MODEL.replace("num_layers: 2", "num_layers: 1")
+    model = model.replace("d_model: 32}", f"d_model: 32, batch: {batch}}}")
+    return project.write(f"dynamic{batch}.yaml", f"version: 1\nname: dynamic{batch}\n{model}" + DYNAMIC.format())
+
+
+def test_dynamic_axes_with_dynamo(project: Project) -> None:
+    from examples.maskdino_encoder import build_encoder, example_inputs
+    from orchestrator.backends.onnxruntime import Runner
+
+    result = project.run("run", str(dynamic_pipeline(project, batch=2)))
+    assert result.code == 0, result.text
+    (folder,) = exports(project).values()
+    model = onnx.load(str(folder / "model.onnx"))
+    batch = {v.name: v.type.tensor_type.shape.dim[0].dim_param for v in [*model.graph.input, *model.graph.output]}
+    assert batch["src"] == batch["pos"] == batch["valid_ratios"] == batch["output"] == "batch"
+    encoder = build_encoder(num_layers=1, d_model=32, heads=2, levels=3, points=2, ffn_dim=64, seed=0)
+    inputs = example_inputs(shapes=[[8, 10], [4, 5], [2, 3]], d_model=32, batch=3, seed=7)
+    with torch.no_grad():
+        expected = encoder(**inputs).numpy()
+    runner = Runner(next((project.store / "build").iterdir()))
+    got = runner.run({spec.name: inputs[spec.name].numpy().astype(spec.dtype) for spec in runner.inputs})["output"]
+    assert got.shape == (3, 106, 32)
+    assert abs(got - expected).max() < 1e-4
+
+    fixed = project.run("run", str(dynamic_pipeline(project, batch=1)))
+    assert fixed.code == 2, fixed.text
+    assert "export.dynamic_axes: src axis 0 (batch) came out fixed at 1" in fixed.err
+    assert "size 2 or more" in fixed.err

@@ -231,3 +231,24 @@ def test_derive_names_an_input_of_the_plugin(project: Project) -> None:
     result = project.run("run", str(pipeline))
     assert result.code == 2
     assert "derive.level_start_index.from: 'shapes' must be another plugin input that the call passes" in result.err
+
+
+def test_one_call_of_the_library_core_with_a_derived_input(project: Project) -> None:
+    """scope call: the captured core call (no level_start_index) becomes the one-call plugin graph."""
+    pipeline = small_pure_torch(project)
+    text = pipeline.read_text()
+    text = text.replace("capture:\n  calls: all", "capture:\n  module: layers.1.self_attn\n"
+                        "  call: examples.thirdparty_detr.functions:ms_deform_attn_core_pytorch")
+    text = text.replace("scope: model", "scope: call").replace("export.plugin_nodes: [call, surgery]",
+                                                               "export.exporter: [torchscript, dynamo]")
+    pipeline.write_text(text.replace("opset: 17", "opset: 18"))
+    result = project.run("run", str(pipeline))
+    assert result.code == 0, result.text
+    assert sum("passed" in line for line in result.out.splitlines() if line.startswith("verify")) == 2
+    capture = json.loads(next((project.store / "capture").iterdir()).joinpath("capture.json").read_text())
+    assert list(capture["inputs"]) == ["value", "value_spatial_shapes", "sampling_locations", "attention_weights"]
+    for folder in (project.store / "export").iterdir():
+        model = onnx.load(str(folder / "model.onnx"))
+        assert [i.name for i in model.graph.input] == list(capture["inputs"])
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count(MSDA) == 1 and "CumSum" in ops  # level_start_index computed in the graph

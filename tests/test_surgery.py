@@ -321,3 +321,48 @@ def test_a_surgery_error_exits_2_names_file_line_and_field_and_writes_nothing(pr
     assert "Traceback" not in result.err
     assert not (project.store / "surgery").exists() or not any((project.store / "surgery").iterdir())
     assert stage_status(result.out)["export"] == "ran"
+
+
+def test_another_tools_custom_op_becomes_the_plugin_by_yaml_alone(project: Project) -> None:
+    """An ONNX file with mmcv's MSDA op and int64 index inputs: renamed, attributed, cast; built and verified."""
+    from test_end_to_end import write_seed_folder
+
+    write_seed_folder(project.root / "layer")
+    names = ["value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"]
+    shapes = {"value": [1, 64, 2, 8], "spatial_shapes": [3, 2], "level_start_index": [3],
+              "sampling_locations": [1, 20, 2, 3, 4, 2], "attention_weights": [1, 20, 2, 3, 4]}
+    inputs = [value(n, TensorProto.INT64 if "_s" in n and "sampling" not in n else TensorProto.FLOAT, shapes[n])
+              for n in names]
+    nodes = [helper.make_node("MSDA", names, ["attn"], name="mmcv_msda", domain="mmcv", im2col_step=64),
+             helper.make_node("Reshape", ["attn", "flat"], ["output"], name="merge_heads")]
+    flat = helper.make_tensor("flat", TensorProto.INT64, [3], [1, 20, 16])
+    graph = helper.make_graph(nodes, "other_tool", inputs, [value("output", TensorProto.FLOAT, [1, 20, 16])], [flat])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("mmcv", 1)]),
+              str(project.root / "other_tool.onnx"))
+    pipeline = project.write("other_tool.yaml", f"""\
+        version: 1
+        name: other_tool
+        capture:
+          from_dir: layer
+        export:
+          onnx: other_tool.onnx
+          plugins:
+            - op: {MSDA}
+        surgery:
+          - rename_op: {{from: MSDA, from_domain: mmcv, to: {MSDA}, domain: trt.plugins}}
+          - set_attrs: {{op: {MSDA}, attrs: {{plugin_version: "1", plugin_namespace: ""}}}}
+          - remove_attrs: {{op: {MSDA}, attrs: [im2col_step]}}
+          - insert_cast: {{contract: true}}
+        bench:
+          enabled: false
+        """)
+    result = project.run("run", str(pipeline))
+    assert result.code == 0, result.text
+    assert stage_status(result.out) == {"capture": "ran", "export": "ran", "surgery": "ran", "build": "ran",
+                                        "verify": "passed"}
+    record = json.loads(next((project.store / "surgery").iterdir()).joinpath("surgery.json").read_text())
+    assert [e["field"] for e in record["edits"]] == ["surgery[0].rename_op", "surgery[1].set_attrs",
+                                                     "surgery[2].remove_attrs", "surgery[3].insert_cast"]
+    (node,) = record["graph"]["plugin_nodes"]
+    assert node["attributes"] == {"plugin_version": "1", "plugin_namespace": ""}
+    assert [c["to"] for c in node["casts"]] == ["int32", "int32"]

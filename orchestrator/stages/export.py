@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
 import logging
 import shutil
@@ -114,7 +115,9 @@ class _Binder:
             inputs.append(tensor)
             if bound is not None and name in bound.arguments:
                 bound.arguments[name] = tensor
-        return bound if bound is not None else dict(zip(self.names, inputs, strict=True)), inputs
+        if bound is None:  # no signature: the call gets the inputs it passed, by name
+            return {n: t for n, t in zip(self.names, inputs, strict=True) if n in self.passed}, inputs
+        return bound, inputs
 
     @staticmethod
     def call(original: Callable[..., Any], bound: Any) -> Any:
@@ -489,7 +492,10 @@ def _whole_model(call: StageCall, record: dict[str, Any]) -> tuple[Any, tuple[An
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Exporters warn and log at length (deprecations, draft_export reports); the stage line says what matters."""
-    loggers = [logging.getLogger(name) for name in ("torch", "torch.export", "torch.onnx", "onnxscript")]
+    import torch  # noqa: F401 - its loggers exist once it is imported
+
+    names = [name for name in logging.Logger.manager.loggerDict if name.split(".")[0] in ("torch", "onnxscript")]
+    loggers = [logging.getLogger(name) for name in ["torch", "onnxscript", *names]]
     levels = [logger.level for logger in loggers]
     try:
         for logger in loggers:
@@ -527,7 +533,7 @@ def _dynamic_shapes(settings: dict[str, Any], input_names: list[str]) -> tuple[A
         axes = declared.get(name, {})
         shapes.append({int(axis): dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
                       or None)
-    return tuple(shapes)
+    return (tuple(shapes),)  # the wrapper's forward takes *tensors: one argument, a tuple
 
 
 def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict[str, Any], input_names: list[str],
@@ -539,7 +545,8 @@ def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict
     strategy = "torch.export"
     with _quiet(), torch.no_grad():
         try:
-            program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+            with contextlib.redirect_stderr(io.StringIO()):  # a failed attempt prints its partial graph there
+                program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
         except Exception as exc:  # noqa: BLE001 - data-dependent control flow, mostly; draft_export decides
             try:
                 program = torch.export.draft_export(module, args, dynamic_shapes=dynamic)
@@ -561,6 +568,7 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
     present = {o.domain for o in model.opset_import}
     for domain in sorted(domains - present):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    _name_dynamic_axes(model, settings, record)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     _declare_plugin_input_shapes(model, shapes)
     try:
@@ -586,6 +594,44 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
     if strategy.startswith("torch.export.draft_export"):
         text += "; draft_export"
     return StageResult(text, info)
+
+
+def _name_dynamic_axes(model: Any, settings: dict[str, Any], record: dict[str, Any]) -> None:
+    """Check that every declared dynamic axis came out dynamic, and give it its declared name."""
+    declared = settings.get("dynamic_axes") or {}
+    if not declared:
+        return
+    graph = model.graph
+    values = {v.name: v for v in [*graph.input, *graph.output]}
+    known = set(values) | set(record.get("inputs", {})) | set(record.get("outputs", {}))
+    renames: dict[str, str] = {}
+    fixed = []
+    for name, axes in declared.items():
+        if name not in known:
+            raise UserError(f"'{name}' is neither an input nor an output of the exported graph (inputs: "
+                            f"{', '.join(v.name for v in graph.input)}; outputs: "
+                            f"{', '.join(v.name for v in graph.output)})", field=f"export.dynamic_axes.{name}")
+        if name not in values:
+            continue  # an input the graph does not use
+        dims = values[name].type.tensor_type.shape.dim
+        for axis, label in axes.items():
+            if int(axis) >= len(dims):
+                raise UserError(f"'{name}' has {len(dims)} axes; there is no axis {axis}",
+                                field=f"export.dynamic_axes.{name}")
+            dim = dims[int(axis)]
+            if dim.HasField("dim_value"):
+                fixed.append(f"{name} axis {axis} ({label}) came out fixed at {dim.dim_value}")
+            elif dim.dim_param and dim.dim_param != label:
+                renames[dim.dim_param] = label
+    if fixed:
+        hint = ("torch.export treats an axis of size 1 in the captured inputs as a constant: capture with that axis "
+                "of size 2 or more (model.inputs_kwargs), or use exporter: torchscript"
+                if settings["exporter"] == "dynamo" else None)
+        raise UserError("; ".join(fixed), field="export.dynamic_axes", hint=hint)
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
 
 
 def _declare_plugin_input_shapes(model: Any, shapes: dict[str, list[Any]]) -> None:

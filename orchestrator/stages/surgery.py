@@ -470,7 +470,53 @@ EDITS: dict[str, Callable[[Context, dict[str, Any]], str]] = {
 
 # ---------------------------------------------------------------------- validity and the diff
 
-def finish(graph: Any, template: Any, field: str, kind: str) -> Any:
+def type_plugin_outputs(model: Any, contracts: dict[str, dict[str, Any]]) -> bool:
+    """Give declared plugin nodes' outputs the type their catalog entry says (input 0's dtype, the output
+    shape rule), where shape inference cannot know it (e.g. a renamed custom op). True if any was added."""
+    import onnx
+
+    from orchestrator import plugins as catalog
+
+    graph = model.graph
+    typed = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    for init in graph.initializer:
+        typed.setdefault(init.name, onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    added = False
+    for node in graph.node:
+        plugin = contracts.get(node.op_type)
+        if plugin is None or not node.output or not node.input:
+            continue
+        out = typed.get(node.output[0])
+        if out is not None and out.type.tensor_type.elem_type and out.type.tensor_type.HasField("shape"):
+            continue
+        first = typed.get(node.input[0])
+        if first is None or not first.type.tensor_type.elem_type:
+            continue
+        shape = None
+        sizes = []
+        for name in node.input:
+            info = typed.get(name)
+            if info is None or not info.type.tensor_type.HasField("shape"):
+                sizes = []
+                break
+            dims = info.type.tensor_type.shape.dim
+            sizes.append(tuple(d.dim_value if d.HasField("dim_value") else None for d in dims))
+        if sizes:
+            entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+            try:
+                shape = list(entry.output_shape(sizes))  # type: ignore[arg-type]
+            except (TypeError, ValueError, IndexError):
+                shape = None
+        if out is not None and out in graph.value_info:
+            graph.value_info.remove(out)
+        if out is None or out not in graph.output:
+            graph.value_info.append(onnx.helper.make_tensor_value_info(
+                node.output[0], first.type.tensor_type.elem_type, shape))
+            added = True
+    return added
+
+
+def finish(graph: Any, template: Any, field: str, kind: str, contracts: dict[str, dict[str, Any]]) -> Any:
     """Export the edited graph; declare its custom domains; full check with strict shape inference."""
     import onnx
     import onnx_graphsurgeon as gs
@@ -485,6 +531,8 @@ def finish(graph: Any, template: Any, field: str, kind: str) -> Any:
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        if type_plugin_outputs(model, contracts):
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         message = str(exc).strip().splitlines()
@@ -537,7 +585,7 @@ def run(call: StageCall) -> StageResult:
         summary = EDITS[kind](ctx, spec or {})
         if kind not in ("cleanup",):
             graph.cleanup().toposort()
-        model = finish(graph, original, where, f"{where}")
+        model = finish(graph, original, where, where, contracts)
         reports.append({"edit": kind, "field": where, "summary": summary})
     onnx.save(model, str(call.out / "model.onnx"))
     from orchestrator.stages.export import describe_graph

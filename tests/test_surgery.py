@@ -366,3 +366,14 @@ def test_another_tools_custom_op_becomes_the_plugin_by_yaml_alone(project: Proje
     (node,) = record["graph"]["plugin_nodes"]
     assert node["attributes"] == {"plugin_version": "1", "plugin_namespace": ""}
     assert [c["to"] for c in node["casts"]] == ["int32", "int32"]
+
+
+def test_the_edit_list_is_in_the_surgery_key_only(project: Project) -> None:
+    from test_keys import keys_of
+
+    surgery = "surgery:\n  - cleanup: {fold_constants: true}\nverify:"
+    base = keys_of(project.small("a.yaml", **{"verify:": surgery}))
+    edited = keys_of(project.small("b.yaml", **{"verify:": surgery.replace("true", "false")}))
+    assert {stage for stage in base if base[stage] != edited[stage]} == {"surgery", "build", "verify", "bench"}
+    without = keys_of(project.small("c.yaml"))
+    assert "surgery" not in without and without["export"] == base["export"]

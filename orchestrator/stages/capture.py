@@ -423,7 +423,7 @@ def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     def inside_wanted() -> bool:
         if wanted == "all":
             return True
-        return bool(wanted) and any(name in stack.names for name in wanted)
+        return isinstance(wanted, list) and any(name in stack.names for name in wanted)
 
     def recorder_for(path: str, op: str, original: list[Any]) -> Any:
         def recorder(*args: Any, **kwargs: Any) -> Any:

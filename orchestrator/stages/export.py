@@ -155,7 +155,7 @@ def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry,
                 shapes.append(sizes)
             if all(s is not None for s in sizes):  # dynamic axes leave None in the sizes; the rule keeps them
                 with contextlib.suppress(TypeError, ValueError, IndexError):
-                    shape = list(entry.output_shape([tuple(s) for s in sizes]))
+                    shape = list(entry.output_shape([tuple(s or ()) for s in sizes]))
                     node.setType(inputs[0].type().with_sizes(shape))
             return node
 

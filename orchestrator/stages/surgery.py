@@ -39,7 +39,7 @@ class Context:
 
     graph: Any
     contracts: dict[str, dict[str, Any]]  # op -> resolved plugin declaration
-    field: str
+    where: str  # the edit's field in the pipeline, for errors
     made: dict[tuple[str, str], Any] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)
     inserted: set[str] = field(default_factory=set)  # names of the nodes this edit made
@@ -55,7 +55,7 @@ class Context:
         return name
 
     def error(self, message: str, hint: str | None = None) -> UserError:
-        return UserError(message, field=self.field, hint=hint)
+        return UserError(message, field=self.where, hint=hint)
 
 
 # ---------------------------------------------------------------------- matching
@@ -98,9 +98,9 @@ def _no_nodes(ctx: Context, op: str, name: str | None, what: str) -> NoMatch:
     if name is not None and op in ops:
         named = [n.name for n in ctx.graph.nodes if n.op == op][:5]
         return NoMatch(f"{what}: no {op} node whose name matches '{name}' (e.g. {', '.join(named)})",
-                       field=ctx.field)
+                       field=ctx.where)
     hint = f"did you mean {', '.join(close)}?" if close else f"ops in the graph: {', '.join(ops[:25])}"
-    return NoMatch(f"{what}: the graph has no {op} node", field=ctx.field, hint=hint)
+    return NoMatch(f"{what}: the graph has no {op} node", field=ctx.where, hint=hint)
 
 
 def resolve_tensor(ctx: Context, match: Any, what: str) -> Any:
@@ -109,7 +109,7 @@ def resolve_tensor(ctx: Context, match: Any, what: str) -> Any:
     if isinstance(match, str):
         if match not in tensors:
             close = difflib.get_close_matches(match, list(tensors), n=3)
-            raise NoMatch(f"{what}: no tensor '{match}' in the graph", field=ctx.field,
+            raise NoMatch(f"{what}: no tensor '{match}' in the graph", field=ctx.where,
                           hint=f"did you mean {', '.join(close)}?" if close else None)
         return tensors[match]
     if "derive" in match:
@@ -121,7 +121,7 @@ def resolve_tensor(ctx: Context, match: Any, what: str) -> Any:
     if index >= len(nodes):
         if not nodes:
             raise _no_nodes(ctx, match["op"], match.get("name"), what)
-        raise NoMatch(f"{what}: looked for {label}; the graph has {len(nodes)} such node(s)", field=ctx.field)
+        raise NoMatch(f"{what}: looked for {label}; the graph has {len(nodes)} such node(s)", field=ctx.where)
     node = nodes[index]
     if "input" in match:
         slot, side = match["input"], node.inputs
@@ -129,14 +129,14 @@ def resolve_tensor(ctx: Context, match: Any, what: str) -> Any:
         slot, side = match.get("output", 0), node.outputs
     kind = "input" if "input" in match else "output"
     if slot >= len(side):
-        raise NoMatch(f"{what}: {label} ('{node.name}') has {len(side)} {kind}s, not {kind} {slot}", field=ctx.field)
+        raise NoMatch(f"{what}: {label} ('{node.name}') has {len(side)} {kind}s, not {kind} {slot}", field=ctx.where)
     tensor = side[slot]
     for step in match.get("then", []):
         consumers = [c for c in tensor.outputs if c.op == step]
         if len(consumers) != 1:
             users = ", ".join(f"{c.op} '{c.name}'" for c in tensor.outputs) or "nothing"
             raise NoMatch(f"{what}: from {label}, tensor '{tensor.name}' goes to {len(consumers)} {step} node(s), "
-                          f"not one (it is used by {users})", field=ctx.field)
+                          f"not one (it is used by {users})", field=ctx.where)
         tensor = consumers[0].outputs[0]
     return tensor
 
@@ -208,7 +208,7 @@ def edit_rename_op(ctx: Context, spec: dict[str, Any]) -> str:
         if "from_domain" in spec and find_nodes(ctx, spec["from"]):
             domains = sorted({n.domain or "" for n in find_nodes(ctx, spec["from"])})
             raise NoMatch(f"{what}: the {spec['from']} nodes are in domain(s) {', '.join(map(repr, domains))}",
-                          field=ctx.field)
+                          field=ctx.where)
         raise _no_nodes(ctx, spec["from"], None, what)
     for node in nodes:
         node.op = spec["to"]
@@ -239,7 +239,7 @@ def edit_remove_attrs(ctx: Context, spec: dict[str, Any]) -> str:
         if not any(name in node.attrs for node in nodes):
             present = sorted({a for node in nodes for a in node.attrs})
             raise NoMatch(f"remove_attrs: none of the {len(nodes)} {spec['op']} node(s) has attribute '{name}'",
-                          field=ctx.field, hint=f"they have: {', '.join(present) or 'no attributes'}")
+                          field=ctx.where, hint=f"they have: {', '.join(present) or 'no attributes'}")
     for node in nodes:
         for name in spec["attrs"]:
             node.attrs.pop(name, None)
@@ -257,7 +257,7 @@ def edit_insert_cast(ctx: Context, spec: dict[str, Any]) -> str:
         for slot in spec["inputs"]:
             if slot >= len(node.inputs):
                 raise NoMatch(f"insert_cast: {spec['op']} node '{node.name}' has {len(node.inputs)} inputs, "
-                              f"no input {slot}", field=ctx.field)
+                              f"no input {slot}", field=ctx.where)
             node.inputs[slot] = cast(ctx, node.inputs[slot], spec["to"])
             count += 1
     return f"cast {count} input(s) of {len(nodes)} {spec['op']} node(s) to {spec['to']}"
@@ -271,7 +271,7 @@ def _contract_casts(ctx: Context, spec: dict[str, Any]) -> str:
                         f"({', '.join(ctx.contracts)}), so it has no contract")
     nodes = [n for n in ctx.graph.nodes if n.op in ops and (spec.get("name") is None or n.name == spec["name"])]
     if not nodes:
-        raise NoMatch(f"insert_cast (contract): the graph has no {' or '.join(ops)} node", field=ctx.field)
+        raise NoMatch(f"insert_cast (contract): the graph has no {' or '.join(ops)} node", field=ctx.where)
     casts = []
     for node in nodes:
         plugin = ctx.contracts[node.op]
@@ -287,7 +287,7 @@ def _contract_casts(ctx: Context, spec: dict[str, Any]) -> str:
             casts.append(f"{plugin['inputs'][slot]} {dtype}->{target}")
     if not casts:
         raise NoMatch(f"insert_cast (contract): every input of the {len(nodes)} {' / '.join(ops)} node(s) already "
-                      "fits the contract; nothing to cast", field=ctx.field)
+                      "fits the contract; nothing to cast", field=ctx.where)
     shown = sorted(Counter(casts).items())
     return f"cast {len(casts)} plugin input(s): " + ", ".join(f"{what} x{n}" if n > 1 else what for what, n in shown)
 
@@ -493,7 +493,7 @@ def type_plugin_outputs(model: Any, contracts: dict[str, dict[str, Any]]) -> boo
         if first is None or not first.type.tensor_type.elem_type:
             continue
         shape = None
-        sizes = []
+        sizes: list[tuple[int | None, ...]] = []
         for name in node.input:
             info = typed.get(name)
             if info is None or not info.type.tensor_type.HasField("shape"):

@@ -113,6 +113,9 @@ def seed_capture(folder: Path | None, case_name: str) -> Path | None:
 def load_capture(folder: Path) -> list[Any]:
     import numpy as np
 
+    missing = [name for name in NAMES if not (folder / f"{name}.npy").is_file()]
+    if missing:
+        raise SystemExit(f"{folder} has no {', '.join(f'{name}.npy' for name in missing)}")
     arrays = [np.load(folder / f"{name}.npy") for name in NAMES]
     arrays[1], arrays[2] = arrays[1].astype(np.int32), arrays[2].astype(np.int32)
     return arrays

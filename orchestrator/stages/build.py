@@ -69,9 +69,10 @@ def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backen
             shapes.append(types[name][1] or ())
         problems = entry.contract_problems(shapes, dtypes, list(node.input))
         if problems:
+            wrong_integers = any(" must be int" in problem for problem in problems)
             raise UserError(f"{label}: " + "; ".join(problems), field="export.plugins",
                             hint="cast integer inputs to int32 in the graph (the export does this), or add a "
-                                 "surgery step: insert_cast: {contract: true}")
+                                 "surgery step: insert_cast: {contract: true}" if wrong_integers else None)
         # The TensorRT backends check precision themselves, naming TensorRT's limits as well as the plugin's.
         if backend not in ("tensorrt", "trtexec") and precision not in ("fp32", "tf32", "best") \
                 and precision not in entry.precisions:

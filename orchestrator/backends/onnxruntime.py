@@ -308,6 +308,7 @@ def single_session(model: Any, entries: dict[str, catalog.PluginEntry], threads:
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(rewritten.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

@@ -190,9 +190,9 @@ def scatter(stats: dict[str, Any]) -> str | None:
         return None
     figure, axes = _figure(2.8, 2.6)
     reference, result = sample["reference"], sample["result"]
-    axes.scatter(reference, result, s=3, alpha=0.5, color="#4a78c2", linewidths=0)
     low, high = min(reference + result), max(reference + result)
-    axes.plot([low, high], [low, high], color="#c0392b", linewidth=0.8)
+    axes.plot([low, high], [low, high], color="#c0392b", linewidth=0.6, linestyle="--", zorder=1)
+    axes.scatter(reference, result, s=4, alpha=0.6, color="#4a78c2", linewidths=0, zorder=2)
     axes.set_xlabel("reference")
     axes.set_ylabel("result")
     axes.set_title(f"{len(reference)} sampled elements", fontsize=9)

@@ -103,7 +103,11 @@ def test_report_renders_in_a_headless_browser(project: Project, tmp_path: Path) 
     dom = subprocess.run(["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     assert "<h1>small" in dom and "Verification" in dom and "Equivalent trtexec command" in dom
-    assert dom.count("<svg") >= 2  # the DAG and the bench chart at least
+    assert dom.count("<svg") >= 4  # the DAG, the error histogram, the scatter and the bench chart
+    verify = json.loads(next((project.store / "verify").glob("*/verify.json")).read_text())
+    histogram = verify["outputs"]["output"]["histogram"]
+    assert sum(histogram["counts"]) + histogram["exact"] + histogram["non_finite"] == 1 * 106 * 32
+    assert len(verify["outputs"]["output"]["sample"]["reference"]) > 1000
     shot = tmp_path / "report.png"
     subprocess.run(["chromium", *flags, "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)

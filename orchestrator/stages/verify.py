@@ -33,7 +33,13 @@ def feeds_for(runner: Any, capture: Any) -> dict[str, Any]:
         if spec.name not in tensors:
             raise UserError(f"the graph takes an input '{spec.name}' that the capture does not have "
                             f"(it has {', '.join(tensors)})", field="capture")
-        feeds[spec.name] = np.ascontiguousarray(tensors[spec.name], dtype=np.dtype(spec.dtype))
+        array, wanted = tensors[spec.name], np.dtype(spec.dtype)
+        if wanted.kind in "iu" and array.dtype.kind in "iu" and array.size:
+            bounds = np.iinfo(wanted)
+            if array.min() < bounds.min or array.max() > bounds.max:
+                raise UserError(f"input '{spec.name}' holds values in [{array.min()}, {array.max()}], outside "
+                                f"the {wanted} the built graph takes", field="capture")
+        feeds[spec.name] = np.ascontiguousarray(array, dtype=wanted)
     return feeds
 
 
@@ -53,7 +59,34 @@ def reference_outputs(runner: Any, capture: Any) -> list[tuple[str, Any, Any]]:
     return pairs
 
 
-def compare(result: Any, reference: Any, atol: float, rtol: float) -> dict[str, Any]:
+HISTOGRAM_EDGES = [x / 4 for x in range(-48, 9)]  # log10 |error| from 1e-12 to 1e2, quarter decades
+SAMPLE_SIZE = 2000
+
+
+def distribution(got: Any, ref: Any, diff: Any) -> dict[str, Any]:
+    """What the report draws: a histogram of log10 |error| and a sample of (reference, result) pairs."""
+    import numpy as np
+
+    finite = diff[np.isfinite(diff)]
+    exact = int((finite == 0).sum())
+    logs = np.log10(finite[finite > 0])
+    counts, _ = np.histogram(np.clip(logs, HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1]), bins=HISTOGRAM_EDGES)
+    flat_ref, flat_got, flat_diff = ref.reshape(-1), got.reshape(-1), diff.reshape(-1)
+    step = max(1, flat_ref.size // SAMPLE_SIZE)
+    picked = np.arange(0, flat_ref.size, step)[:SAMPLE_SIZE]
+    if flat_diff.size:
+        picked = np.unique(np.append(picked, int(np.argmax(np.where(np.isfinite(flat_diff), flat_diff, -1)))))
+    keep = np.isfinite(flat_ref[picked]) & np.isfinite(flat_got[picked])
+    picked = picked[keep]
+    return {
+        "histogram": {"log10_edges": HISTOGRAM_EDGES, "counts": counts.tolist(), "exact": exact,
+                      "non_finite": int(diff.size - finite.size)},
+        "sample": {"reference": flat_ref[picked].tolist(), "result": flat_got[picked].tolist()},
+    }
+
+
+def compare(result: Any, reference: Any, atol: float, rtol: float,
+            with_distribution: bool = False) -> dict[str, Any]:
     import numpy as np
 
     ref = np.asarray(reference, dtype=np.float64)
@@ -87,6 +120,7 @@ def compare(result: Any, reference: Any, atol: float, rtol: float) -> dict[str, 
         "constant": bool(finite_got.size > 1 and finite_got.min() == finite_got.max()),
         "reference_all_zero": bool(ref.size and not np.any(ref)),
         "reference_abs_max": float(magnitude.max()) if magnitude.size else 0.0,
+        **(distribution(got, ref, diff) if with_distribution else {}),
     }
 
 
@@ -164,7 +198,7 @@ def run(call: StageCall) -> StageResult:
     for name, produced, reference in reference_outputs(runner, capture):
         tolerance = settings["per_output"].get(name, {})
         atol, rtol = tolerance.get("atol", settings["atol"]), tolerance.get("rtol", settings["rtol"])
-        stats = compare(results[produced], reference, atol, rtol)
+        stats = compare(results[produced], reference, atol, rtol, with_distribution=True)
         problems = failures(stats, settings["fail_on"], settings["max_mismatch"])
         stats["failed"] = problems
         report["outputs"][name] = stats
@@ -178,7 +212,9 @@ def run(call: StageCall) -> StageResult:
     if record.get("calls"):
         lines.append(_compare_plugin_nodes(call, settings, record, steps, pairs, pairing_problems, results, report))
     (call.out / "verify.json").write_text(json.dumps(report, indent=1))
-    return StageResult("; ".join(lines), report, passed=report["passed"])
+    slim = {**report, "outputs": {name: {k: v for k, v in stats.items() if k not in ("histogram", "sample")}
+                                  for name, stats in report["outputs"].items()}}
+    return StageResult("; ".join(lines), slim, passed=report["passed"])
 
 
 def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dict[str, Any],

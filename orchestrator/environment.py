@@ -46,9 +46,37 @@ def tensorrt_version() -> str | None:
     return str(tensorrt.__version__)
 
 
-@functools.cache
 def gpus() -> tuple[tuple[str, str], ...]:
-    """(name, compute capability) of each visible NVIDIA GPU, from nvidia-smi; empty without one."""
+    """(name, compute capability) of each NVIDIA GPU nvidia-smi sees; empty without one."""
+    return tuple((name, capability) for _, _, name, capability in gpus_with_ids())
+
+
+def build_gpu() -> str:
+    """The GPU an engine built here is for: the first device CUDA_VISIBLE_DEVICES exposes, as 'name smXY'.
+
+    nvidia-smi lists every physical GPU whatever CUDA_VISIBLE_DEVICES says, so the variable's first
+    entry (an index or a UUID) picks the one CUDA calls device 0.
+    """
+    import os
+
+    found = gpus_with_ids()
+    if not found:
+        return "none"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    chosen = found[0]
+    if visible:
+        for gpu in found:
+            if visible == gpu[0] or (len(visible) > 3 and gpu[1].startswith(visible)):
+                chosen = gpu
+                break
+        else:
+            return "none"  # CUDA_VISIBLE_DEVICES hides every GPU (e.g. -1)
+    return f"{chosen[2]} sm{chosen[3]}"
+
+
+@functools.cache
+def gpus_with_ids() -> tuple[tuple[str, str, str, str], ...]:
+    """(index, uuid, name, compute capability) of each NVIDIA GPU nvidia-smi sees."""
     import shutil
     import subprocess
 
@@ -56,15 +84,40 @@ def gpus() -> tuple[tuple[str, str], ...]:
     if smi is None:
         return ()
     try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+        out = subprocess.run([smi, "--query-gpu=index,uuid,name,compute_cap", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return ()
     found = []
     for line in out.strip().splitlines():
-        name, _, capability = line.rpartition(",")
-        found.append((name.strip(), capability.strip()))
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) >= 4:
+            found.append((parts[0], parts[1], ",".join(parts[2:-1]), parts[-1]))
     return tuple(found)
+
+
+def gpu_identity(pinned_type: str | None) -> str:
+    """What the build key says about the GPU: a pinned accelerator type, or this machine's build GPU."""
+    return f"type:{pinned_type}" if pinned_type else build_gpu()
+
+
+def gpu_matches(keyed: str) -> bool:
+    """Whether this machine can build for a key's GPU identity (same GPU, or one of the pinned type)."""
+    if keyed.startswith("type:"):
+        wanted = keyed[len("type:"):].lower()
+        return any(wanted in name.lower() for _, _, name, _ in gpus_with_ids())
+    return build_gpu() == keyed
+
+
+def tool_identity(name: str) -> str:
+    """This machine's value for one entry of a key's tools (as plan.py writes it)."""
+    if name == "tensorrt":
+        return tensorrt_version() or "absent"
+    if name == "trtexec":
+        from orchestrator.backends import trtexec
+
+        return trtexec.detected_version() or "absent"
+    return tool_version(name) or "absent"
 
 
 def resolve_backend(requested: str) -> tuple[str, str]:

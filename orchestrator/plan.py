@@ -356,12 +356,10 @@ class Planner:
                 label, digest = self.module_digest(entry.kernel.partition(":")[0], "build.backend")
                 files[f"kernel:{label}"] = digest
         else:
-            tools = {"tensorrt": environment.tensorrt_version() or "absent",
-                     "gpu": ";".join(f"{name} sm{cap}" for name, cap in environment.gpus()) or "none"}
+            tools = {"tensorrt": environment.tool_identity("tensorrt"),
+                     "gpu": environment.gpu_identity(build.get("gpu_type"))}
             if backend == "trtexec":
-                from orchestrator.backends import trtexec
-
-                tools["trtexec"] = trtexec.detected_version() or "absent"
+                tools["trtexec"] = environment.tool_identity("trtexec")
         paths = {"plugin_libraries": libraries, "threads": build["threads"],
                  "backend_reason": reason if build["backend"] == "auto" else None}
         return self.make("build", config, paths, {"graph": graph}, files, tools), reason

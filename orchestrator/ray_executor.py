@@ -73,15 +73,10 @@ def environment_mismatch(node: Node) -> str | None:
     """
     for name, keyed in node.parts.get("tools", {}).items():
         if name == "gpu":
-            here = ";".join(f"{gpu} sm{capability}" for gpu, capability in environment.gpus()) or "none"
-        elif name == "tensorrt":
-            here = environment.tensorrt_version() or "absent"
-        elif name == "trtexec":
-            from orchestrator.backends import trtexec
-
-            here = trtexec.detected_version() or "absent"
-        else:
-            here = environment.tool_version(name) or "absent"
+            if not environment.gpu_matches(keyed):
+                return f"the GPU here is {environment.build_gpu()}; the run was planned for {keyed}"
+            continue
+        here = environment.tool_identity(name)
         if here != keyed:
             return f"{name} is {here} on this worker, {keyed} where the run was planned"
     return None

@@ -91,3 +91,20 @@ def test_tool_versions_are_in_the_keys(project: Project, monkeypatch) -> None:
     monkeypatch.setattr(environment, "tool_version", fake_version)
     changed = keys_of(project.small())
     assert {stage for stage in base if base[stage] != changed[stage]} == FROM_BUILD
+
+
+def test_the_build_gpu_follows_cuda_visible_devices(monkeypatch) -> None:
+    from orchestrator import environment
+
+    listed = (("0", "GPU-aaaa1111", "NVIDIA A100-SXM4-80GB", "8.0"), ("1", "GPU-bbbb2222", "NVIDIA H100 80GB HBM3", "9.0"))
+    monkeypatch.setattr(environment, "gpus_with_ids", lambda: listed)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert environment.build_gpu() == "NVIDIA A100-SXM4-80GB sm8.0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert environment.build_gpu() == "NVIDIA H100 80GB HBM3 sm9.0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
+    assert environment.build_gpu() == "NVIDIA H100 80GB HBM3 sm9.0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert environment.build_gpu() == "none"
+    assert environment.gpu_identity("H100") == "type:H100"
+    assert environment.gpu_matches("type:h100") and not environment.gpu_matches("type:L4")

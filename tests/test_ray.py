@@ -99,9 +99,12 @@ def test_stage_resources_and_gpu_type_pinning(project: Project) -> None:
     with pytest.raises(UserError, match=r"needs 1 GPU and a (A100|H100) GPU; the local Ray instance has 2 CPUs"):
         executor._feasible(build, task_options(build, plan))
 
-    # A worker whose tools differ from those in a key must not publish under that key.
-    assert environment_mismatch(build) is None
+    # A worker whose tools or GPU differ from those in a key must not publish under that key: the
+    # pinned type is the build's GPU identity, and this machine has no such GPU.
+    assert build.parts["tools"]["gpu"] in ("type:A100", "type:H100")
+    assert environment_mismatch(build) == f"the GPU here is none; the run was planned for {build.parts['tools']['gpu']}"
     export = next(n for n in plan.order() if n.kind == "export")
+    assert environment_mismatch(export) is None
     changed = json.loads(json.dumps(export.parts))
     changed["tools"]["onnx"] = "0.0.1"
     export.parts = changed

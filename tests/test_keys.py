@@ -96,7 +96,8 @@ def test_tool_versions_are_in_the_keys(project: Project, monkeypatch) -> None:
 def test_the_build_gpu_follows_cuda_visible_devices(monkeypatch) -> None:
     from orchestrator import environment
 
-    listed = (("0", "GPU-aaaa1111", "NVIDIA A100-SXM4-80GB", "8.0"), ("1", "GPU-bbbb2222", "NVIDIA H100 80GB HBM3", "9.0"))
+    listed = (("0", "GPU-aaaa1111", "NVIDIA A100-SXM4-80GB", "8.0"),
+              ("1", "GPU-bbbb2222", "NVIDIA H100 80GB HBM3", "9.0"))
     monkeypatch.setattr(environment, "gpus_with_ids", lambda: listed)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert environment.build_gpu() == "NVIDIA A100-SXM4-80GB sm8.0"

@@ -93,6 +93,30 @@ def print_show(plan: Plan, store: Store, stage: str | None) -> None:
             import json
 
             console.print_json(json.dumps(artifact.result, default=str))
+    if stage is None:
+        _report_extras(console, plan, store)
+
+
+def _report_extras(console: Any, plan: Plan, store: Store) -> None:
+    """The rest of what report.html shows: the equivalent trtexec commands, tool versions, the report's path."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from orchestrator import report
+
+    record = report.collect(plan, store)
+    for variant, command in record["trtexec"].items():
+        label = escape(f" [{variant}]") if variant else ""
+        console.print(f"[bold]trtexec{label}:[/bold] {escape(command)}", soft_wrap=True)
+    tools = Table(title="tools", title_justify="left")
+    tools.add_column("tool")
+    tools.add_column("version")
+    for name, version in record["tools"].items():
+        tools.add_row(name, version)
+    console.print(tools)
+    page = report.report_dir(store, plan.spec.name) / "report.html"
+    if page.is_file():
+        console.print(f"report: {page}")
 
 
 def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:

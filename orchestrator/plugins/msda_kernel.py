@@ -22,9 +22,9 @@ import numpy as np
 
 from orchestrator.plugins.msda import kernel_inputs_ok
 
-# Most queries widened to float32 at a time when the inputs are not float32; a call takes at least
-# eight blocks of 256 or more, so the float32 copies of locations, weights and the output block
-# stay well below the output's own size.
+# When the inputs are not float32, queries are widened a block at a time: an eighth of the call's
+# queries, at least 256 and at most WIDEN_BLOCK, so that the float32 copies of locations, weights
+# and the output block stay small next to the output itself.
 WIDEN_BLOCK = 4096
 # Sampling points (N * Lq * M * L * P) from which a call runs on all threads (about 0.5 ms of work).
 PARALLEL_FROM_SAMPLES = 1 << 14
@@ -105,7 +105,7 @@ def msda(inputs: list[Any], attrs: dict[str, Any] | None = None) -> list[np.ndar
     """Run the plugin on NumPy arrays: [value, spatial_shapes, level_start_index, locations, weights].
 
     Returns `[output]`, `[N, Lq, M, D]` in the dtype of `value`. float32 inputs are used in place;
-    the only allocation is the output.
+    the only large allocation is the output.
     """
     value, spatial, starts, locations, weights = (np.asarray(x) for x in inputs)
     kernel_inputs_ok([value, spatial, starts, locations, weights])

@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from orchestrator import backends
+from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
 from orchestrator.stages import StageCall, StageResult
 from orchestrator.tensors import load_named
@@ -143,6 +144,14 @@ def failures(stats: dict[str, Any], fail_on: list[str], max_mismatch: int) -> li
     return found
 
 
+def as_call_result(output: Any, entry: catalog.PluginEntry) -> Any:
+    """A plugin node's own output in the shape the replaced call returned, by the catalog's rule
+    (MSDA: [N, Lq, M, D] -> [N, Lq, M*D])."""
+    if entry.result_shape is None:
+        return output
+    return output.reshape(entry.result_shape(tuple(output.shape)))
+
+
 def plugin_steps(runner: Any) -> list[dict[str, Any]] | None:
     """The plugin nodes in graph order (name, op, outputs), where the backend can return their outputs."""
     plan = getattr(runner, "plan", None)
@@ -232,9 +241,11 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
         report["failed_checks"].append(f"plugin nodes: {problem}")
     worst = 0.0
     failed = 0
+    declared = {p["op"]: p.get("catalog") for p in call.inputs["build"].manifest["parts"]["config"]["plugins"]}
     for node, entry in pairs:
         reference = np.load(call.inputs["capture"].path / entry["output"]["file"])
-        stats = compare(results[node["outputs"][0]], reference, settings["atol"], settings["rtol"])
+        result = as_call_result(results[node["outputs"][0]], catalog.lookup(node["op"], declared.get(node["op"])))
+        stats = compare(result, reference, settings["atol"], settings["rtol"])
         found = failures(stats, settings["fail_on"], settings["max_mismatch"])
         stats.update(failed=found, op=node["op"], module=entry["module"], call=entry["sequence"])
         report["plugin_nodes"][node["name"] or node["outputs"][0]] = stats

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from timing import interleaved_times
+
 ROOT = Path(__file__).resolve().parent.parent
 
 ENCODER_PIPELINE = """\
@@ -140,12 +142,7 @@ def measure(build_path: Path, capture: Any, threads: int, repeat: int, graph: Pa
     functions = {"whole": whole, "kernels": kernels, "segments": segments}
     for function in functions.values():
         function()  # warm
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times(functions, repeat)
     medians = {name: statistics.median(values) for name, values in times.items()}
     # Per repetition, the parts' sum; its median is the baseline for the whole call.
     parts = [k + s for k, s in zip(times["kernels"], times["segments"], strict=True)]

@@ -21,13 +21,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from timing import interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
@@ -140,17 +140,6 @@ def kernel_call(arrays: list[Any]) -> Any:
     from orchestrator.plugins.msda_kernel import msda
 
     return msda(arrays)[0]
-
-
-def interleaved(functions: dict[str, Any], repeat: int) -> dict[str, float]:
-    """Median seconds of each function, the functions taking turns in every repetition."""
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _status_bytes(key: str) -> int:

@@ -21,6 +21,16 @@ model:
   inputs_kwargs: {shapes: [[8, 10], [4, 5], [2, 3]], d_model: 32}
 """
 
+SMALL_CALL = """\
+capture:
+  module: encoder.layers.1.self_attn
+  call: examples.ops.msda:ms_deform_attn
+export:
+  plugins:
+    - replace: examples.ops.msda:ms_deform_attn
+      op: MultiscaleDeformableAttnPlugin_TRT
+"""
+
 SMALL_PIPELINE = """\
 version: 1
 name: small
@@ -89,6 +99,17 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
+
+
+def artifact_digests(store: Path) -> dict[str, dict[str, str]]:
+    """{stage/key: {file: digest}} for every artifact in a store, from the manifests."""
+    import json
+
+    found = {}
+    for manifest in store.glob("*/*/manifest.json"):
+        data = json.loads(manifest.read_text())
+        found[f"{data['stage']}/{data['key']}"] = {k: v["digest"] for k, v in data["files"].items()}
+    return found
 
 
 def stage_status(output: str) -> dict[str, str]:

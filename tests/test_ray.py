@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL_MODEL, Project
-from test_variants import MATRIX, RAN, lines, manifests
+from conftest import ROOT, SMALL_CALL, SMALL_MODEL, Project, artifact_digests
+from test_variants import MATRIX, RAN, lines
 
 from orchestrator import environment
 from orchestrator.errors import UserError
@@ -28,7 +28,7 @@ def test_matrix_on_a_local_ray_instance_equals_the_local_executor(project: Proje
     local_store = tmp_path / "local"
     local = project.run("run", str(pipeline), "-j", "2", env={"ORCHESTRATE_STORE": str(local_store)})
     assert local.code == 0, local.text
-    on_ray_files, local_files = manifests(project.store), manifests(local_store)
+    on_ray_files, local_files = artifact_digests(project.store), artifact_digests(local_store)
     assert on_ray_files.keys() == local_files.keys()  # the same keys
     for name, files in on_ray_files.items():
         if not name.startswith("bench/"):  # timings differ run to run; everything else is identical
@@ -58,14 +58,7 @@ GPU_PIPELINE = f"""\
 version: 1
 name: gpus
 {SMALL_MODEL}
-capture:
-  module: encoder.layers.1.self_attn
-  call: examples.ops.msda:ms_deform_attn
-export:
-  plugins:
-    - replace: examples.ops.msda:ms_deform_attn
-      op: MultiscaleDeformableAttnPlugin_TRT
-build: {{backend: trtexec}}
+{SMALL_CALL}build: {{backend: trtexec}}
 resources:
   capture: {{num_cpus: 2}}
 matrix:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SMALL_MODEL, SMALL_PIPELINE, Project, stage_status
+from conftest import SMALL_MODEL, SMALL_PIPELINE, Project, artifact_digests, stage_status
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -89,14 +89,6 @@ def _prefix() -> str:
     return f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}"
 
 
-def _digests(store: Path) -> dict[str, dict[str, str]]:
-    found = {}
-    for manifest in store.glob("*/*/manifest.json"):
-        data = json.loads(manifest.read_text())
-        found[f"{data['stage']}/{data['key']}"] = {k: v["digest"] for k, v in data["files"].items()}
-    return found
-
-
 def _objects(s3: dict[str, str], url: str) -> dict[str, bytes]:
     """Every object under an s3:// prefix, by key relative to it."""
     client = _client(s3["endpoint"])
@@ -133,7 +125,8 @@ def test_a_second_store_pulls_what_the_first_pushed(s3: dict[str, str], built: d
     assert result.code == 0, result.text
     assert stage_status(result.out) == dict.fromkeys(STAGES, "pulled"), result.out
     assert f"nothing ran: 5 pulled from {built['url']}, the rest cached" in result.out
-    assert _digests(second.store) == _digests(built["store"])  # byte for byte the artifacts that were pushed
+    # byte for byte the artifacts that were pushed
+    assert artifact_digests(second.store) == artifact_digests(built["store"])
 
     # A fully cached run does not contact the remote: here its endpoint is a closed port. (--remote keeps the
     # run off the no-op fast path, which reads nothing remote either.)
@@ -175,7 +168,7 @@ def test_a_corrupted_remote_object_is_ignored_reported_and_rebuilt(s3: dict[str,
     status = stage_status(ran.out)
     assert status["build"] == "ran", ran.out
     assert f"warning: remote copy in {url} ignored, running here: {name} does not match its digest" in ran.out
-    assert _digests(third.store).keys() == _digests(built["store"]).keys()
+    assert artifact_digests(third.store).keys() == artifact_digests(built["store"]).keys()
 
     # The run that rebuilt it pushed a good copy over the damaged one.
     fourth = Project(tmp_path / "fourth")
@@ -222,8 +215,8 @@ def test_two_concurrent_pushers_of_the_same_keys(s3: dict[str, str], built: dict
     rerun = project.run("run", str(built["pipeline"]), "--force", "bench", "--remote", "off",
                         env={**_env(s3), "ORCHESTRATE_STORE": str(other)})
     assert rerun.code == 0, rerun.text
-    benches = {name: files for name, files in _digests(built["store"]).items() if name.startswith("bench/")}
-    other_benches = {name: files for name, files in _digests(other).items() if name.startswith("bench/")}
+    benches = {name: files for name, files in artifact_digests(built["store"]).items() if name.startswith("bench/")}
+    other_benches = {name: files for name, files in artifact_digests(other).items() if name.startswith("bench/")}
     assert benches.keys() == other_benches.keys() and benches != other_benches
 
     url = _prefix()
@@ -241,12 +234,12 @@ def test_two_concurrent_pushers_of_the_same_keys(s3: dict[str, str], built: dict
     reader = Project(tmp_path / "reader")
     pulled = reader.run("pull", str(built["pipeline"]), "--remote", url, env=_env(s3))
     assert pulled.code == 0 and "5 pulled" in pulled.out, pulled.text
-    result = _digests(reader.store)
+    result = artifact_digests(reader.store)
     for name, files in result.items():
         if name.startswith("bench/"):
             assert files in (benches[name], other_benches[name])  # one pusher's complete artifact
         else:
-            assert files == _digests(built["store"])[name]
+            assert files == artifact_digests(built["store"])[name]
 
 
 def test_push_and_pull_by_pipeline_through_a_shared_directory(project: Project, tmp_path: Path) -> None:
@@ -268,7 +261,7 @@ def test_push_and_pull_by_pipeline_through_a_shared_directory(project: Project, 
     elsewhere = tmp_path / "elsewhere"
     pulled = project.run("pull", str(pipeline), env={"ORCHESTRATE_STORE": str(elsewhere)})
     assert pulled.code == 0 and stage_status(pulled.out) == dict.fromkeys(STAGES, "pulled"), pulled.text
-    assert _digests(elsewhere) == _digests(project.store)
+    assert artifact_digests(elsewhere) == artifact_digests(project.store)
     cached = project.run("run", str(pipeline), env={"ORCHESTRATE_STORE": str(elsewhere)})
     assert cached.code == 0 and "nothing to do: all 5 stages cached" in cached.out, cached.text
 

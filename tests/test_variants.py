@@ -8,20 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_MODEL, Project
+from conftest import SMALL_CALL, SMALL_MODEL, Project, artifact_digests
 
 MATRIX = f"""\
 version: 1
 name: matrix
 {SMALL_MODEL}
-capture:
-  module: encoder.layers.1.self_attn
-  call: examples.ops.msda:ms_deform_attn
-export:
-  plugins:
-    - replace: examples.ops.msda:ms_deform_attn
-      op: MultiscaleDeformableAttnPlugin_TRT
-verify: {{atol: 1.0e-3, rtol: 1.0e-3}}
+{SMALL_CALL}verify: {{atol: 1.0e-3, rtol: 1.0e-3}}
 bench: {{warmup: 1, iterations: 3}}
 matrix:
   build.precision: [fp32, fp16]
@@ -34,15 +27,6 @@ RAN = ("ran", "passed", "failed")
 def lines(output: str) -> list[list[str]]:
     return [line.split() for line in output.splitlines()
             if line.split() and line.split()[0] in ("capture", "export", "build", "verify", "bench")]
-
-
-def manifests(store: Path) -> dict[str, dict[str, str]]:
-    """{stage/key: {file: digest}} for every artifact."""
-    found = {}
-    for manifest in store.glob("*/*/manifest.json"):
-        data = json.loads(manifest.read_text())
-        found[f"{data['stage']}/{data['key']}"] = {k: v["digest"] for k, v in data["files"].items()}
-    return found
 
 
 def test_matrix_runs_each_distinct_stage_once_and_parallel_equals_serial(project: Project, tmp_path: Path) -> None:
@@ -60,7 +44,7 @@ def test_matrix_runs_each_distinct_stage_once_and_parallel_equals_serial(project
     parallel_store = tmp_path / "parallel"
     parallel = project.run("run", str(pipeline), "-j", "2", env={"ORCHESTRATE_STORE": str(parallel_store)})
     assert parallel.code == 0, parallel.text
-    serial_files, parallel_files = manifests(project.store), manifests(parallel_store)
+    serial_files, parallel_files = artifact_digests(project.store), artifact_digests(parallel_store)
     assert serial_files.keys() == parallel_files.keys()
     for name, files in serial_files.items():
         if not name.startswith("bench/"):  # timings differ run to run; everything else is identical

@@ -6,7 +6,8 @@ import os
 import sys
 
 STATUS_COLOURS = {"run": "33", "ran": "32", "cached": "2", "passed": "32", "failed": "31;1", "error": "31;1",
-                  "running": "33", "waited": "2", "rebuilt": "33"}
+                  "running": "33", "waited": "2", "rebuilt": "33", "pulled": "36", "pushed": "36", "present": "2",
+                  "absent": "2", "rejected": "31;1", "missing": "33"}
 
 
 def colour_enabled(stream: object = None) -> bool:

@@ -93,7 +93,12 @@ class _Binder:
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
         """(the call's arguments with integer plugin inputs cast, the plugin's input tensors in order)."""
         if self.signature is not None:
-            bound = self.signature.bind(*args, **kwargs)
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise UserError(f"the model calls the replaced callable in a way its signature does not accept: "
+                                f"{exc}", field="export.plugins.replace",
+                                hint="replace the function the model actually calls") from None
             bound.apply_defaults()
             values = dict(bound.arguments)
         else:

@@ -223,10 +223,17 @@ def _make_app() -> Any:
     @cli.command()
     @click.argument("file", type=click.Path(dir_okay=False))
     def validate(file: str) -> None:
-        """Check FILE against the schema and the plugin catalog; do no work."""
+        """Check FILE: the schema, the plugin catalog, import paths, files and folders; run no stage.
+
+        Everything `run` would refuse before its first stage is found here, with file, line and field.
+        """
+        from orchestrator.digest import DigestCache
+        from orchestrator.plan import make_plan
+
         spec = _load(file)
+        planned = make_plan(spec, DigestCache(None))  # resolves imports and files; writes nothing
         count = len(spec.variants)
-        click.echo(f"{file}: valid ({count} variant{'s' if count != 1 else ''})")
+        click.echo(f"{file}: valid ({count} variant{'s' if count != 1 else ''}, {len(planned.nodes)} stages)")
 
     @cli.command()
     @click.argument("file", type=click.Path(dir_okay=False))

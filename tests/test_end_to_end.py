@@ -129,3 +129,13 @@ def test_real_layer07_pipeline(project: Project) -> None:
     assert capture["inputs"]["sampling_locations"]["shape"] == [1, 21000, 8, 3, 4, 2]
     assert capture["inputs"]["spatial_shapes"]["dtype"] == "int64"
     assert capture["extras"] == {"im2col_step": 64}
+
+
+def test_validate_resolves_imports_and_writes_nothing(project: Project) -> None:
+    good = project.run("validate", str(project.small()))
+    assert good.code == 0 and "valid (1 variant, 5 stages)" in good.out
+    bad = project.small("bad.yaml", **{"examples.maskdino_encoder:build_encoder": "examples.nowhere:build_encoder"})
+    result = project.run("validate", str(bad))
+    assert result.code == 2
+    assert f"{bad}:4: model.factory: cannot find module 'examples.nowhere'" in result.err
+    assert "Traceback" not in result.err and not project.store.exists()

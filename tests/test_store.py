@@ -44,7 +44,9 @@ class Run:
 
 
 @dataclass
-class Project:
+class TracedProject:
+    """A copied project whose runs record which modules they imported (-X importtime)."""
+
     root: Path
 
     @property
@@ -107,21 +109,21 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def project(template: Path, tmp_path: Path) -> Project:
+def project(template: Path, tmp_path: Path) -> TracedProject:
     shutil.copytree(template, tmp_path / "p", symlinks=True)
-    return Project(tmp_path / "p")
+    return TracedProject(tmp_path / "p")
 
 
 # ------------------------------------------------------------------------------------------ the no-op path
 
-def test_a_cached_run_imports_nothing_heavy(project: Project) -> None:
+def test_a_cached_run_imports_nothing_heavy(project: TracedProject) -> None:
     result = project.prime()
     assert "nothing to do: all 5 stages cached" in result.out
     assert set(stage_status(result.out).values()) == {"cached"}
     assert not set(HEAVY) & result.imported, sorted(set(HEAVY) & result.imported)
 
 
-def test_the_fast_answer_is_the_full_answer_also_for_a_failed_check(project: Project) -> None:
+def test_the_fast_answer_is_the_full_answer_also_for_a_failed_check(project: TracedProject) -> None:
     """A cached failed verify: exit 1 and the same lines, the FAILED line included, either way."""
     import numpy as np
 
@@ -144,7 +146,7 @@ def test_the_fast_answer_is_the_full_answer_also_for_a_failed_check(project: Pro
     assert fast.code == 1 and "FAILED verify: " in fast.err
 
 
-def test_a_changed_tensor_is_seen(project: Project) -> None:
+def test_a_changed_tensor_is_seen(project: TracedProject) -> None:
     project.prime()
     fresh = project.root / "fresh"
     make_tensors(fresh, seed=1)
@@ -157,14 +159,14 @@ def test_a_changed_tensor_is_seen(project: Project) -> None:
     assert "why: file changed: " in result.out and "(tensor " in result.out
 
 
-def test_a_file_added_to_the_capture_folder_is_seen(project: Project) -> None:
+def test_a_file_added_to_the_capture_folder_is_seen(project: TracedProject) -> None:
     project.prime()
     shutil.copyfile(project.root / "tensors" / "value.npy", project.root / "tensors" / "input_value.npy")
     result = project.run()
     assert result.code == 2 and "holds several files for 'value'" in result.err, result.text
 
 
-def test_an_edit_of_the_replaced_callable_is_seen_and_explained(project: Project) -> None:
+def test_an_edit_of_the_replaced_callable_is_seen_and_explained(project: TracedProject) -> None:
     project.prime()
     with open(project.root / "userops.py", "a") as handle:
         handle.write("\n# tuned\n")
@@ -177,7 +179,7 @@ def test_an_edit_of_the_replaced_callable_is_seen_and_explained(project: Project
                                         "bench": "ran"}
 
 
-def test_a_damaged_artifact_is_rebuilt_not_used(project: Project) -> None:
+def test_a_damaged_artifact_is_rebuilt_not_used(project: TracedProject) -> None:
     project.prime()
     victim, name = build_file(project.store)
     with open(victim, "ab") as handle:
@@ -189,7 +191,7 @@ def test_a_damaged_artifact_is_rebuilt_not_used(project: Project) -> None:
     assert f"rebuilt: artifact damaged: {name} has" in result.out
 
 
-def test_the_store_setting_is_honoured(project: Project) -> None:
+def test_the_store_setting_is_honoured(project: TracedProject) -> None:
     project.prime()
     assert project.run("--store", str(project.store)).answered_fast
     copy = project.root / "copied-store"
@@ -203,7 +205,7 @@ def test_the_store_setting_is_honoured(project: Project) -> None:
     assert any((elsewhere / "capture").iterdir())
 
 
-def test_the_current_directory_is_part_of_the_answer(project: Project) -> None:
+def test_the_current_directory_is_part_of_the_answer(project: TracedProject) -> None:
     """An import path resolves from the current directory: another directory may mean another module."""
     text = project.pipeline.read_text().replace("python_path: [.]\n", "").replace("userops:", "shadowops:")
     project.pipeline.write_text(text)
@@ -220,7 +222,7 @@ def test_the_current_directory_is_part_of_the_answer(project: Project) -> None:
     assert stage_status(back.out)["export"] == "cached", back.text
 
 
-def test_an_installed_tool_version_is_seen(project: Project) -> None:
+def test_an_installed_tool_version_is_seen(project: TracedProject) -> None:
     """onnxruntime 'upgraded' on sys.path (its metadata says 99.0) changes the build key and the fast answer."""
     extra = project.root / "site"
     extra.mkdir()
@@ -237,7 +239,7 @@ def test_an_installed_tool_version_is_seen(project: Project) -> None:
                                         "bench": "ran"}
 
 
-def test_an_edit_of_orchestrate_itself_is_seen(project: Project) -> None:
+def test_an_edit_of_orchestrate_itself_is_seen(project: TracedProject) -> None:
     """A copy of the package runs from its own directory; touching one of its modules sends the run the full way."""
     code = project.root / "code"
     code.mkdir()
@@ -289,7 +291,7 @@ def test_a_file_is_hashed_once_and_a_fresh_one_every_time(tmp_path: Path, monkey
 
 # ------------------------------------------------------------------------------------------ fsck and gc
 
-def test_fsck_finds_a_silently_tampered_artifact_and_the_next_run_rebuilds_it(project: Project) -> None:
+def test_fsck_finds_a_silently_tampered_artifact_and_the_next_run_rebuilds_it(project: TracedProject) -> None:
     project.prime()
     victim, name = build_file(project.store)
     stat = victim.stat()
@@ -309,7 +311,7 @@ def test_fsck_finds_a_silently_tampered_artifact_and_the_next_run_rebuilds_it(pr
     assert clean.code == 0 and "5 artifacts: 0 damaged" in clean.out, clean.text
 
 
-def test_fsck_repair_removes_the_damaged_artifact(project: Project) -> None:
+def test_fsck_repair_removes_the_damaged_artifact(project: TracedProject) -> None:
     project.prime()
     result_file = next((project.store / "bench").glob("*/manifest.json")).parent
     victim = next(p for p in result_file.rglob("*") if p.is_file() and p.name != "manifest.json")
@@ -321,7 +323,7 @@ def test_fsck_repair_removes_the_damaged_artifact(project: Project) -> None:
     assert stage_status(result.out)["bench"] == "ran", result.text
 
 
-def test_gc_keeps_what_a_running_process_uses(project: Project) -> None:
+def test_gc_keeps_what_a_running_process_uses(project: TracedProject) -> None:
     slow = project.root / "slow.yaml"
     slow.write_text(project.pipeline.read_text().replace("bench: {warmup: 1, iterations: 5}",
                                                          "bench: {warmup: 1, iterations: 100000000, max_seconds: 3}"))
@@ -348,7 +350,7 @@ def test_gc_keeps_what_a_running_process_uses(project: Project) -> None:
     assert kinds == sorted(STAGES)
 
 
-def test_gc_removes_what_no_pipeline_reaches(project: Project) -> None:
+def test_gc_removes_what_no_pipeline_reaches(project: TracedProject) -> None:
     other = project.root / "other.yaml"
     other.write_text(project.pipeline.read_text().replace("iterations: 5", "iterations: 6"))
     assert project.orchestrate("run", str(other)).code == 0

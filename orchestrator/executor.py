@@ -77,23 +77,10 @@ class Executor:
         self.colour = ui.colour_enabled()
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         self.record = store.run_record(plan.spec.name)
-        self.reasons: dict[str, str] = {}
-
-    def previous_parts(self, node: Node) -> dict[str, Any] | None:
-        for variant in node.variants:
-            entry = self.record.get("stages", {}).get(f"{variant}/{node.kind}")
-            if entry:
-                return entry.get("parts")  # type: ignore[no-any-return]
-        return None
+        self.explainer = planning.Explainer(self.record)
 
     def why(self, node: Node) -> str:
-        reason = planning.explain(node, self.previous_parts(node))
-        if reason.startswith("input changed: "):
-            upstream = self.reasons.get(node.parts["inputs"].get(reason.split(": ", 1)[1], ""))
-            if upstream:
-                reason += f" ({upstream})"
-        self.reasons[node.key] = reason
-        return reason
+        return self.explainer.why(node)
 
     def run(self) -> RunReport:
         report = RunReport()

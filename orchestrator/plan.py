@@ -602,3 +602,31 @@ def explain(node: Node, previous: dict[str, Any] | None) -> str:
         if old_inputs.get(role) != key:
             return f"input changed: {role}"
     return "artifact missing (removed, or damaged and discarded)"
+
+
+class Explainer:
+    """Why stale nodes must run, compared with the pipeline's last run record (asked in plan order).
+
+    An "input changed" reason also names why that input changed, which was asked for before it.
+    """
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+        self.reasons: dict[str, str] = {}
+
+    def previous_parts(self, node: Node) -> dict[str, Any] | None:
+        for variant in node.variants:
+            entry = self.record.get("stages", {}).get(f"{variant}/{node.kind}")
+            if entry:
+                return entry.get("parts")  # type: ignore[no-any-return]
+        return None
+
+    def why(self, node: Node, reason: str | None = None) -> str:
+        """`reason` if given (e.g. a damaged artifact), else the first difference from the last run."""
+        reason = reason or explain(node, self.previous_parts(node))
+        if reason.startswith("input changed: "):
+            upstream = self.reasons.get(node.inputs.get(reason.split(": ", 1)[1], ""))
+            if upstream:
+                reason += f" ({upstream})"
+        self.reasons[node.key] = reason
+        return reason

@@ -21,7 +21,7 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
     from rich.table import Table
 
     console = _console()
-    record = store.run_record(plan.spec.name)
+    explainer = planning.Explainer(store.run_record(plan.spec.name))
     matrix = [v for v in plan.spec.variants if v.name and v.name in plan.by_variant]
     if matrix:
         table = Table(title=f"{plan.spec.name}: {len(matrix)} variants", title_justify="left")
@@ -32,7 +32,6 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
             table.add_row(*[str(v) for v in variant.choices.values()], str(len(plan.by_variant[variant.name])))
         console.print(table)
     colour = ui.colour_enabled()
-    reasons: dict[str, str] = {}
     stale = 0
     for node in plan.order():
         artifact, damage = store.check(node.kind, node.key)
@@ -42,18 +41,7 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
         else:
             stale += 1
             state = "run"
-            previous = None
-            for variant in node.variants:
-                entry = record.get("stages", {}).get(f"{variant}/{node.kind}")
-                if entry:
-                    previous = entry.get("parts")
-                    break
-            detail = planning.explain(node, previous) if damage == "missing" else f"artifact {damage}"
-            if detail.startswith("input changed: "):
-                upstream = reasons.get(node.inputs.get(detail.split(": ", 1)[1], ""))
-                if upstream:
-                    detail += f" ({upstream})"
-            reasons[node.key] = detail
+            detail = explainer.why(node, None if damage == "missing" else f"artifact {damage}")
         if not why:
             detail = " ".join(f"{role}={key[:8]}" for role, key in node.inputs.items())
         print(ui.stage_line(node.kind, node.short, state, None, detail, variant_label(node, plan), colour))

@@ -386,11 +386,11 @@ def test_the_float16_plugin_graph_passes_the_build_preflight() -> None:
 # ------------------------------------------------------------------------------------------- caches, buffers
 
 def test_timing_caches_are_kept_per_tensorrt_version_and_gpu(tmp_path: Path) -> None:
-    h100 = [("NVIDIA H100 80GB HBM3", "9.0")]
+    h100 = "NVIDIA H100 80GB HBM3 sm9.0"
     first = trt_backend.timing_cache_file(tmp_path, "10.13.0", h100)
     assert first == trt_backend.timing_cache_file(tmp_path, "10.13.0", h100)
     assert first.parent.parent == tmp_path / "tensorrt-timing" and first.name == "timing.cache"
-    others = {trt_backend.timing_cache_file(tmp_path, "10.13.0", [("NVIDIA L4", "8.9")]),
+    others = {trt_backend.timing_cache_file(tmp_path, "10.13.0", "NVIDIA L4 sm8.9"),
               trt_backend.timing_cache_file(tmp_path, "8.6.1", h100), first}
     assert len(others) == 3
     trt_backend.write_atomically(first, b"cache")

@@ -524,9 +524,8 @@ def cast_float_graph(model: Any, target: str = "float16") -> tuple[Any, list[str
 # Timing cache location
 
 
-def timing_cache_file(shared_dir: Path, trt_version: str, gpus: Sequence[tuple[str, str]]) -> Path:
-    """Where builds with this TensorRT on these GPUs share their timing cache (one file per pair)."""
-    gpu = ";".join(f"{name} sm{capability}" for name, capability in gpus) or "no-gpu"
+def timing_cache_file(shared_dir: Path, trt_version: str, gpu: str) -> Path:
+    """Where builds with this TensorRT for this GPU (`environment.build_gpu()`) share their timing cache."""
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", f"trt{trt_version}-{gpu}").strip("-")
     digest = hashlib.sha256(f"{trt_version}|{gpu}".encode()).hexdigest()[:8]
     return shared_dir / "tensorrt-timing" / f"{label[:80]}-{digest}" / "timing.cache"
@@ -912,7 +911,7 @@ def build(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str,
     cache_file = None
     cache_state = "off"
     if settings.get("timing_cache") and call.shared_dir is not None:
-        cache_file = timing_cache_file(call.shared_dir, short_version(features.version), environment.gpus())
+        cache_file = timing_cache_file(call.shared_dir, short_version(features.version), environment.build_gpu())
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cache_file) + ".lock"):
             existing = cache_file.read_bytes() if cache_file.exists() else b""

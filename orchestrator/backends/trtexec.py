@@ -239,7 +239,7 @@ def equivalent_command(call: StageCall, model: Any) -> list[str]:
     shown_profiles = profiles if needs_profiles(inputs, bool(settings.get("profiles"))) else None
     cache = None
     if settings.get("timing_cache") and call.shared_dir is not None and version:
-        cache = timing_cache_file(call.shared_dir, short_version(version), environment.gpus())
+        cache = timing_cache_file(call.shared_dir, short_version(version), environment.build_gpu())
     graph = "model.fp16.onnx" if plan is not None and plan.cast_graph else "model.onnx"
     return command_line(graph, settings, call.paths.get("plugin_libraries", []), version, profiles=shown_profiles,
                         timing_cache=cache, plan=plan)
@@ -488,7 +488,7 @@ def build(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str,
     libraries = [str(p) for p in call.paths.get("plugin_libraries", [])]
     shared = None
     if settings.get("timing_cache") and call.shared_dir is not None:
-        shared = timing_cache_file(call.shared_dir, short_version(version or "unknown"), environment.gpus())
+        shared = timing_cache_file(call.shared_dir, short_version(version or "unknown"), environment.build_gpu())
     engine = call.out / "engine.plan"
     with borrowed_timing_cache(shared) as cache:
         command = command_line(graph_file, settings, libraries, version,

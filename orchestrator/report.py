@@ -291,12 +291,13 @@ def render_html(record: dict[str, Any]) -> str:
             if stats.get("shape_mismatch"):
                 rows.append([name, "shape mismatch", "", "", "", "", "", "", "", ""])
                 continue
-            rows.append([name, _fmt(stats["max_abs"]), _fmt(stats["mean_abs"]), _fmt(stats["max_rel"]),
+            rows.append([name, _fmt(stats["max_abs"]), _fmt(stats["mean_abs"]), relative_cell(stats),
                          f"{stats['outside']} / {stats['elements']}", _fmt(stats["min_atol_to_pass"]),
                          f"{_fmt(stats['atol'])} / {_fmt(stats['rtol'])}", stats["nan"], stats["inf"],
                          "yes" if stats["all_zero"] else "no"])
-        parts.append(_table(["output", "max abs", "mean abs", "max rel", "outside tol", "smallest passing atol",
-                             "atol / rtol", "NaN", "Inf", "all-zero"], rows, {1, 2, 3, 5, 7, 8}))
+        parts.append(_table(["output", "max abs", "mean abs", "max rel (|ref|>atol)", "outside tol",
+                             "smallest passing atol", "atol / rtol", "NaN", "Inf", "all-zero"], rows,
+                            {1, 2, 3, 5, 7, 8}))
         for check in data.get("failed_checks", []):
             parts.append(f"<div class='badge bad'>{_e(check)}</div>")
         pictures = []
@@ -332,6 +333,12 @@ def render_html(record: dict[str, Any]) -> str:
                      "</pre></details>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def relative_cell(stats: dict[str, Any]) -> str:
+    """max_rel is taken over the elements whose |reference| exceeds atol; there may be none."""
+    value = stats.get("max_rel")
+    return "no |ref|>atol" if value is None else _fmt(value)
 
 
 def _variant_verdict(record: dict[str, Any], variant: str) -> str:

@@ -1,9 +1,11 @@
 """verify: run the built artifact on the captured inputs and compare with the captured outputs.
 
-Per output: max/mean absolute error, max relative error, the count of elements outside
-`atol + rtol*|ref|`, the smallest atol that would pass at this rtol, NaN/Inf counts, and whether
-the result is all zeros or constant (the classic sign of int64 indices read as int32). Writes
-verify.json; any failed check marks the stage failed (exit code 1), naming the check.
+Per output: max/mean absolute error; max relative error over the elements whose |reference|
+exceeds atol (`max_rel`: near zero, |err|/|ref| is huge and says nothing, so the ratio over all
+elements is kept apart as `max_rel_all`); the count of elements outside `atol + rtol*|ref|`; the
+smallest atol that would pass at this rtol; NaN/Inf counts; and whether the result is all zeros or
+constant (the classic sign of int64 indices read as int32). Writes verify.json; any failed check
+marks the stage failed (exit code 1), naming the check.
 
 When the capture recorded the plugin calls of a whole model (`capture.calls`), every plugin node's
 output is compared as well with the call it stands for (the k-th node of an op with the k-th call
@@ -107,13 +109,16 @@ def compare(result: Any, reference: Any, atol: float, rtol: float,
     outside = int((diff > limit).sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(magnitude > 0, diff / magnitude, np.where(diff > 0, np.inf, 0.0))
+    significant = np.isfinite(ref) & (magnitude > atol)
     needed = np.maximum(diff - rtol * magnitude, 0.0)
     finite_got = got[np.isfinite(got)]
     return {
         "shape": list(ref.shape), "elements": int(ref.size), "reshaped": reshaped,
         "max_abs": float(diff.max()) if diff.size else 0.0,
         "mean_abs": float(diff[np.isfinite(diff)].mean()) if np.isfinite(diff).any() else float("inf"),
-        "max_rel": float(rel.max()) if rel.size else 0.0,
+        "max_rel": float(rel[significant].max()) if significant.any() else None,
+        "rel_elements": int(significant.sum()),
+        "max_rel_all": float(rel.max()) if rel.size else 0.0,
         "outside": outside, "atol": atol, "rtol": rtol,
         "min_atol_to_pass": float(needed.max()) if needed.size else 0.0,
         "nan": nan, "inf": inf,
@@ -123,6 +128,15 @@ def compare(result: Any, reference: Any, atol: float, rtol: float,
         "reference_abs_max": float(magnitude.max()) if magnitude.size else 0.0,
         **(distribution(got, ref, diff) if with_distribution else {}),
     }
+
+
+def relative_text(stats: dict[str, Any], digits: int = 1) -> str:
+    """`max rel 3.1e-04 (|ref|>atol)`: the relative error and, in one phrase, over which elements it is
+    taken, so that a reader does not mistake it for the ratio over near-zero references."""
+    value = stats.get("max_rel")
+    if value is None:
+        return "max rel n/a (no |ref|>atol)"
+    return f"max rel {value:.{digits}e} (|ref|>atol)"
 
 
 def failures(stats: dict[str, Any], fail_on: list[str], max_mismatch: int) -> list[str]:
@@ -216,7 +230,7 @@ def run(call: StageCall) -> StageResult:
             report["failed_checks"] += [f"{name}: {p}" for p in problems]
             lines.append(f"{name}: FAILED {'; '.join(problems)}")
         else:
-            lines.append(f"{name} max|err| {stats['max_abs']:.1e} <= atol {atol:g}, max rel {stats['max_rel']:.1e}, "
+            lines.append(f"{name} max|err| {stats['max_abs']:.1e} <= atol {atol:g}, {relative_text(stats)}, "
                          f"{stats['nan']} NaN, {'all-zero' if stats['all_zero'] else 'not all-zero'}")
     if record.get("calls"):
         lines.append(_compare_plugin_nodes(call, settings, record, steps, pairs, pairing_problems, results, report))

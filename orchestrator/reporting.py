@@ -107,43 +107,103 @@ def _report_extras(console: Any, plan: Plan, store: Store) -> None:
         console.print(f"report: {page}")
 
 
+VERIFY_COLUMNS = ("output", "max abs", "mean abs", "max rel (|ref|>atol)", "outside tol", "atol to pass", "NaN",
+                  "Inf", "all-zero", "result")
+
+
 def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
-    from rich.table import Table
+    """Statistics per output and plugin node; the reasons a check failed follow the table in full."""
+    from rich.markup import escape
 
     label = variant_label(node, plan)
-    table = Table(title=f"verify {node.short}{f' [{label}]' if label else ''}", title_justify="left")
-    for column in ("output", "max abs", "mean abs", "max rel (|ref|>atol)", "outside tol", "atol to pass", "NaN", "Inf",
-                   "all-zero", "result"):
-        table.add_column(column)
     rows = list(artifact.result.get("outputs", {}).items())
     rows += [(f"plugin {stats.get('module') or name}", stats)
              for name, stats in artifact.result.get("plugin_nodes", {}).items()]
+    cells = []
+    reasons = []
     for name, stats in rows:
         if stats.get("shape_mismatch"):
-            table.add_row(name, *[""] * 8, "[red]shape mismatch[/red]")
+            cells.append([name, *[""] * 8, "shape mismatch"])
             continue
         relative = "no |ref|>atol" if stats.get("max_rel") is None else f"{stats['max_rel']:.2e}"
-        table.add_row(name, f"{stats['max_abs']:.2e}", f"{stats['mean_abs']:.2e}", relative,
+        cells.append([name, f"{stats['max_abs']:.2e}", f"{stats['mean_abs']:.2e}", relative,
                       f"{stats['outside']}/{stats['elements']}", f"{stats['min_atol_to_pass']:.2e}",
-                      str(stats["nan"]), str(stats["inf"]), str(stats["all_zero"]),
-                      "[red]" + "; ".join(stats["failed"]) + "[/red]" if stats["failed"] else "[green]passed[/green]")
-    console.print(table)
+                      str(stats["nan"]), str(stats["inf"]), "yes" if stats["all_zero"] else "no",
+                      "failed" if stats["failed"] else "passed"])
+        reasons += [f"{name}: {reason}" for reason in stats["failed"]]
+    _statistics(console, f"verify {node.short}{f' [{label}]' if label else ''}", list(VERIFY_COLUMNS), cells)
+    for reason in reasons:
+        console.print(f"[red]{escape(reason)}[/red]", soft_wrap=True)
 
 
 def _bench_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
-    from rich.table import Table
-
     figures = artifact.result
     label = variant_label(node, plan)
-    table = Table(title=f"bench {node.short}{f' [{label}]' if label else ''} ({figures.get('backend')}, "
-                        f"{figures.get('timer')})", title_justify="left")
-    for column in ("min ms", "median ms", "p90 ms", "p99 ms", "runs", "per s", "MB in", "MB out", "GB/s"):
-        table.add_column(column)
-    table.add_row(f"{figures['min_ms']:.2f}", f"{figures['median_ms']:.2f}", f"{figures['p90_ms']:.2f}",
-                  f"{figures['p99_ms']:.2f}", str(figures["iterations"]), f"{figures['throughput_per_s']:.1f}",
-                  f"{figures['bytes_in'] / 1e6:.1f}", f"{figures['bytes_out'] / 1e6:.1f}",
-                  f"{figures['bandwidth_gb_s']:.2f}")
-    console.print(table)
+    title = (f"bench {node.short}{f' [{label}]' if label else ''} ({figures.get('backend')}, "
+             f"{figures.get('timer')})")
+    headers = ["", "min ms", "median ms", "p90 ms", "p99 ms", "runs", "per s", "MB in", "MB out", "GB/s"]
+    row = ["latency", f"{figures['min_ms']:.2f}", f"{figures['median_ms']:.2f}", f"{figures['p90_ms']:.2f}",
+           f"{figures['p99_ms']:.2f}", str(figures["iterations"]), f"{figures['throughput_per_s']:.1f}",
+           f"{figures['bytes_in'] / 1e6:.1f}", f"{figures['bytes_out'] / 1e6:.1f}", f"{figures['bandwidth_gb_s']:.2f}"]
+    _statistics(console, title, headers, [row])
+
+
+COLOURS = {"passed": "green", "failed": "red", "shape mismatch": "red"}
+
+
+def _statistics(console: Any, title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A row per entry (the first cell names it) when that fits the terminal; else one row per statistic
+    with the entries as columns, as many per table as fit. Column widths are set here, not left to rich,
+    which would shorten numbers to '3.83…' to fit a narrow terminal."""
+    from rich.table import Table
+    from rich.text import Text
+
+    widths = _widths(headers, rows)
+    if 1 + sum(width + 3 for width in widths) <= console.width:
+        natural = 1 + sum(max(width, len(header)) + 3 for width, header in zip(widths, headers, strict=True))
+        table = Table(title=title, title_justify="left")
+        for header, width in zip(headers, widths, strict=True):
+            table.add_column(header, width=None if natural <= console.width else width)
+        for row in rows:
+            table.add_row(*[Text(cell, style=COLOURS.get(cell, "")) for cell in row])
+        console.print(table)
+        return
+    label_width = _cell_width(headers[1:])
+    for index, chunk in enumerate(_chunks(label_width, rows, console.width)):
+        table = Table(title=title if index == 0 else f"{title} (continued)", title_justify="left")
+        table.add_column("", width=label_width)
+        for row, width in chunk:
+            table.add_column(row[0], overflow="fold", width=width)
+        for position, header in enumerate(headers[1:], start=1):
+            table.add_row(header, *[Text(row[position], style=COLOURS.get(row[position], ""))
+                                    for row, _ in chunk])
+        console.print(table)
+
+
+def _cell_width(cells: list[str]) -> int:
+    return max([len(cell) for cell in cells] + [1])
+
+
+def _widths(headers: list[str], rows: list[list[str]]) -> list[int]:
+    """Each column of a row-per-entry table as wide as its widest cell or header word (headers wrap)."""
+    return [max([len(word) for word in header.split()] + [len(row[i]) for row in rows] + [1])
+            for i, header in enumerate(headers)]
+
+
+def _chunks(label_width: int, rows: list[list[str]], width: int) -> list[list[tuple[list[str], int]]]:
+    """Entries, each with its column width, grouped so that each statistic-per-row table fits `width`
+    (a border and two padding characters per column; at least one entry per table)."""
+    room = width - 1 - (label_width + 3)
+    chunks: list[list[tuple[list[str], int]]] = [[]]
+    used = 0
+    for row in rows:
+        column = max(1, min(max([_cell_width(row[1:])] + [len(word) for word in row[0].split()]), room - 3))
+        if chunks[-1] and used + column + 3 > room:
+            chunks.append([])
+            used = 0
+        chunks[-1].append((row, column))
+        used += column + 3
+    return chunks
 
 
 def _surgery_tables(console: Any, node: Any, artifact: Any, plan: Plan, full: bool) -> None:

@@ -1,9 +1,10 @@
-"""What `show`, the report and the stage summary say about the relative error: taken over the
-elements whose reference exceeds atol, where it means something."""
+"""What `show` and the report tell a first-time user: statistics that read at 80 columns, and a
+relative error taken where it means something."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,28 @@ from orchestrator.stages.verify import compare
 def only_folder(project: Project, stage: str) -> Path:
     (folder,) = (project.store / stage).iterdir()
     return folder
+
+
+def test_show_reads_at_80_columns(project: Project) -> None:
+    pipeline = project.small()
+    assert project.run("run", str(pipeline)).code == 0
+    stats = json.loads((only_folder(project, "verify") / "verify.json").read_text())["outputs"]["output"]
+    figures = json.loads((only_folder(project, "bench") / "bench.json").read_text())
+
+    narrow = project.run("show", str(pipeline), env={"COLUMNS": "80"})
+    assert narrow.code == 0, narrow.text
+    assert re.search(r"\S…", narrow.out) is None, narrow.out  # rich's mark of a cut cell
+    tables = [line for line in narrow.out.splitlines() if line[:1] in "┏┃┡│└"]
+    assert tables and max(len(line) for line in tables) <= 80
+    for value in (stats["max_abs"], stats["mean_abs"], stats["max_rel"], stats["min_atol_to_pass"]):
+        assert f" {value:.2e} " in narrow.out
+    assert f"{stats['outside']}/{stats['elements']}" in narrow.out and "max rel (|ref|>atol)" in narrow.out
+    for key in ("min_ms", "median_ms", "p90_ms", "p99_ms"):
+        assert f" {figures[key]:.2f} " in narrow.out
+
+    wide = project.run("show", str(pipeline), env={"COLUMNS": "200"})  # room for a row per output
+    header = next(line for line in wide.out.splitlines() if "max abs" in line)
+    assert "mean abs" in header and "max rel (|ref|>atol)" in header and "result" in header
 
 
 def test_relative_error_is_taken_over_references_above_atol(project: Project) -> None:

@@ -241,14 +241,28 @@ def _make_app() -> Any:
     @only_option
     @click.option("--stage", type=click.Choice(["capture", "export", "surgery", "build", "verify", "bench"]),
                   help="Details of one stage.")
-    def show(file: str, store: str, only: tuple[str, ...], stage: str | None) -> None:
-        """Summarise the results of FILE's last run (verify statistics, bench figures)."""
+    @click.option("--path", "path_of", metavar="STAGE",
+                  type=click.Choice(["capture", "export", "surgery", "build", "verify", "bench"]),
+                  help="Print only the artifact folder of STAGE, e.g. "
+                       "netron \"$(orchestrate show FILE --path export)/model.onnx\".")
+    def show(file: str, store: str, only: tuple[str, ...], stage: str | None, path_of: str | None) -> None:
+        """Summarise the results of FILE's last run (verify statistics, bench figures, artifact folders).
+
+        With --path STAGE, print that stage's artifact folder and nothing else (exit 2 when the stage is
+        not built yet, or when the variants of a matrix have different ones: choose with --only).
+        """
         from orchestrator import reporting
+        from orchestrator.errors import UserError
         from orchestrator.plan import make_plan
 
+        if path_of and stage:
+            raise UserError("--path and --stage do not combine: --path prints one folder only")
         spec = _load(file)
         artifacts = _store(store)
         planned = make_plan(spec, artifacts.digests, _only(only))
+        if path_of:
+            click.echo(reporting.artifact_folder(planned, artifacts, path_of))
+            return
         reporting.print_show(planned, artifacts, stage)
 
     def _remote_plan(file: str, store: str, only: tuple[str, ...], remote: str | None) -> tuple[Any, Any, Any]:

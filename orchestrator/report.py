@@ -14,13 +14,15 @@ import io
 import itertools
 import json
 import os
+import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from orchestrator.executor import Outcome, variant_label
-from orchestrator.plan import Plan
-from orchestrator.store import Store, write_json_atomic
+from orchestrator.plan import Node, Plan
+from orchestrator.store import Artifact, Store, write_json_atomic
 
 STAGE_COLUMNS = ("capture", "export", "surgery", "build", "verify", "bench")
 
@@ -29,14 +31,18 @@ def report_dir(store: Store, pipeline: str) -> Path:
     return store.root / "reports" / pipeline
 
 
-def collect(plan: Plan, store: Store, outcomes: list[Outcome] | None = None) -> dict[str, Any]:
-    """The report record, from the plan and what the store holds for it."""
+def collect(plan: Plan, store: Store, outcomes: list[Outcome] | None = None,
+            shown: Callable[[Path], str] = str) -> dict[str, Any]:
+    """The report record, from the plan and what the store holds for it.
+
+    Each stage carries its artifact folder (absolute: the record is read from anywhere). `shown`
+    writes the file paths inside the trtexec commands: absolute in report.json, relative to the
+    working directory in `show`.
+    """
     by_key = {o.node.key: o for o in outcomes or []}
     stages = []
     tools: dict[str, str] = {}
-    verify: dict[str, Any] = {}
-    bench: dict[str, Any] = {}
-    trtexec: dict[str, str] = {}
+    found: dict[str, dict[str, Any]] = {"verify": {}, "bench": {}, "trtexec": {}}
     for node in plan.order():
         artifact = store.get(node.kind, node.key)
         outcome = by_key.get(node.key)
@@ -48,31 +54,63 @@ def collect(plan: Plan, store: Store, outcomes: list[Outcome] | None = None) -> 
             "inputs": node.inputs, "status": status, "passed": manifest.get("passed", True) if artifact else None,
             "seconds": manifest.get("seconds"), "ran_now": bool(outcome and outcome.seconds is not None),
             "summary": manifest.get("summary", ""), "reason": outcome.reason if outcome else "",
+            "path": str(artifact.path) if artifact else None,
         })
-        if artifact is None:
-            continue
-        for variant in node.variants:
-            if node.kind == "verify":
-                data = json.loads((artifact.path / "verify.json").read_text())
-                verify[variant] = data
-            elif node.kind == "bench":
-                bench[variant] = json.loads((artifact.path / "bench.json").read_text())
-            elif node.kind == "build" and (artifact.path / "trtexec.txt").exists():
-                trtexec[variant] = (artifact.path / "trtexec.txt").read_text().strip()
+        if artifact is not None:
+            _gather(plan, store, node, artifact, shown, found)
     variants = [{"name": v.name, "choices": v.choices, "config": v.data} for v in plan.spec.variants
                 if v.name in plan.by_variant]
     return {
         "format": 1,
         "generated": time.time(),
-        "pipeline": {"name": plan.spec.name, "file": str(plan.spec.path)},
+        "pipeline": {"name": plan.spec.name, "file": str(plan.spec.path), "cwd": os.getcwd()},
         "passed": all(s["passed"] is not False for s in stages),
         "variants": variants,
         "stages": stages,
-        "verify": verify,
-        "bench": bench,
-        "trtexec": trtexec,
+        **found,
         "tools": dict(sorted(tools.items())),
     }
+
+
+def _gather(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Callable[[Path], str],
+            found: dict[str, dict[str, Any]]) -> None:
+    """Per variant, what this stage's artifact adds to the record: verify.json, bench.json, the trtexec command."""
+    for variant in node.variants:
+        if node.kind == "verify":
+            found["verify"][variant] = json.loads((artifact.path / "verify.json").read_text())
+        elif node.kind == "bench":
+            found["bench"][variant] = json.loads((artifact.path / "bench.json").read_text())
+        elif node.kind == "build" and (artifact.path / "trtexec.txt").exists():
+            graph = plan.nodes[node.inputs["graph"]]
+            found["trtexec"][variant] = trtexec_command((artifact.path / "trtexec.txt").read_text(),
+                                                        store.path_of(graph.kind, graph.key), artifact.path, shown)
+
+
+def trtexec_command(text: str, graph: Path, build: Path, shown: Callable[[Path], str] = str) -> str:
+    """trtexec.txt names the graph as a bare 'model.onnx', the file name inside the graph's own artifact
+    (export, or surgery when there is one), or 'model.fp16.onnx', the copy a build wrote into its own
+    folder. Name the real files, so the command runs as printed; the build artifact itself stays as it
+    was written (its digest is in its manifest). --saveEngine keeps its bare name: running the command
+    must not overwrite the engine in the store."""
+    words = text.split()
+    for index, word in enumerate(words):
+        if word.startswith("--onnx="):
+            name = word.removeprefix("--onnx=")
+            if not Path(name).is_absolute():
+                folder = build if (build / name).is_file() else graph
+                words[index] = "--onnx=" + shlex.quote(shown(folder / name))
+    return " ".join(words)
+
+
+def shown_path(path: Path, cwd: str | os.PathLike[str] | None = None) -> str:
+    """`path` relative to the working directory when it lies inside it (short, and what a shell there
+    takes), absolute otherwise: a path that climbs out through ../.. is harder to read than the full one."""
+    base = Path(cwd if cwd is not None else os.getcwd()).absolute()
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(base))
+    except ValueError:
+        return str(absolute)
 
 
 def write(plan: Plan, store: Store, outcomes: list[Outcome] | None = None) -> Path:
@@ -232,6 +270,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}code,pre{font-family:u
 pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px;border-radius:4px}
 .figs{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.figs svg{max-width:100%;height:auto}
 details summary{cursor:pointer;color:#1d4ea0}
+code.path{word-break:break-all;font-size:12px}
 """
 
 
@@ -261,7 +300,8 @@ def render_html(record: dict[str, Any]) -> str:
              f"{_e(pipeline['name'])}</title><style>{STYLE}</style></head><body>"]
     badge = "<span class='badge ok'>passed</span>" if passed else "<span class='badge bad'>failed</span>"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["generated"]))
-    parts.append(f"<h1>{_e(pipeline['name'])} {badge}</h1><div class='muted'>{_e(pipeline['file'])} · {when}</div>")
+    parts.append(f"<h1>{_e(pipeline['name'])} {badge}</h1><div class='muted'>{_e(pipeline['file'])} · {when}"
+                 f"{_relative_note(record)}</div>")
 
     variants = record["variants"]
     if len(variants) > 1 or (variants and variants[0]["name"]):
@@ -270,41 +310,8 @@ def render_html(record: dict[str, Any]) -> str:
         parts.append("<h2>Variants</h2>" + _table([*keys, "verify"], rows))
 
     parts.append("<h2>Stages</h2><div class='figs'>" + dag_picture(record) + "</div>")
-    rows = []
-    for stage in record["stages"]:
-        state = stage["status"] if stage["passed"] is not False else "failed"
-        cls = "bad" if state == "failed" else ("run" if stage["ran_now"] else "ok")
-        seconds = f"{stage['seconds']:.2f}" if stage["seconds"] is not None else ""
-        rows.append([stage["kind"], f"<code>{_e(stage['key'][:12])}</code>", stage["label"] or "-",
-                     f"<span class='badge {cls}'>{_e(state)}</span>", seconds, stage["summary"]])
-    parts.append(_table(["stage", "key", "variant", "state", "seconds", "summary"], rows, {4}))
-
-    if record["verify"]:
-        parts.append("<h2>Verification</h2>")
-    for variant, data in record["verify"].items():
-        title = variant or "result"
-        verdict = "<span class='badge ok'>passed</span>" if data.get("passed") else \
-            "<span class='badge bad'>failed</span>"
-        parts.append(f"<h3>{_e(title)} {verdict}</h3>")
-        rows = []
-        for name, stats in data.get("outputs", {}).items():
-            if stats.get("shape_mismatch"):
-                rows.append([name, "shape mismatch", "", "", "", "", "", "", "", ""])
-                continue
-            rows.append([name, _fmt(stats["max_abs"]), _fmt(stats["mean_abs"]), relative_cell(stats),
-                         f"{stats['outside']} / {stats['elements']}", _fmt(stats["min_atol_to_pass"]),
-                         f"{_fmt(stats['atol'])} / {_fmt(stats['rtol'])}", stats["nan"], stats["inf"],
-                         "yes" if stats["all_zero"] else "no"])
-        parts.append(_table(["output", "max abs", "mean abs", "max rel (|ref|>atol)", "outside tol",
-                             "smallest passing atol", "atol / rtol", "NaN", "Inf", "all-zero"], rows,
-                            {1, 2, 3, 5, 7, 8}))
-        for check in data.get("failed_checks", []):
-            parts.append(f"<div class='badge bad'>{_e(check)}</div>")
-        pictures = []
-        for stats in data.get("outputs", {}).values():
-            pictures += [p for p in (error_histogram(stats), scatter(stats)) if p]
-        if pictures:
-            parts.append("<div class='figs'>" + "".join(pictures) + "</div>")
+    parts.append(_stages_html(record))
+    parts += _verify_html(record)
 
     if record["bench"]:
         parts.append("<h2>Benchmark</h2>")
@@ -335,10 +342,66 @@ def render_html(record: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _relative_note(record: dict[str, Any]) -> str:
+    """' · folders relative to DIR' when the stage table names a folder relative to the run's directory."""
+    cwd = record["pipeline"].get("cwd")
+    shown = [shown_path(Path(stage["path"]), cwd) for stage in record["stages"] if stage.get("path")]
+    return f" · folders relative to {_e(cwd)}" if any(not Path(text).is_absolute() for text in shown) else ""
+
+
+def _stages_html(record: dict[str, Any]) -> str:
+    """The stage table; each built stage links its artifact folder, named as `orchestrate show` names it
+    (relative to the directory the run started in, absolute when outside it)."""
+    cwd = record["pipeline"].get("cwd")
+    rows = []
+    for stage in record["stages"]:
+        state = stage["status"] if stage["passed"] is not False else "failed"
+        cls = "bad" if state == "failed" else ("run" if stage["ran_now"] else "ok")
+        seconds = f"{stage['seconds']:.2f}" if stage["seconds"] is not None else ""
+        folder = ""
+        if stage.get("path"):
+            href = html.escape(f"../../{stage['kind']}/{stage['key']}/", quote=True)
+            folder = (f"<a href='{href}' title='{html.escape(stage['path'], quote=True)}'>"
+                      f"<code class='path'>{_e(shown_path(Path(stage['path']), cwd))}</code></a>")
+        rows.append([stage["kind"], f"<code>{_e(stage['key'][:12])}</code>", stage["label"] or "-",
+                     f"<span class='badge {cls}'>{_e(state)}</span>", seconds, stage["summary"], folder])
+    return _table(["stage", "key", "variant", "state", "seconds", "summary", "folder"], rows, {4})
+
+
 def relative_cell(stats: dict[str, Any]) -> str:
     """max_rel is taken over the elements whose |reference| exceeds atol; there may be none."""
     value = stats.get("max_rel")
     return "no |ref|>atol" if value is None else _fmt(value)
+
+
+def _verify_html(record: dict[str, Any]) -> list[str]:
+    """Per variant: the verify verdict, a row of statistics per output, failed checks, and the pictures."""
+    parts = ["<h2>Verification</h2>"] if record["verify"] else []
+    for variant, data in record["verify"].items():
+        title = variant or "result"
+        verdict = "<span class='badge ok'>passed</span>" if data.get("passed") else \
+            "<span class='badge bad'>failed</span>"
+        parts.append(f"<h3>{_e(title)} {verdict}</h3>")
+        rows = []
+        for name, stats in data.get("outputs", {}).items():
+            if stats.get("shape_mismatch"):
+                rows.append([name, "shape mismatch", "", "", "", "", "", "", "", ""])
+                continue
+            rows.append([name, _fmt(stats["max_abs"]), _fmt(stats["mean_abs"]), relative_cell(stats),
+                         f"{stats['outside']} / {stats['elements']}", _fmt(stats["min_atol_to_pass"]),
+                         f"{_fmt(stats['atol'])} / {_fmt(stats['rtol'])}", stats["nan"], stats["inf"],
+                         "yes" if stats["all_zero"] else "no"])
+        parts.append(_table(["output", "max abs", "mean abs", "max rel (|ref|>atol)", "outside tol",
+                             "smallest passing atol", "atol / rtol", "NaN", "Inf", "all-zero"], rows,
+                            {1, 2, 3, 5, 7, 8}))
+        for check in data.get("failed_checks", []):
+            parts.append(f"<div class='badge bad'>{_e(check)}</div>")
+        pictures = []
+        for stats in data.get("outputs", {}).values():
+            pictures += [p for p in (error_histogram(stats), scatter(stats)) if p]
+        if pictures:
+            parts.append("<div class='figs'>" + "".join(pictures) + "</div>")
+    return parts
 
 
 def _variant_verdict(record: dict[str, Any], variant: str) -> str:

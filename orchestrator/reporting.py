@@ -7,8 +7,8 @@ from typing import Any
 from orchestrator import plan as planning
 from orchestrator import ui
 from orchestrator.executor import variant_label
-from orchestrator.plan import Plan
-from orchestrator.store import Store
+from orchestrator.plan import Node, Plan
+from orchestrator.store import Artifact, Store
 
 
 def _console() -> Any:
@@ -49,27 +49,11 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
 
 
 def print_show(plan: Plan, store: Store, stage: str | None) -> None:
-    from rich.table import Table
-
+    """The last results of every stage (or of one), where each artifact is, then the details per stage."""
     console = _console()
-    table = Table(title=f"{plan.spec.name}: last results", title_justify="left")
-    for column in ("stage", "key", "variant", "state", "seconds", "summary"):
-        table.add_column(column, overflow="fold")
-    details = []
-    for node in plan.order():
-        if stage and node.kind != stage:
-            continue
-        artifact = store.get(node.kind, node.key)
-        if artifact is None:
-            table.add_row(node.kind, node.short, variant_label(node, plan) or "-", "[yellow]not built[/yellow]", "",
-                          "")
-            continue
-        manifest = artifact.manifest
-        state = "[green]ok[/green]" if manifest.get("passed", True) else "[red]failed[/red]"
-        table.add_row(node.kind, node.short, variant_label(node, plan) or "-", state,
-                      f"{manifest.get('seconds', 0):.2f}", manifest.get("summary", ""))
-        details.append((node, artifact))
-    console.print(table)
+    nodes = [node for node in plan.order() if not stage or node.kind == stage]
+    details = _results_table(console, plan, store, nodes)
+    _folders(console, plan, store, nodes)
     for node, artifact in details:
         if node.kind == "verify":
             _verify_table(console, node, artifact, plan)
@@ -85,6 +69,74 @@ def print_show(plan: Plan, store: Store, stage: str | None) -> None:
         _report_extras(console, plan, store)
 
 
+def _results_table(console: Any, plan: Plan, store: Store, nodes: list[Node]) -> list[tuple[Node, Artifact]]:
+    """One row per stage: key, variant, state, time, summary; returns the stages that have an artifact."""
+    from rich.table import Table
+
+    table = Table(title=f"{plan.spec.name}: last results", title_justify="left")
+    for column in ("stage", "key", "variant", "state", "seconds", "summary"):
+        table.add_column(column, overflow="fold")
+    details = []
+    for node in nodes:
+        artifact = store.get(node.kind, node.key)
+        if artifact is None:
+            table.add_row(node.kind, node.short, variant_label(node, plan) or "-", "[yellow]not built[/yellow]", "",
+                          "")
+            continue
+        manifest = artifact.manifest
+        state = "[green]ok[/green]" if manifest.get("passed", True) else "[red]failed[/red]"
+        table.add_row(node.kind, node.short, variant_label(node, plan) or "-", state,
+                      f"{manifest.get('seconds', 0):.2f}", manifest.get("summary", ""))
+        details.append((node, artifact))
+    console.print(table)
+    return details
+
+
+def _folders(console: Any, plan: Plan, store: Store, nodes: list[Node]) -> None:
+    """Where each stage's files are, one line per stage and never folded, so a path can be copied whole."""
+    from rich.markup import escape
+
+    from orchestrator.report import shown_path
+
+    console.print("[bold]artifact folders[/bold]")
+    for node in nodes:
+        label = variant_label(node, plan)
+        prefix = f"{node.kind:<8} {node.short}  " + (f"[{label}] " if label else "")
+        artifact = store.get(node.kind, node.key)
+        if artifact is None:
+            line = prefix + f"not built: run `orchestrate run {plan.spec.path}`"
+        else:
+            line = prefix + shown_path(artifact.path) + "  " + " ".join(contents(artifact))
+        console.print(escape(line), soft_wrap=True)
+
+
+def contents(artifact: Artifact) -> list[str]:
+    """The top-level files and folders (with '/') of an artifact, from its manifest."""
+    names = {relative.split("/", 1)[0] + ("/" if "/" in relative else "") for relative in artifact.manifest["files"]}
+    return sorted(names)
+
+
+def artifact_folder(plan: Plan, store: Store, stage: str) -> str:
+    """The one artifact folder of `stage` (for `show --path`), or a UserError saying which choice is missing."""
+    from orchestrator.errors import UserError
+    from orchestrator.report import shown_path
+
+    nodes = [node for node in plan.order() if node.kind == stage]
+    file = str(plan.spec.path)
+    if not nodes:
+        raise UserError(f"the pipeline has no {stage} stage", file=file)
+    if len(nodes) > 1:
+        choices = [f"  {'  '.join(f'--only {part}' for part in variant_label(node, plan).split(','))}"
+                   f"   ({node.short})" for node in nodes]
+        raise UserError(f"the variants have {len(nodes)} different {stage} artifacts; pick one with --only:\n"
+                        + "\n".join(choices), file=file)
+    artifact, damage = store.check(stage, nodes[0].key)
+    if artifact is None:
+        state = "not built yet" if damage == "missing" else damage
+        raise UserError(f"{stage} {nodes[0].short} is {state}: run `orchestrate run {file}` first", file=file)
+    return shown_path(artifact.path)
+
+
 def _report_extras(console: Any, plan: Plan, store: Store) -> None:
     """The rest of what report.html shows: the equivalent trtexec commands, tool versions, the report's path."""
     from rich.markup import escape
@@ -92,7 +144,7 @@ def _report_extras(console: Any, plan: Plan, store: Store) -> None:
 
     from orchestrator import report
 
-    record = report.collect(plan, store)
+    record = report.collect(plan, store, shown=report.shown_path)
     for variant, command in record["trtexec"].items():
         label = escape(f" [{variant}]") if variant else ""
         console.print(f"[bold]trtexec{label}:[/bold] {escape(command)}", soft_wrap=True)

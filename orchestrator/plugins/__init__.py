@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from orchestrator.spec import FieldPath, Spec
 
 Shape = tuple[int, ...]
+Dim = int | str | None  # a known size, a symbolic dimension's name, or unknown
+Dims = tuple[Dim, ...]  # a shape as the build knows it from ONNX shape inference
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 INT_DTYPES = ("int32", "int64", "int8", "uint8")
@@ -65,7 +67,11 @@ class PluginEntry:
     kernel: str  # import path of `kernel(inputs: list[np.ndarray], attrs: dict) -> list[np.ndarray]`
     precisions: tuple[str, ...] = ("fp32", "fp16")
     attributes: dict[str, str] = field(default_factory=dict)  # plugin field name -> "int", "float" or "string"
-    check_shapes: Callable[[Sequence[Shape]], list[str]] | None = None
+    # Cross-input shape rules. Shapes may hold unknown dims (None, or a symbolic name) and be None
+    # where the rank is unknown: only what is known can be compared.
+    check_shapes: Callable[[Sequence[Dims | None]], list[str]] | None = None
+    # Rules on the values of inputs the graph fixes (initializers, constants), None where not fixed.
+    check_values: Callable[[Sequence[Dims | None], Sequence[Any]], list[str]] | None = None
     result_shape: Callable[[Shape], Shape] | None = None  # how the model used the output (e.g. merge heads)
     library: str = "libnvinfer_plugin (NVIDIA's plugins, initialised with init_libnvinfer_plugins)"
     output_dtype_from: int = 0  # the output has the dtype of this input
@@ -110,12 +116,16 @@ class PluginEntry:
         _REGISTERED.add(self.op)
         return domain
 
-    def contract_problems(self, shapes: Sequence[Shape], dtypes: Sequence[str], names: Sequence[str] | None = None,
-                          cast_integers: bool = False) -> list[str]:
+    def contract_problems(self, shapes: Sequence[Dims | None], dtypes: Sequence[str],
+                          names: Sequence[str] | None = None, cast_integers: bool = False,
+                          values: Sequence[Any] | None = None) -> list[str]:
         """Everything wrong with these inputs for this plugin, as sentences (empty when they fit).
 
-        With `cast_integers`, an integer tensor of another integer dtype is accepted, because the
-        exporter casts it to the contract's dtype.
+        Whole-model exports leave some dims (or a whole shape, None) unknown after shape inference;
+        those are not mismatches, since the graph may well run: only known ranks and sizes are
+        compared. `values` holds the inputs' values where the graph fixes them (None elsewhere), for
+        rules the plugin itself never checks at run time. With `cast_integers`, an integer tensor of
+        another integer dtype is accepted, because the exporter casts it to the contract's dtype.
         """
         names = list(names or self.input_names())
         problems: list[str] = []
@@ -124,7 +134,7 @@ class PluginEntry:
         by_name = dict(zip(self.input_names(), dtypes, strict=True))
         for contract, label, shape, dtype in zip(self.inputs, names, shapes, dtypes, strict=True):
             shown = f"input '{label}'" + (f" ({contract.name})" if label != contract.name else "")
-            if len(shape) != contract.rank:
+            if shape is not None and len(shape) != contract.rank:
                 problems.append(f"{shown} must have rank {contract.rank}, got shape {list(shape)}")
             accepted = dtype in contract.dtypes or (cast_integers and contract.is_integer and dtype in INT_DTYPES)
             if not accepted:
@@ -134,6 +144,9 @@ class PluginEntry:
                                 f"({by_name.get(contract.same_dtype_as)}), got {dtype}")
         if not problems and self.check_shapes is not None:
             problems.extend(self.check_shapes(shapes))
+        if not problems and self.check_values is not None and values is not None \
+                and any(value is not None for value in values):
+            problems.extend(self.check_values(shapes, values))
         return problems
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.plugins import PluginEntry, Shape, TensorContract
+from orchestrator.plugins import Dim, Dims, PluginEntry, Shape, TensorContract
 
 
 def _output_shape(shapes: Sequence[Shape]) -> Shape:
@@ -30,28 +30,72 @@ def _result_shape(output: Shape) -> Shape:
     return (n, queries, heads * dim)
 
 
-def _check_shapes(shapes: Sequence[Shape]) -> list[str]:
+def _known(dim: Dim) -> bool:
+    return isinstance(dim, int) and dim >= 0
+
+
+def _axis(shape: Dims | None, axis: int) -> Dim:
+    """One dim of a shape; None where the rank or the size is unknown."""
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    return shape[axis]
+
+
+def _shown(dim: Dim) -> str:
+    return str(dim) if _known(dim) or isinstance(dim, str) else "?"
+
+
+def _disagree(label: str, dims: dict[str, Dim]) -> list[str]:
+    """A problem if two known sizes differ. Symbolic or unknown dims are skipped: whole-model exports
+    leave many dims unknown, and the graph then still runs (dims that must agree usually do)."""
+    if len({dim for dim in dims.values() if _known(dim)}) <= 1:
+        return []
+    return [f"{label} differ: " + ", ".join(f"{name} {_shown(dim)}" for name, dim in dims.items())]
+
+
+def _check_shapes(shapes: Sequence[Dims | None]) -> list[str]:
+    """M, L, P, Lq and N agree across the inputs that carry them, as far as the shapes are known."""
     value, spatial, starts, locations, weights = shapes
     problems = []
-    if spatial[1] != 2:
-        problems.append(f"spatial_shapes must be [L, 2], got {list(spatial)}")
-    levels = spatial[0]
-    if starts[0] != levels:
-        problems.append(f"level_start_index has {starts[0]} levels, spatial_shapes {levels}")
-    if locations[-1] != 2:
-        problems.append(f"sampling_locations must end in 2 (x, y), got {list(locations)}")
-    if locations[0] != value[0] or weights[0] != value[0]:
-        problems.append(f"batch sizes differ: value {value[0]}, sampling_locations {locations[0]}, "
-                        f"attention_weights {weights[0]}")
-    if locations[2] != value[2] or weights[2] != value[2]:
-        problems.append(f"heads (M) differ: value {value[2]}, sampling_locations {locations[2]}, "
-                        f"attention_weights {weights[2]}")
-    if locations[3] != levels or weights[3] != levels:
-        problems.append(f"levels (L) differ: spatial_shapes {levels}, sampling_locations {locations[3]}, "
-                        f"attention_weights {weights[3]}")
-    if locations[4] != weights[4] or locations[1] != weights[1]:
-        problems.append(f"queries/points differ: sampling_locations {list(locations)}, "
-                        f"attention_weights {list(weights)}")
+    if _known(_axis(spatial, 1)) and _axis(spatial, 1) != 2:
+        problems.append(f"spatial_shapes must be [L, 2], got {[_shown(d) for d in spatial or ()]}")
+    levels = _axis(spatial, 0)
+    if _known(levels) and _known(_axis(starts, 0)) and _axis(starts, 0) != levels:
+        problems.append(f"level_start_index has {_axis(starts, 0)} levels, spatial_shapes {levels}")
+    if _known(_axis(locations, -1)) and _axis(locations, -1) != 2:
+        problems.append(f"sampling_locations must end in 2 (x, y), got {[_shown(d) for d in locations or ()]}")
+    for label, axis in (("batch sizes", 0), ("heads (M)", 2)):
+        problems += _disagree(label, {"value": _axis(value, axis), "sampling_locations": _axis(locations, axis),
+                                      "attention_weights": _axis(weights, axis)})
+    problems += _disagree("levels (L)", {"spatial_shapes": levels, "sampling_locations": _axis(locations, 3),
+                                         "attention_weights": _axis(weights, 3)})
+    for label, axis in (("queries (Lq)", 1), ("points (P)", 4)):
+        problems += _disagree(label, {"sampling_locations": _axis(locations, axis),
+                                      "attention_weights": _axis(weights, axis)})
+    return problems
+
+
+def _check_values(shapes: Sequence[Dims | None], values: Sequence[Any]) -> list[str]:
+    """Where the graph fixes spatial_shapes (and level_start_index): value holds S = sum of H·W tokens
+    and each level starts at the running sum. The plugin checks neither and reads out of bounds."""
+    import numpy as np
+
+    spatial, starts = values[1], values[2]
+    if spatial is None:
+        return []
+    sizes = np.asarray(spatial, dtype=np.int64).reshape(-1, 2)
+    if (sizes <= 0).any():
+        return [f"spatial_shapes holds a level of size <= 0: {sizes.tolist()}"]
+    areas = sizes[:, 0] * sizes[:, 1]
+    problems = []
+    tokens = _axis(shapes[0], 1)
+    if _known(tokens) and tokens != int(areas.sum()):
+        problems.append(f"value has S = {tokens} tokens, but spatial_shapes {sizes.tolist()} sums to "
+                        f"{int(areas.sum())} (S must be the sum of H·W)")
+    expected = np.concatenate([[0], np.cumsum(areas)[:-1]]).tolist()
+    if starts is not None and np.asarray(starts, dtype=np.int64).reshape(-1).tolist() != expected:
+        problems.append(f"level_start_index is {np.asarray(starts).reshape(-1).tolist()}, but spatial_shapes "
+                        f"{sizes.tolist()} puts the levels at {expected}")
     return problems
 
 
@@ -70,6 +114,7 @@ ENTRY = PluginEntry(
     output_shape=_output_shape,
     result_shape=_result_shape,
     check_shapes=_check_shapes,
+    check_values=_check_values,
     kernel="orchestrator.plugins.msda_kernel:msda",
     precisions=("fp32", "fp16"),
     doc="Multi-scale deformable attention; output [N, Lq, M, D].",

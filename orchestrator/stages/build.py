@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator import backends
 from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
+from orchestrator.plugins import Dims
 from orchestrator.stages import StageCall, StageResult
 
 
@@ -23,63 +24,193 @@ def plugin_nodes(model: Any, declared_ops: set[str]) -> list[Any]:
     return [n for n in model.graph.node if n.op_type in declared_ops or n.domain not in standard]
 
 
-def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backend: str) -> list[dict[str, Any]]:
-    """Check each plugin node; return what was checked. Raise UserError naming the node and the mismatch."""
+def tensor_types(model: Any) -> dict[str, tuple[str, Dims | None]]:
+    """Every typed tensor's dtype and shape as shape inference left it.
+
+    A dim shape inference could not fix is None and a symbolic one keeps its name, and a shape of
+    unknown rank is None, so that the contract check compares only what is known (whole-model
+    exports leave many dims unknown, and such a graph may run fine).
+    """
     import onnx
 
-    by_op = {p["op"]: p for p in declared}
-    types = {}
+    types: dict[str, tuple[str, Dims | None]] = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         kind = value.type.tensor_type
         if kind.elem_type:
+            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim)
             types[value.name] = (onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).name,
-                                 tuple(d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim)
-                                 if kind.HasField("shape") else None)
+                                 dims if kind.HasField("shape") else None)
     for init in model.graph.initializer:
         types[init.name] = (onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name, tuple(init.dims))
-    checked = []
+    return types
+
+
+STATIC_ELEMENTS = 1 << 16  # larger tensors (weights) are never evaluated: index tensors are tiny
+STATIC_NODES = 32
+NONDETERMINISTIC = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
+                    "Multinomial")
+
+
+def _constant_cone(name: str, producers: dict[str, Any], initializers: dict[str, Any]) -> list[Any] | None:
+    """The nodes computing `name` from initializers alone, or None where a graph input, a non-standard
+    or random op, a subgraph, a large initializer or more than STATIC_NODES nodes are involved."""
+    import onnx
+
+    seen: dict[int, Any] = {}
+    stack = [name]
+    while stack:
+        current = stack.pop()
+        if current in initializers:
+            if onnx.helper.tensor_dtype_to_np_dtype(initializers[current].data_type).kind not in "biuf" or \
+                    _elements(initializers[current].dims) > STATIC_ELEMENTS:
+                return None
+            continue
+        node = producers.get(current)
+        if node is None:
+            return None  # a graph input: not fixed by the graph
+        if id(node) in seen:
+            continue
+        if node.domain not in ("", "ai.onnx") or node.op_type in NONDETERMINISTIC or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return None
+        seen[id(node)] = node
+        if len(seen) > STATIC_NODES:
+            return None
+        stack.extend(i for i in node.input if i)
+    return list(seen.values())
+
+
+def _elements(dims: Any) -> int:
+    count = 1
+    for dim in dims:
+        count *= int(dim)
+    return count
+
+
+def static_values(model: Any, names: list[str]) -> dict[str, Any]:
+    """The values of those of `names` the graph fixes without any input: initializers, Constant outputs
+    and short chains of standard ops over them (e.g. the export's Cast of a constant spatial_shapes to
+    int32), evaluated with ONNX's reference evaluator. Tensors that are not fixed are left out."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    fed = {i.name for i in graph.input}  # an initializer that is also an input is only a default
+    initializers = {i.name: i for i in graph.initializer if i.name not in fed}
+    producers = {o: n for n in graph.node for o in n.output if o}
+    order = {id(n): index for index, n in enumerate(graph.node)}
+    found: dict[str, Any] = {}
+    for name in dict.fromkeys(n for n in names if n):
+        cone = _constant_cone(name, producers, initializers)
+        if cone is None:
+            continue
+        if not cone:
+            found[name] = numpy_helper.to_array(initializers[name])
+            continue
+        cone.sort(key=lambda n: order[id(n)])
+        value = _evaluate(model, cone, initializers, name)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def _evaluate(model: Any, cone: list[Any], initializers: dict[str, Any], name: str) -> Any:
+    """`name` computed by the nodes of `cone` (in graph order), or None where the evaluator cannot."""
+    import onnx
+
+    leaves = {i for n in cone for i in n.input if i in initializers}
+    piece = onnx.helper.make_model(
+        onnx.helper.make_graph(cone, "static", [], [onnx.ValueInfoProto(name=name)],
+                               [initializers[i] for i in sorted(leaves)]),
+        opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    piece.ir_version = model.ir_version
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        results = ReferenceEvaluator(piece).run([name], {})
+    except Exception:  # noqa: BLE001 - an op the evaluator cannot run only leaves the value unknown
+        return None
+    value = results[0] if isinstance(results, list) else results.get(name)
+    return value if getattr(value, "size", STATIC_ELEMENTS + 1) <= STATIC_ELEMENTS else None
+
+
+def _cast_hint(entry: catalog.PluginEntry, dtypes: list[str], names: list[str]) -> str | None:
+    """What to do about inputs of the wrong dtype: integers and floats are cast in the graph (by the
+    export, or a surgery step); float64 comes e.g. from TorchScript exporting torch.linspace as double."""
+    by_name = dict(zip(entry.input_names(), dtypes, strict=True))
+    hints = []
+    if any(c.is_integer and d not in c.dtypes for c, d in zip(entry.inputs, dtypes, strict=True)):
+        hints.append("cast integer inputs to int32 in the graph (the export does this), or add a surgery step: "
+                     "insert_cast: {contract: true}")
+    floats: dict[str, tuple[str, str]] = {}  # graph tensor -> (contract input, dtype to cast to)
+    for contract, dtype, name in zip(entry.inputs, dtypes, names, strict=True):
+        if not contract.is_integer and dtype not in contract.dtypes and dtype.startswith(("float", "bfloat")):
+            same = by_name.get(contract.same_dtype_as or "")
+            floats[name] = (contract.name, same if same in contract.dtypes else contract.dtypes[0])
+    if floats:
+        wanted = ", ".join(f"{contract}: {dtype}" for contract, dtype in floats.values())
+        hints.append(f"cast {', '.join(floats)} to the contract dtype before the plugin: declare "
+                     f"export.plugins[].dtypes: {{{wanted}}} (the export casts float plugin inputs to it), "
+                     "or add a surgery step: insert_cast: {contract: true}")
+    return "; ".join(hints) or None
+
+
+def _plugin_attributes(node: Any) -> tuple[str, str]:
+    import onnx
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    version = attrs.get("plugin_version", b"1")
+    namespace = attrs.get("plugin_namespace", b"")
+    return (version.decode() if isinstance(version, bytes) else str(version),
+            namespace.decode() if isinstance(namespace, bytes) else str(namespace))
+
+
+def _check_node(model: Any, node: Any, plugin: dict[str, Any], types: dict[str, tuple[str, Dims | None]],
+                precision: str, backend: str) -> dict[str, Any]:
+    """One plugin node against its catalog entry and declaration: what was checked, or a UserError."""
+    label = f"plugin node '{node.name or node.output[0]}' ({node.op_type})"
+    entry = catalog.lookup(node.op_type, plugin.get("catalog"))
+    version, namespace = _plugin_attributes(node)
+    if version not in entry.versions:
+        raise UserError(f"{label}: plugin_version '{version}' is not one of {', '.join(entry.versions)}",
+                        field="export.plugins")
+    if version != plugin["version"] or namespace != plugin["namespace"]:
+        raise UserError(f"{label}: has plugin_version '{version}', namespace '{namespace}'; the pipeline "
+                        f"declares version '{plugin['version']}', namespace '{plugin['namespace']}'",
+                        field="export.plugins")
+    unknown = [name for name in node.input if name not in types]
+    if unknown:
+        raise UserError(f"{label}: the type of input '{unknown[0]}' is unknown after shape inference",
+                        field="export.plugins")
+    names = list(node.input)
+    dtypes = [types[name][0] for name in names]
+    fixed = static_values(model, names)
+    problems = entry.contract_problems([types[name][1] for name in names], dtypes, names,
+                                       values=[fixed.get(name) for name in names])
+    if problems:
+        hint = _cast_hint(entry, dtypes, names) if len(names) == len(entry.inputs) else None
+        raise UserError(f"{label}: " + "; ".join(problems), field="export.plugins", hint=hint)
+    # The TensorRT backends check precision themselves, naming TensorRT's limits as well as the plugin's.
+    if backend not in ("tensorrt", "trtexec") and precision not in ("fp32", "tf32", "best") \
+            and precision not in entry.precisions:
+        raise UserError(f"precision {precision}: {entry.op} runs only {', '.join(entry.precisions)}",
+                        field="build.precision")
+    return {"node": node.name, "op": node.op_type, "version": version, "namespace": namespace, "dtypes": dtypes}
+
+
+def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backend: str) -> list[dict[str, Any]]:
+    """Check each plugin node; return what was checked. Raise UserError naming the node and the mismatch."""
+    by_op = {p["op"]: p for p in declared}
+    types = tensor_types(model)
     nodes = plugin_nodes(model, set(by_op))
     if not nodes:
         raise UserError("the graph has no plugin node; expected " + ", ".join(sorted(by_op)), field="export.plugins")
+    checked = []
     for node in nodes:
-        label = f"plugin node '{node.name or node.output[0]}' ({node.op_type})"
         plugin = by_op.get(node.op_type)
         if plugin is None:
-            raise UserError(f"{label}: op is not declared in export.plugins (declared: {', '.join(by_op)})",
-                            field="export.plugins")
-        entry = catalog.lookup(node.op_type, plugin.get("catalog"))
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        version = attrs.get("plugin_version", b"1")
-        version = version.decode() if isinstance(version, bytes) else str(version)
-        namespace = attrs.get("plugin_namespace", b"")
-        namespace = namespace.decode() if isinstance(namespace, bytes) else str(namespace)
-        if version not in entry.versions:
-            raise UserError(f"{label}: plugin_version '{version}' is not one of {', '.join(entry.versions)}",
-                            field="export.plugins")
-        if version != plugin["version"] or namespace != plugin["namespace"]:
-            raise UserError(f"{label}: has plugin_version '{version}', namespace '{namespace}'; the pipeline "
-                            f"declares version '{plugin['version']}', namespace '{plugin['namespace']}'",
-                            field="export.plugins")
-        shapes, dtypes = [], []
-        for name in node.input:
-            if name not in types:
-                raise UserError(f"{label}: the type of input '{name}' is unknown after shape inference",
-                                field="export.plugins")
-            dtypes.append(types[name][0])
-            shapes.append(types[name][1] or ())
-        problems = entry.contract_problems(shapes, dtypes, list(node.input))
-        if problems:
-            wrong_integers = any(" must be int" in problem for problem in problems)
-            raise UserError(f"{label}: " + "; ".join(problems), field="export.plugins",
-                            hint="cast integer inputs to int32 in the graph (the export does this), or add a "
-                                 "surgery step: insert_cast: {contract: true}" if wrong_integers else None)
-        # The TensorRT backends check precision themselves, naming TensorRT's limits as well as the plugin's.
-        if backend not in ("tensorrt", "trtexec") and precision not in ("fp32", "tf32", "best") \
-                and precision not in entry.precisions:
-            raise UserError(f"precision {precision}: {entry.op} runs only {', '.join(entry.precisions)}",
-                            field="build.precision")
-        checked.append({"node": node.name, "op": node.op_type, "version": version, "namespace": namespace,
-                        "dtypes": dtypes})
+            raise UserError(f"plugin node '{node.name or node.output[0]}' ({node.op_type}): op is not declared in "
+                            f"export.plugins (declared: {', '.join(by_op)})", field="export.plugins")
+        checked.append(_check_node(model, node, plugin, types, precision, backend))
     if backend == "onnxruntime":
         from orchestrator.backends.onnxruntime import PRECISIONS
 

@@ -11,7 +11,11 @@ a view rather than ONNX Runtime's copy, and no session call is paid for two cast
 threads stop spinning when a session call returns (`session.force_spinning_stop`), so they leave
 the cores to the kernel that runs next.
 
-Build writes segments/*.onnx and runplan.json; `Runner` executes that plan.
+Initializers and Constant values belong to no segment: a segment that reads one gets it as its own
+initializer, and those that plugin kernels, NumPy steps or the graph's outputs read are written to
+constants/ and held by the runner as read-only arrays, so any cut of a valid graph runs.
+
+Build writes segments/*.onnx, constants/*.npy and runplan.json; `Runner` executes that plan.
 """
 
 from __future__ import annotations
@@ -48,11 +52,53 @@ def _used_names(node: Any) -> list[str]:
     return names
 
 
-def partition(model: Any, plugin_ops: set[str]) -> list[dict[str, Any]]:
-    """Cut the (topologically sorted) graph into runs of standard nodes and single plugin nodes."""
+def constant_tensors(model: Any) -> dict[str, Any]:
+    """Every tensor the graph fixes by itself, by name: its initializers and its Constant nodes' values
+    (as TensorProtos). A cut can then hand them to any step: an ONNX Runtime segment gets them as its
+    own initializers, a plugin kernel or NumPy step as arrays (dynamo folds spatial_shapes into an
+    initializer that feeds the plugin directly)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    found = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+            continue
+        attribute = node.attribute[0]
+        if attribute.name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attribute.t)
+        elif attribute.name in ("value_float", "value_floats", "value_int", "value_ints"):
+            kind = np.float32 if "float" in attribute.name else np.int64
+            tensor = numpy_helper.from_array(np.array(onnx.helper.get_attribute_value(attribute), kind))
+        else:
+            continue  # strings and sparse values stay Constant nodes in their segment
+        if tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        tensor.name = node.output[0]
+        found[tensor.name] = tensor
+    return found
+
+
+def _is_hoisted(node: Any, constants: dict[str, Any]) -> bool:
+    return node.op_type == "Constant" and len(node.output) == 1 and node.output[0] in constants
+
+
+def partition(model: Any, plugin_ops: set[str], constants: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Cut the (topologically sorted) graph into runs of standard nodes and single plugin nodes.
+
+    Each step lists what it reads from outside (`inputs`: graph inputs and what earlier steps made;
+    `constants`: initializers and Constant values, which belong to no step) and what it must hand on
+    (`outputs`: what a later step or the graph's outputs use). Constant nodes whose values are in
+    `constants` are left out of the steps.
+    """
+    constants = {i.name: i for i in model.graph.initializer} if constants is None else constants
     steps: list[dict[str, Any]] = []
     current: list[Any] = []
     for node in model.graph.node:
+        if _is_hoisted(node, constants):
+            continue
         if is_plugin(node, plugin_ops):
             if current:
                 steps.append({"type": "onnx", "nodes": current})
@@ -62,22 +108,16 @@ def partition(model: Any, plugin_ops: set[str]) -> list[dict[str, Any]]:
             current.append(node)
     if current:
         steps.append({"type": "onnx", "nodes": current})
-    initializers = {i.name for i in model.graph.initializer}
-    graph_outputs = [o.name for o in model.graph.output]
-    for index, step in enumerate(steps):
-        produced = {o for n in step["nodes"] for o in n.output if o}
-        consumed = []
-        for node in step["nodes"]:
-            for name in _used_names(node):
-                if name not in produced and name not in consumed:
-                    consumed.append(name)
-        step["initializers"] = [n for n in consumed if n in initializers]
-        step["inputs"] = [n for n in consumed if n not in initializers]
-        later = {n for s in steps[index + 1:] for node in s["nodes"] for n in _used_names(node)}
-        if step["type"] == "plugin":
-            step["outputs"] = list(step["nodes"][0].output)
-        else:
-            step["outputs"] = [o for n in step["nodes"] for o in n.output if o and (o in later or o in graph_outputs)]
+    graph_outputs = {o.name for o in model.graph.output}
+    later: set[str] = set(graph_outputs)
+    for step in reversed(steps):  # what each step must hand on: what a later step or the graph uses
+        produced = [o for n in step["nodes"] for o in n.output if o]
+        consumed = list(dict.fromkeys(n for node in step["nodes"] for n in _used_names(node) if n not in produced))
+        step["constants"] = [n for n in consumed if n in constants]
+        step["inputs"] = [n for n in consumed if n not in constants]
+        step["outputs"] = list(step["nodes"][0].output) if step["type"] == "plugin" else \
+            [o for o in produced if o in later]
+        later.update(consumed)
     return steps
 
 
@@ -86,17 +126,16 @@ def _value_infos(model: Any) -> dict[str, Any]:
     return {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
 
 
-def _segment_model(model: Any, step: dict[str, Any], infos: dict[str, Any]) -> Any:
+def _segment_model(model: Any, step: dict[str, Any], infos: dict[str, Any], constants: dict[str, Any]) -> Any:
     import onnx
 
-    initializers = {i.name: i for i in model.graph.initializer}
     missing = [n for n in [*step["inputs"], *step["outputs"]] if n not in infos]
     if missing:
         raise UserError(f"ONNX shape inference left the type of {', '.join(missing[:3])} unknown; "
                         "cannot cut the graph there", field="build")
     graph = onnx.helper.make_graph(
         step["nodes"], f"{model.graph.name}_segment", [infos[n] for n in step["inputs"]],
-        [infos[n] for n in step["outputs"]], [initializers[n] for n in step["initializers"]])
+        [infos[n] for n in step["outputs"]], [constants[n] for n in step["constants"]])
     opsets = [o for o in model.opset_import if o.domain in STANDARD_DOMAINS]
     segment = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="orchestrate")
     segment.ir_version = model.ir_version
@@ -109,20 +148,15 @@ VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 def _array_ops(step: dict[str, Any], infos: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The segment as NumPy operations (reshape to a static shape, cast), or None if it is more than that.
 
-    Only the first input of each node is data; shapes and axes come from shape inference, so a
-    Constant node may feed them. Segment outputs must come from the reshapes and casts themselves.
+    Only the first input of each node is data; shapes and axes come from shape inference, so any
+    constant may feed them. The data may itself be a constant: the runner holds those as arrays.
     """
     import numpy as np
     import onnx
 
     ops: list[dict[str, Any]] = []
-    constants: set[str] = set()
     for node in step["nodes"]:
-        if node.op_type == "Constant":
-            constants.update(node.output)
-            continue
-        if node.op_type not in VIEW_OPS | {"Cast"} or len(node.output) != 1 or any(
-                name in constants for name in node.input[:1]):
+        if node.op_type not in VIEW_OPS | {"Cast"} or len(node.output) != 1 or not node.input:
             return None
         info = infos.get(node.output[0])
         if info is None:
@@ -142,9 +176,7 @@ def _array_ops(step: dict[str, Any], infos: dict[str, Any]) -> list[dict[str, An
             if not all(isinstance(d, int) and d >= 0 for d in shape) or not info.type.tensor_type.HasField("shape"):
                 return None
             ops.append({"op": "reshape", "input": node.input[0], "output": node.output[0], "shape": shape})
-    if not ops or any(name in constants for name in step["outputs"]):
-        return None
-    return ops
+    return ops or None
 
 
 def _tensor_meta(info: Any) -> dict[str, Any]:
@@ -155,51 +187,97 @@ def _tensor_meta(info: Any) -> dict[str, Any]:
             "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim]}
 
 
-def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]], progress: Any) -> dict[str, Any]:
-    """Write the segments and run plan for `model` (already shape-inferred and preflighted)."""
+def _plugin_step(node: Any, entry: catalog.PluginEntry) -> dict[str, Any]:
     import onnx
 
-    entries = {p["op"]: catalog.lookup(p["op"], p.get("catalog")) for p in declared}
-    steps = partition(model, set(entries))
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    return {"type": "plugin", "op": node.op_type, "name": node.name, "kernel": entry.kernel,
+            "inputs": list(node.input), "outputs": list(node.output), "attributes": attrs}
+
+
+def _plan_steps(model: Any, steps: list[dict[str, Any]], entries: dict[str, catalog.PluginEntry],
+                constants: dict[str, Any], folder: Path, progress: Any) -> list[dict[str, Any]]:
+    """The run plan's steps: ONNX Runtime segments (written to `folder`), NumPy steps and kernels.
+
+    Plugin and NumPy steps list the constants they read among their inputs: the runner holds those
+    as arrays. A segment whose outputs nothing uses is dropped.
+    """
+    import onnx
+
     infos = _value_infos(model)
-    folder = out / "segments"
-    folder.mkdir(parents=True, exist_ok=True)
     plan_steps = []
     for index, step in enumerate(steps):
-        if step["type"] == "onnx" and (ops := _array_ops(step, infos)) is not None:
-            plan_steps.append({"type": "arrays", "ops": ops, "inputs": step["inputs"], "outputs": step["outputs"],
-                               "nodes": len(step["nodes"])})
-        elif step["type"] == "onnx":
-            progress(f"segment {index}")
-            segment = _segment_model(model, step, infos)
-            file = folder / f"segment_{index:02d}.onnx"
-            onnx.save(segment, str(file))
-            plan_steps.append({"type": "onnx", "file": f"segments/{file.name}", "inputs": step["inputs"],
+        if step["type"] == "plugin":
+            node = step["nodes"][0]
+            plan_steps.append(_plugin_step(node, entries.get(node.op_type) or catalog.lookup(node.op_type)))
+        elif not step["outputs"]:
+            continue
+        elif (ops := _array_ops(step, infos)) is not None:
+            data = [op["input"] for op in ops if op["input"] in step["constants"]]
+            plan_steps.append({"type": "arrays", "ops": ops, "inputs": [*step["inputs"], *dict.fromkeys(data)],
                                "outputs": step["outputs"], "nodes": len(step["nodes"])})
         else:
-            node = step["nodes"][0]
-            entry = entries.get(node.op_type) or catalog.lookup(node.op_type)
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
-            plan_steps.append({"type": "plugin", "op": node.op_type, "name": node.name, "kernel": entry.kernel,
-                               "inputs": list(node.input), "outputs": list(node.output), "attributes": attrs})
+            progress(f"segment {index}")
+            file = folder / f"segment_{index:02d}.onnx"
+            onnx.save(_segment_model(model, step, infos, constants), str(file))
+            plan_steps.append({"type": "onnx", "file": f"segments/{file.name}", "inputs": step["inputs"],
+                               "outputs": step["outputs"], "nodes": len(step["nodes"])})
+    return plan_steps
+
+
+def _write_constants(out: Path, names: list[str], constants: dict[str, Any]) -> list[dict[str, Any]]:
+    """The constants the runner must hold, as constants/NNN.npy (names may hold any character)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    written = []
+    if names:
+        (out / "constants").mkdir(exist_ok=True)
+    for index, name in enumerate(names):
+        array = np.asarray(numpy_helper.to_array(constants[name]))
+        file = f"constants/{index:03d}.npy"
+        np.save(out / file, array, allow_pickle=False)
+        written.append({"name": name, "file": file, "dtype": array.dtype.name, "shape": list(array.shape)})
+    return written
+
+
+def _mark_frees(plan_steps: list[dict[str, Any]], keep: set[str]) -> None:
+    """Each step's `free`: the tensors no later step reads, dropped once it ran (not those in `keep`)."""
     needed_until: dict[str, int] = {}
     for index, step in enumerate(plan_steps):
         for name in step["inputs"]:
             needed_until[name] = index
-    graph_outputs = [o.name for o in model.graph.output]
     for index, step in enumerate(plan_steps):
-        step["free"] = sorted(n for n, last in needed_until.items() if last == index and n not in graph_outputs)
-    initializers = {i.name for i in model.graph.initializer}
+        step["free"] = sorted(n for n, last in needed_until.items() if last == index and n not in keep)
+
+
+def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]], progress: Any) -> dict[str, Any]:
+    """Write the segments and run plan for `model` (already shape-inferred and preflighted)."""
+    entries = {p["op"]: catalog.lookup(p["op"], p.get("catalog")) for p in declared}
+    constants = constant_tensors(model)
+    steps = partition(model, set(entries), constants)
+    folder = out / "segments"
+    folder.mkdir(parents=True, exist_ok=True)
+    plan_steps = _plan_steps(model, steps, entries, constants, folder, progress)
+    graph_outputs = [o.name for o in model.graph.output]
+    held = [n for s in plan_steps if s["type"] != "onnx" for n in s["inputs"] if n in constants]
+    held = list(dict.fromkeys([*held, *(n for n in graph_outputs if n in constants)]))
+    _mark_frees(plan_steps, set(graph_outputs))
     runplan = {
         "precision": precision,
-        "inputs": [_tensor_meta(i) for i in model.graph.input if i.name not in initializers],
+        "inputs": [_tensor_meta(i) for i in model.graph.input if i.name not in constants],
         "outputs": [_tensor_meta(o) for o in model.graph.output],
+        "constants": _write_constants(out, held, constants),
         "steps": plan_steps,
     }
     (out / "runplan.json").write_text(json.dumps(runplan, indent=1))
     runner = Runner(out)  # load every segment once: a graph ONNX Runtime cannot run fails the build
     runner.close()
+    return _summary(plan_steps)
+
+
+def _summary(plan_steps: list[dict[str, Any]]) -> dict[str, Any]:
     segments = sum(s["type"] == "onnx" for s in plan_steps)
     array_steps = sum(s["type"] == "arrays" for s in plan_steps)
     kernels = sorted({s["kernel"].rsplit(":", 1)[-1] for s in plan_steps if s["type"] == "plugin"})
@@ -221,6 +299,7 @@ class Runner:
     """Executes a run plan: ONNX Runtime sessions and reference kernels, in order."""
 
     def __init__(self, artifact: Path, threads: int = 0):
+        import numpy as np
         import onnxruntime as ort
 
         self.plan = json.loads((artifact / "runplan.json").read_text())
@@ -245,6 +324,8 @@ class Runner:
                 entry_kernel = _load_kernel(step["kernel"])
                 self.steps.append((step, entry_kernel))
         self.half = self.plan.get("precision") == "fp16"
+        self.constants = {c["name"]: _read_only(np.load(artifact / c["file"], allow_pickle=False))
+                          for c in self.plan.get("constants", [])}
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -258,7 +339,7 @@ class Runner:
         """The graph outputs, plus the intermediate tensors named in `keep` (e.g. plugin node outputs)."""
         import numpy as np
 
-        env = dict(feeds)
+        env = {**feeds, **self.constants}
         kept: dict[str, Any] = {}
         for step, target in self.steps:
             if step["type"] == "onnx":
@@ -326,6 +407,12 @@ def _array_function(ops: list[dict[str, Any]], outputs: list[str]) -> Any:
         return [values[name] for name in outputs]
 
     return run
+
+
+def _read_only(array: Any) -> Any:
+    """A constant is shared by every run: no kernel may change it in place."""
+    array.flags.writeable = False
+    return array
 
 
 def _load_kernel(path: str) -> Any:

@@ -292,6 +292,16 @@ def test_the_contract_compares_what_is_known(shapes: list[Any], problem: str | N
         assert any(problem in p for p in problems), problems
 
 
+def test_value_rules_see_values_whose_shape_inference_left_unknown() -> None:
+    """A fixed spatial_shapes that shape inference could not shape is checked by its values alone."""
+    entry = catalog.lookup(OP)
+    dtypes = ["float32", "int32", "int32", "float32", "float32"]
+    shapes: list[Any] = [(1, 8, 2, 4), None, None, None, None]
+    assert entry.contract_problems(shapes, dtypes, values=[None, LEVELS, STARTS, None, None]) == []
+    problems = entry.contract_problems(shapes, dtypes, values=[None, np.array([2, 3, 1], np.int32), None, None, None])
+    assert problems == ["spatial_shapes must be [L, 2], holds [3] values"]
+
+
 # ---------------------------------------------------------------------- preflight: static values
 
 

@@ -83,7 +83,9 @@ def _check_values(shapes: Sequence[Dims | None], values: Sequence[Any]) -> list[
     spatial, starts = values[1], values[2]
     if spatial is None:
         return []
-    sizes = np.asarray(spatial, dtype=np.int64).reshape(-1, 2)
+    sizes = np.asarray(spatial, dtype=np.int64)
+    if sizes.ndim != 2 or sizes.shape[1] != 2:
+        return [f"spatial_shapes must be [L, 2], holds {list(sizes.shape)} values"]
     if (sizes <= 0).any():
         return [f"spatial_shapes holds a level of size <= 0: {sizes.tolist()}"]
     areas = sizes[:, 0] * sizes[:, 1]

@@ -5,6 +5,10 @@ and dtypes from ONNX shape inference) against its catalog entry and the pipeline
 and refuses a precision the backend or the plugin cannot run, before any backend work starts. A
 hand-made ONNX that feeds int64 index tensors to the plugin is caught here.
 
+Only what is known is compared: whole-model exports leave dims (even ranks) unknown, and such a
+graph may run fine. Where the graph fixes an input's values (a constant spatial_shapes), the
+entry's value rules see them, so a layout the plugin would read out of bounds is refused too.
+
 Every build also writes trtexec.txt: the equivalent trtexec command line, to reproduce by hand.
 """
 

@@ -24,6 +24,7 @@ from typing import Any
 from orchestrator import environment, imports
 from orchestrator.digest import DigestCache, digest_json, vouching_signature
 from orchestrator.errors import UserError
+from orchestrator.signatures import Accepts
 from orchestrator.spec import Spec, Variant
 
 # Bump a stage's number when its code changes what it writes for the same inputs.
@@ -106,6 +107,23 @@ class Planner:
         if attrs and _defines(Path(self.origins[label]), attrs[0]) is False:
             raise self.spec.error(f"module '{module}' ({self.origins[label]}) defines no '{attrs[0]}'", field)
         return label, digest
+
+    def model_sources(self, model: dict[str, Any]) -> dict[str, str]:
+        """The source digests of the factory and the inputs callable, once their kwargs fit their signatures.
+
+        Checked here, from the source, so that a misspelt keyword is a located error before any stage
+        runs (and in `validate`), not a TypeError from inside the capture.
+        """
+        files = {}
+        for callable_field, kwargs_field in (("factory", "kwargs"), ("inputs", "inputs_kwargs")):
+            path = model[callable_field]
+            label, digest = self.source_digest(path, f"model.{callable_field}")
+            files[label] = digest
+            accepts = _accepts(Path(self.origins[label]), imports.split(path)[1])
+            problem = accepts.problem(model.get(kwargs_field) or {}, path, f"model.{kwargs_field}") if accepts else None
+            if problem is not None:
+                raise self.spec.error(problem.message, problem.field or f"model.{kwargs_field}", problem.hint)
+        return files
 
     def module_digest(self, module: str, field: str) -> tuple[str, str]:
         try:
@@ -245,9 +263,7 @@ class Planner:
                     if plugin.get("replace"):
                         label, digest = self.source_digest(plugin["replace"], f"export.plugins[{index}].replace")
                         files[label] = digest
-            for field_name in ("factory", "inputs"):
-                label, digest = self.source_digest(model[field_name], f"model.{field_name}")
-                files[label] = digest
+            files.update(self.model_sources(model))
             if capture.get("call"):
                 label, digest = self.source_digest(capture["call"], "capture.call")
                 files[label] = digest
@@ -286,9 +302,7 @@ class Planner:
         if data["export"]["scope"] == "model":
             model = data["model"]
             config["model"] = {k: v for k, v in model.items() if k != "sources"}
-            for field_name in ("factory", "inputs"):
-                label, digest = self.source_digest(model[field_name], f"model.{field_name}")
-                files[label] = digest
+            files.update(self.model_sources(model))
             files.update(self.paths_digests(model.get("sources", []), "model.sources"))
         tools = environment.tools("onnx") if data["export"].get("onnx") else environment.tools("torch", "onnx")
         if data["export"]["exporter"] == "dynamo":
@@ -393,8 +407,8 @@ class Planner:
         return nodes, reason
 
 
-def _parameters(source: Path, attrs: list[str]) -> list[str] | None:
-    """The parameter names of a plain top-level function, read from its source; None when not that simple."""
+def _definition(source: Path, attrs: list[str]) -> ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | None:
+    """The one top-level `def` or `class` an import path names, read from its source; None when not that simple."""
     if len(attrs) != 1 or source.suffix != ".py":
         return None
     try:
@@ -402,22 +416,57 @@ def _parameters(source: Path, attrs: list[str]) -> list[str] | None:
     except (OSError, SyntaxError, ValueError):
         return None
     name = attrs[0]
-    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name]
-    if len(functions) != 1:
+    found = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+             and n.name == name]
+    if len(found) != 1 or found[0].decorator_list or _rebinds(tree.body, name, found[0]):
         return None
-    function = functions[0]
-    for statement in tree.body:  # bound a second way (assigned, imported, redefined in a branch): do not guess
-        if statement is function:
+    return found[0]
+
+
+def _rebinds(statements: list[ast.stmt], name: str, definition: ast.stmt | None) -> bool:
+    """Whether `name` is bound a second way (assigned, imported, redefined in a branch): then do not guess."""
+    for statement in statements:
+        if statement is definition:
             continue
         for node in ast.walk(statement):
             if (isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store)) \
                     or (isinstance(node, ast.alias) and (node.asname or node.name) == name) \
                     or (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name):
-                return None
+                return True
+    return False
+
+
+def _parameters(source: Path, attrs: list[str]) -> list[str] | None:
+    """The parameter names of a plain top-level function, read from its source; None when not that simple."""
+    function = _definition(source, attrs)
+    if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+        return None
     arguments = function.args
-    if function.decorator_list or arguments.vararg or arguments.kwarg:
+    if arguments.vararg or arguments.kwarg:
         return None
     return [a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]]
+
+
+def _accepts(source: Path, attrs: list[str]) -> Accepts | None:
+    """What keyword arguments a top-level function, or a class (its own `__init__`), takes; None when unsure.
+
+    A class is read only when calling it plainly runs an `__init__` written in its body (or, without
+    bases, object's): no decorator, metaclass, `__new__`, or `__init__` bound another way.
+    """
+    definition = _definition(source, attrs)
+    if isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef):
+        return Accepts.from_arguments(definition.args)
+    if definition is None or definition.keywords:
+        return None
+    body = definition.body
+    if any(_rebinds(body, special, None) for special in ("__new__", "__signature__")):
+        return None
+    inits = [n for n in body if isinstance(n, ast.FunctionDef) and n.name == "__init__"]
+    if not inits:
+        return None if definition.bases or _rebinds(body, "__init__", None) else Accepts([], [], [], False)
+    if len(inits) > 1 or inits[0].decorator_list or _rebinds(body, "__init__", inits[0]):
+        return None
+    return Accepts.from_arguments(inits[0].args, skip_first=True)
 
 
 _BINDS_NOTHING = (ast.Expr, ast.Pass, ast.Delete, ast.Raise, ast.Assert, ast.Global, ast.Nonlocal, ast.Return,

@@ -28,6 +28,7 @@ from typing import Any
 
 from orchestrator import imports
 from orchestrator.errors import UserError
+from orchestrator.signatures import check_call
 from orchestrator.stages import StageCall, StageResult
 from orchestrator.tensors import describe, save_named, to_numpy, torch_dtype_name
 
@@ -163,10 +164,14 @@ def build_model(model_cfg: dict[str, Any], python_path: list[str]) -> tuple[Any,
     with imports.search_path(python_path):
         factory = imports.resolve(model_cfg["factory"], "model.factory")
         make_inputs = imports.resolve(model_cfg["inputs"], "model.inputs")
+    # The planner checked the kwargs where the source shows the signature simply; the live signature
+    # covers the rest (classes with an inherited __init__, decorated or library callables).
+    check_call(factory, model_cfg["kwargs"], model_cfg["factory"], "model.kwargs")
     model = factory(**model_cfg["kwargs"])
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"the factory returned a {type(model).__name__}, expected a torch.nn.Module",
                         field="model.factory")
+    check_call(make_inputs, model_cfg["inputs_kwargs"], model_cfg["inputs"], "model.inputs_kwargs")
     inputs = make_inputs(**model_cfg["inputs_kwargs"])
     device = model_cfg["device"]
     if device == "cuda" and not torch.cuda.is_available():

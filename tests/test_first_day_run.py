@@ -1,0 +1,150 @@
+"""What a user meets in a first run: misspelt model kwargs.
+
+* `model.kwargs` / `model.inputs_kwargs` that do not fit the factory's or the inputs callable's
+  signature are a located user error (exit 2, nothing in the store): found by `validate` and
+  before any stage where the source shows the signature, else by the capture stage before it
+  calls the factory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import Project, Result
+
+MODELS = '''\
+"""Model factories as users write them, for the pipelines of test_first_day_run."""
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+from examples.maskdino_encoder import MaskDINOEncoder, build_encoder
+
+
+def announced(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        Path(os.environ["FIRST_DAY_MARKER"]).write_text("called")
+        return function(*args, **kwargs)
+    return wrapper
+
+
+@announced
+def decorated(num_layers=2, d_model=32, levels=3, heads=2, points=2, ffn_dim=64, seed=0):
+    return build_encoder(num_layers, d_model, levels, heads, points, ffn_dim, seed)
+
+
+class Encoder(MaskDINOEncoder):
+    def __init__(self, num_layers, d_model=32, levels=3, heads=2, points=2, ffn_dim=64, seed=0):
+        super().__init__(num_layers, d_model, levels, heads, points, ffn_dim)
+
+
+class Inherited(Encoder):
+    """No __init__ of its own: its parameters are Encoder's."""
+
+
+def exits(**kwargs):
+    sys.exit(0)
+
+
+def parses_arguments(**kwargs):
+    argparse.ArgumentParser().parse_args()  # sees orchestrate's command line and exits 2
+
+
+def interrupts(**kwargs):
+    raise KeyboardInterrupt
+
+
+def sleeps(**kwargs):
+    Path(os.environ["FIRST_DAY_MARKER"]).write_text("sleeping")
+    time.sleep(120)
+'''
+
+FACTORY = "factory: examples.maskdino_encoder:build_encoder"
+KWARGS = "kwargs: {num_layers: 2, d_model: 32, heads: 2, levels: 3, points: 2, ffn_dim: 64, seed: 0}"
+STAGES = ("capture", "export", "surgery", "build", "verify", "bench")
+
+
+def pipeline(project: Project, factory: str | None = None, **replace: str) -> Path:
+    """The small pipeline, its factory taken from the test's model module when `factory` is given."""
+    project.write("first_day_models.py", MODELS)
+    if factory:
+        replace[FACTORY] = f"factory: first_day_models:{factory}"
+    replace["name: small\n"] = "name: small\npython_path: [.]\n"
+    return project.small(**replace)
+
+
+def line_of(path: Path, start: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(start))
+
+
+def run(project: Project, *args: str) -> Result:
+    return project.run(*args, env={"FIRST_DAY_MARKER": str(project.root / "marker")})
+
+
+def assert_user_error(result: Result, path: Path, line: int, field: str) -> str:
+    """Exit 2, no traceback, one `file:line: field: ...` message; returns that message."""
+    assert result.code == 2, result.text
+    assert "Traceback" not in result.text, result.text
+    errors = [row for row in result.err.splitlines() if row.startswith("error:")]
+    assert len(errors) == 1, result.err
+    assert errors[0].startswith(f"error: {path}:{line}: {field}: "), errors[0]
+    return result.err
+
+
+def published(store: Path) -> list[str]:
+    """Artifacts and staging directories in a store (its bookkeeping and error logs aside)."""
+    found = [p for kind in STAGES if (store / kind).is_dir() for p in (store / kind).iterdir()]
+    found += list((store / ".tmp").iterdir()) if (store / ".tmp").is_dir() else []
+    return sorted(str(p.relative_to(store)) for p in found)
+
+
+# ---------------------------------------------------------------------- kwargs against signatures
+
+def test_a_misspelt_factory_keyword_is_located_before_any_stage(project: Project) -> None:
+    path = pipeline(project, **{KWARGS: KWARGS.replace("num_layers", "num_layer")})
+    line = line_of(path, "kwargs:")
+    for command in ("validate", "run"):
+        message = assert_user_error(run(project, command, str(path)), path, line, "model.kwargs.num_layer")
+        assert "'examples.maskdino_encoder:build_encoder' has no parameter 'num_layer'" in message, message
+        assert "it takes (num_layers=…, d_model=…" in message and "hint: did you mean 'num_layers'?" in message
+    assert not project.store.exists()
+
+
+def test_a_misspelt_inputs_keyword_is_located_before_any_stage(project: Project) -> None:
+    path = pipeline(project, **{"d_model: 32}\n": "d_modle: 32}\n"})
+    message = assert_user_error(run(project, "run", str(path)), path, line_of(path, "inputs_kwargs:"),
+                                "model.inputs_kwargs.d_modle")
+    assert "'examples.maskdino_encoder:example_inputs' has no parameter 'd_modle'" in message
+    assert "hint: did you mean 'd_model'?" in message
+    assert not project.store.exists()
+
+
+def test_a_class_factory_is_checked_against_its_init(project: Project) -> None:
+    """`self` is not a parameter the kwargs can give; a required one they lack is named."""
+    path = pipeline(project, "Encoder", **{KWARGS: "kwargs: {d_model: 32, seed: 0}"})
+    for command in ("validate", "run"):
+        message = assert_user_error(run(project, command, str(path)), path, line_of(path, "kwargs:"), "model.kwargs")
+        assert "'first_day_models:Encoder' needs 'num_layers', which model.kwargs does not give; it takes " \
+               "(num_layers, d_model=…, levels=…" in message, message
+        assert "self" not in message
+    assert not project.store.exists()
+
+
+@pytest.mark.parametrize(("factory", "takes"), [("decorated", "(num_layers=…, d_model=…"),
+                                                ("Inherited", "(num_layers, d_model=…")], ids=["decorated", "class"])
+def test_what_the_source_does_not_show_is_checked_before_the_factory_is_called(
+        project: Project, factory: str, takes: str) -> None:
+    """A decorated function or an inherited __init__: the capture stage binds the kwargs first."""
+    path = pipeline(project, factory, **{"seed: 0}": "seed: 0, bogus: 1}"})
+    assert run(project, "validate", str(path)).code == 0  # the planner does not guess
+    result = run(project, "run", str(path))
+    message = assert_user_error(result, path, line_of(path, "kwargs:"), "model.kwargs.bogus")
+    assert f"'first_day_models:{factory}' has no parameter 'bogus'; it takes {takes}" in message, message
+    assert not (project.root / "marker").exists(), "the factory was called"
+    assert published(project.store) == [], result.text

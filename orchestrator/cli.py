@@ -41,7 +41,8 @@ def _click_main(arguments: list[str]) -> int:
     except click.ClickException as exc:
         exc.show()
         return EXIT_USER_ERROR
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # click's form of a KeyboardInterrupt (Ctrl-C)
+        _error("interrupted; nothing half-written was kept")
         return 130
     except UserError as exc:
         _error(str(exc))

@@ -8,11 +8,14 @@ failed check (verify) is published and makes the exit code 1.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from orchestrator import plan as planning
@@ -260,16 +263,16 @@ def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str,
     with store.writer(node.kind, node.key) as staging:
         call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update,
                                 shared_dir=store.root / "shared")
+        watch = _InterruptWatch()
         try:
-            with spinner:
+            with spinner, watch:
                 result = runner(call)
         except UserError:
             raise
-        except Exception as exc:  # a bug or a tool failure: keep the traceback in a log, say where
-            log = store.root / ".state" / "errors" / f"{node.kind}-{node.short}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
-            raise StageCrashed(node.kind, node.short, exc, log) from exc
+        except BaseException as exc:  # a bug, a tool failure, user code exiting: keep the traceback, say where
+            if watch.arrived:
+                raise KeyboardInterrupt from None  # the user pressed Ctrl-C: the run ends as interrupted
+            raise _crashed(store, node, exc) from exc
         elapsed = time.perf_counter() - clock
         if forced and store.get(node.kind, node.key) is not None:
             store.discard(node.kind, node.key)
@@ -282,6 +285,50 @@ def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str,
     if node.kind == "verify" and result.passed:
         status = "passed"
     return Outcome(node, status, elapsed, result.summary, artifact, reason)
+
+
+def _crashed(store: Store, node: Node, error: BaseException) -> StageCrashed:
+    """The crash of `node`, its traceback saved in the store's error log (called while handling `error`)."""
+    log = store.root / ".state" / "errors" / f"{node.kind}-{node.short}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(traceback.format_exc())
+    text = None
+    if isinstance(error, SystemExit):
+        text = (f"SystemExit({error.code!r}) raised by the code it runs (sys.exit, or argparse reading "
+                "orchestrate's command line); a stage cannot end the run")
+    elif isinstance(error, KeyboardInterrupt):
+        text = "KeyboardInterrupt raised by the code it runs (no Ctrl-C arrived)"
+    return StageCrashed(node.kind, node.short, text or error, log)
+
+
+class _InterruptWatch:
+    """Tells a Ctrl-C of the user from a KeyboardInterrupt (or SystemExit) that a stage's own code raises.
+
+    Around a stage, SIGINT's handler first notes that the signal arrived, then does what the handler
+    before it did (Python's raises KeyboardInterrupt). Only the main thread receives signals, so
+    elsewhere nothing is installed and nothing can arrive; a SIGINT that is ignored stays ignored.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = False
+        self.previous: Callable[[int, FrameType | None], Any] | None = None
+
+    def __enter__(self) -> _InterruptWatch:
+        previous = signal.getsignal(signal.SIGINT)
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            self.previous = previous
+            signal.signal(signal.SIGINT, self._arrived)
+        return self
+
+    def _arrived(self, signum: int, frame: FrameType | None) -> None:
+        self.arrived = True
+        if self.previous is not None:
+            self.previous(signum, frame)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 class StageCrashed(Exception):

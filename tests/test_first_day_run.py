@@ -1,17 +1,25 @@
-"""What a user meets in a first run: misspelt model kwargs.
+"""What a user meets in a first run: misspelt model kwargs, model code that exits, Ctrl-C.
 
 * `model.kwargs` / `model.inputs_kwargs` that do not fit the factory's or the inputs callable's
   signature are a located user error (exit 2, nothing in the store): found by `validate` and
   before any stage where the source shows the signature, else by the capture stage before it
   calls the factory.
+* SystemExit or KeyboardInterrupt raised by model code is a crash of that stage (exit 3, the log
+  with the traceback); a real SIGINT still ends the run as interrupted (exit 130), also with -j 2.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, Result
+from conftest import ROOT, Project, Result
 
 MODELS = '''\
 """Model factories as users write them, for the pipelines of test_first_day_run."""
@@ -148,3 +156,51 @@ def test_what_the_source_does_not_show_is_checked_before_the_factory_is_called(
     assert f"'first_day_models:{factory}' has no parameter 'bogus'; it takes {takes}" in message, message
     assert not (project.root / "marker").exists(), "the factory was called"
     assert published(project.store) == [], result.text
+
+
+# ---------------------------------------------------------------------- model code that exits
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize(("factory", "says"), [
+    ("exits", "SystemExit(0) raised by the code it runs"),
+    ("parses_arguments", "SystemExit(2) raised by the code it runs"),
+    ("interrupts", "KeyboardInterrupt raised by the code it runs (no Ctrl-C arrived)"),
+], ids=["sys.exit", "argparse", "KeyboardInterrupt"])
+def test_model_code_that_exits_is_a_crash_of_its_stage(project: Project, factory: str, says: str, jobs: str) -> None:
+    path = pipeline(project, factory)
+    result = run(project, "run", str(path), "-j", jobs)
+    assert result.code == 3, result.text
+    found = re.search(r"^error: capture ([0-9a-f]{8}) crashed: (.*)\n  full traceback: (\S+)$", result.err,
+                      flags=re.MULTILINE)
+    assert found, result.err
+    assert says in found.group(2), result.err
+    log = Path(found.group(3))
+    assert log == project.store / ".state" / "errors" / f"capture-{found.group(1)}.log"
+    assert "Traceback" in log.read_text() and f"in {factory}" in log.read_text()
+    assert "stages ran" not in result.out and published(project.store) == []
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_during_a_stage_ends_the_run_as_interrupted(project: Project, jobs: str) -> None:
+    """SIGINT to the process group, as a terminal sends it: exit 130, no crash, nothing half-written."""
+    path = pipeline(project, "sleeps")
+    marker = project.root / "marker"
+    environment = {**os.environ, "ORCHESTRATE_STORE": str(project.store), "NO_COLOR": "1",
+                   "FIRST_DAY_MARKER": str(marker)}
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(path), "-j", jobs], cwd=ROOT,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), process.communicate()
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, out + err
+    assert "error: interrupted" in err and "crashed" not in err and "Traceback" not in err, err
+    assert published(project.store) == []

@@ -81,9 +81,19 @@ class Executor:
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         self.record = store.run_record(plan.spec.name)
         self.explainer = planning.Explainer(self.record)
+        self.forced_by = forced_stages(plan, self.force)
 
     def why(self, node: Node) -> str:
-        return self.explainer.why(node)
+        return self.explainer.why(node, self._forced_reason(node))
+
+    def _forced_reason(self, node: Node) -> str | None:
+        """Why a forced node runs: named itself by --force, or made from the output of a stage that was."""
+        origin = self.forced_by.get(node.key)
+        if origin is None:
+            return None
+        if origin == node.kind or "all" in self.force:
+            return f"forced (--force {'all' if 'all' in self.force else origin})"
+        return f"forced: upstream {origin} re-ran (--force {origin})"
 
     def run(self) -> RunReport:
         report = RunReport()
@@ -176,7 +186,7 @@ class Executor:
         return f" [{label}]" if label else ""
 
     def _forced(self, node: Node) -> bool:
-        return node.kind in self.force or "all" in self.force
+        return node.key in self.forced_by
 
     def run_node(self, node: Node, artifacts: dict[str, Artifact]) -> Outcome:
         inputs = {role: artifacts[key] for role, key in node.inputs.items()}
@@ -191,6 +201,23 @@ class Executor:
                 if key in artifacts:
                     stages_record[f"{variant}/{node.kind}"] = {"key": key, "parts": node.parts}
         self.store.write_run_record(self.plan.spec.name, {"stages": stages_record, "updated": time.time()})
+
+
+def forced_stages(plan: Plan, force: set[str]) -> dict[str, str]:
+    """Every node that must re-run for `--force`, by key, with the forced stage it re-runs for.
+
+    A forced stage's output may differ from the cached one (a TensorRT engine is not built
+    byte-for-byte the same twice), so whatever was made from it is made again too.
+    """
+    origins: dict[str, str] = {}
+    for node in plan.order():  # upstream nodes come first
+        if node.kind in force or "all" in force:
+            origins[node.key] = node.kind
+            continue
+        upstream = [origins[key] for key in node.inputs.values() if key in origins]
+        if upstream:
+            origins[node.key] = upstream[0]
+    return origins
 
 
 def _quiet_worker() -> None:
@@ -234,9 +261,7 @@ def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason:
                 if problem != "missing":
                     notes.append(f"remote copy in {remote.url} ignored, running here: {problem}")
                     remote_damaged = not problem.startswith("cannot read")
-        if forced:
-            why = "forced (--force)"
-        elif damage and damage != "missing":
+        if damage and damage not in ("missing", "forced"):
             why = f"rebuilt: artifact {damage}"
         else:
             why = reason() if callable(reason) else reason

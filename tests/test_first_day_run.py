@@ -1,4 +1,4 @@
-"""What a user meets in a first run: misspelt model kwargs, model code that exits, Ctrl-C.
+"""What a user meets in a first run: misspelt model kwargs, model code that exits, Ctrl-C, --force.
 
 * `model.kwargs` / `model.inputs_kwargs` that do not fit the factory's or the inputs callable's
   signature are a located user error (exit 2, nothing in the store): found by `validate` and
@@ -6,6 +6,7 @@
   calls the factory.
 * SystemExit or KeyboardInterrupt raised by model code is a crash of that stage (exit 3, the log
   with the traceback); a real SIGINT still ends the run as interrupted (exit 130), also with -j 2.
+* `--force STAGE` re-runs every stage made from the forced one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Project, Result
+from conftest import ROOT, Project, Result, stage_status
 
 MODELS = '''\
 """Model factories as users write them, for the pipelines of test_first_day_run."""
@@ -204,3 +205,34 @@ def test_ctrl_c_during_a_stage_ends_the_run_as_interrupted(project: Project, job
     assert process.returncode == 130, out + err
     assert "error: interrupted" in err and "crashed" not in err and "Traceback" not in err, err
     assert published(project.store) == []
+
+
+# ---------------------------------------------------------------------- --force
+
+def why_lines(output: str) -> dict[str, str]:
+    """{stage: its why line} from a run's output."""
+    found, stage = {}, None
+    for line in output.splitlines():
+        if line.split() and line.split()[0] in STAGES:
+            stage = line.split()[0]
+        elif line.strip().startswith("why: ") and stage:
+            found[stage] = line.strip()[len("why: "):]
+    return found
+
+
+@pytest.mark.parametrize("how", [["-j", "1"], ["-j", "2"], ["--executor", "ray", "-j", "2"]],
+                         ids=["serial", "parallel", "ray"])
+def test_force_reruns_every_stage_made_from_the_forced_one(project: Project, how: list[str]) -> None:
+    if "ray" in how:
+        pytest.importorskip("ray")
+    path = project.small()
+    first = project.run("run", str(path))
+    assert first.code == 0, first.text
+    forced = project.run("run", str(path), "--force", "build", *how)
+    assert forced.code == 0, forced.text
+    assert stage_status(forced.out) == {"capture": "cached", "export": "cached", "build": "ran", "verify": "passed",
+                                        "bench": "ran"}, forced.out
+    assert why_lines(forced.out) == {"build": "forced (--force build)",
+                                     "verify": "forced: upstream build re-ran (--force build)",
+                                     "bench": "forced: upstream build re-ran (--force build)"}, forced.out
+    assert "3 of 5 stages ran" in forced.out

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ GPU_TOOLS = ("gpu", "tensorrt", "trtexec")  # a key with one of these depends on
 GPU_ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PATH", "LD_LIBRARY_PATH")
 NVIDIA_PROC = "/proc/driver/nvidia/gpus"
 PACKAGE = Path(__file__).resolve().parent
+MAX_PIPELINE_BYTES = 1 << 20  # spec.MAX_FILE_BYTES, not imported: spec is not read on this path
 
 
 def _signature(path: str) -> list[int] | None:
@@ -179,6 +181,18 @@ def _still_valid(record: dict[str, Any]) -> bool:
     return record["machine"] is None or record["machine"] == _gpu_fingerprint()
 
 
+def _pipeline_bytes(pipeline: Path) -> bytes | None:
+    """The pipeline file's bytes, or None where the full path must answer: not a regular file (a device
+    never ends, a FIFO blocks), or larger than a pipeline file may be. Never reads more than that limit."""
+    if not stat.S_ISREG(os.stat(pipeline).st_mode):
+        return None
+    with os.fdopen(os.open(pipeline, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # replaced since the stat
+            return None
+        data = handle.read(MAX_PIPELINE_BYTES + 1)
+    return data if len(data) <= MAX_PIPELINE_BYTES else None
+
+
 def replay(argv: list[str]) -> int | None:
     """Answer `run FILE [--store DIR]` from the record, or None to take the full path."""
     if len(argv) < 2 or argv[0] != "run":
@@ -204,9 +218,9 @@ def replay(argv: list[str]) -> int | None:
         return None
     try:
         pipeline = Path(file)
-        if os.stat(pipeline).st_size > 1 << 20:  # larger than a pipeline file may be: let the full path say so
+        data = _pipeline_bytes(pipeline)
+        if data is None:
             return None
-        data = pipeline.read_bytes()
         record = json.loads(record_path(Path(store).absolute(), pipeline, data).read_text())
         if record.get("format") != FORMAT or not _still_valid(record):
             return None

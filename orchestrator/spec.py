@@ -13,6 +13,8 @@ import difflib
 import itertools
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,21 +106,40 @@ def parse_field(text: str) -> FieldPath:
 
 # ----------------------------------------------------------------------------- reading YAML
 
+def _file_kind(mode: int) -> str:
+    for test, words in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def _not_regular(path: Path, mode: int) -> UserError:
+    return UserError(f"is {_file_kind(mode)}, not a regular file; expected a pipeline YAML file", file=str(path),
+                     hint="a pipeline is read from a file on disk; write generated text to a file first")
+
+
 def _read(path: Path) -> tuple[bytes, str]:
+    """The file's bytes, refusing before any open what is not a regular file (a device never ends, a FIFO blocks)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         raise UserError("no such pipeline file", file=str(path)) from None
     except OSError as exc:
         raise UserError(f"cannot read pipeline file: {exc.strerror}", file=str(path)) from None
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise UserError("is a directory, expected a pipeline YAML file", file=str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
     if st.st_size > MAX_FILE_BYTES:
         raise UserError(f"file is {st.st_size / 1e6:.1f} MB; a pipeline file may be at most {MAX_FILE_BYTES >> 10} KiB",
                         file=str(path), hint="is this the right file? tensors belong in capture.from_dir")
-    try:
-        with open(path, "rb") as handle:  # bounded: a device or a growing file cannot make us read forever
-            raw = handle.read(MAX_FILE_BYTES + 1)
+    try:  # non-blocking and re-checked: the path may have been replaced by a FIFO since the stat
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_regular(path, mode)
+            raw = handle.read(MAX_FILE_BYTES + 1)  # bounded: a growing file cannot make us read forever
     except OSError as exc:
         raise UserError(f"cannot read pipeline file: {exc.strerror}", file=str(path)) from None
     if len(raw) > MAX_FILE_BYTES:

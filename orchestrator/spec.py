@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import itertools
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -153,16 +156,134 @@ def _read(path: Path) -> tuple[bytes, str]:
                         file=str(path), line=line) from None
 
 
-_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+_YAML_TAG = "tag:yaml.org,2002:"
+_PLAIN_TAGS = (_YAML_TAG + "map", _YAML_TAG + "seq")
+_SCALAR_TAGS = tuple(_YAML_TAG + kind for kind in ("str", "int", "float", "bool", "null"))
+PLAIN_VALUES = "a pipeline holds plain JSON-like values: strings, numbers, booleans, null, lists and mappings"
+# A plain scalar that YAML 1.2's core schema reads as a number; YAML 1.1 (PyYAML) reads 1e-4, 1E5, -.5 as text.
+NUMBER_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+NUMBER_TEXT_TAG = "tag:orchestrate.dev,2024:number-text"
+FINITE = "keys and results are plain JSON numbers"
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # integers are 64-bit, as ONNX and NumPy hold them
 
 
-def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int]]:
-    """Parse YAML into plain data plus the line of every mapping key and list item."""
+@functools.cache
+def _loader_class() -> Any:
+    """The safe loader, marking plain scalars that YAML 1.2 reads as numbers and YAML 1.1 as text.
+
+    The mark lets the schema decide afterwards: a number where the schema wants one, text elsewhere.
+    """
     import yaml
 
-    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[misc]
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+            tag: str = super().resolve(kind, value, implicit)
+            plain = kind is yaml.ScalarNode and implicit[0]
+            if plain and tag == _YAML_TAG + "str" and NUMBER_TEXT.fullmatch(value):
+                return NUMBER_TEXT_TAG
+            return tag
+
+    return Loader
+
+
+def _out_of_range(text: str) -> str:
+    shown = text if len(text) <= 24 else f"{text[:12]}… ({len(text)} characters)"
+    return f"integer {shown} is out of range; integers must lie between -2**63 and 2**63-1 (64-bit)"
+
+
+class _Builder:
+    """Composed YAML nodes → plain data, with the line of every key and item and the paths of number text."""
+
+    def __init__(self, path: Path):
+        import yaml
+
+        self.path = path
+        self.constructor = yaml.SafeLoader("")
+        self.lines: dict[FieldPath, int] = {}
+        self.number_text: set[FieldPath] = set()
+        self.budget = MAX_NODES
+
+    def fail(self, message: str, node: Any, at: FieldPath | None, hint: str | None = None) -> UserError:
+        return UserError(message, field=dotted(at) if at else None, file=str(self.path),
+                         line=node.start_mark.line + 1, hint=hint)
+
+    def build(self, node: Any, at: FieldPath, key: bool = False) -> Any:
+        import yaml
+
+        self.budget -= 1
+        if self.budget < 0:
+            raise self.fail(f"the document expands to more than {MAX_NODES} values (aliases repeated too often?)",
+                            node, None)
+        if isinstance(node, yaml.CollectionNode) and node.tag not in _PLAIN_TAGS:
+            raise self.fail(f"the tag {node.tag} is not allowed; a pipeline holds plain mappings, lists and scalars "
+                            "(strings, numbers, booleans, null)", node, at)
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, at)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                self.lines[(*at, index)] = item.start_mark.line + 1
+                items.append(self.build(item, (*at, index)))
+            return items
+        return self.scalar(node, at, key)
+
+    def mapping(self, node: Any, at: FieldPath) -> dict[str, Any]:
+        self.constructor.flatten_mapping(node)
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.build(key_node, at, key=True)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                raise self.fail("mapping keys must be plain scalars", key_node, None)
+            key = str(key)
+            if key in result:
+                raise self.fail(f"duplicate key '{key}'", key_node, (*at, key))
+            self.lines[(*at, key)] = key_node.start_mark.line + 1
+            result[key] = self.build(value_node, (*at, key))
+        return result
+
+    def scalar(self, node: Any, at: FieldPath, key: bool) -> Any:
+        import yaml
+
+        if node.tag == NUMBER_TEXT_TAG:
+            if not key:
+                self.number_text.add(at)
+            return node.value
+        if node.tag not in _SCALAR_TAGS:
+            raise self.not_plain(node, at)
+        if node.tag == _YAML_TAG + "int" and len(node.value) > 100:  # before int(): 4300 digits would raise
+            raise self.fail(_out_of_range(node.value), node, at, hint="quote it to pass it as text")
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
+            problem = " ".join(str(exc).split())
+            raise self.fail(f"cannot read value: {problem}", node, at) from None
+        if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+            raise self.fail(_out_of_range(node.value), node, at, hint="quote it to pass it as text")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(f"{node.value} is not a finite number; {FINITE}", node, at,
+                            hint="leave the field out to get its default")
+        return value
+
+    def not_plain(self, node: Any, at: FieldPath) -> UserError:
+        """A date, binary data or another typed scalar: JSON has no such value, so no key could hold it."""
+        kind = node.tag[len(_YAML_TAG):] if node.tag.startswith(_YAML_TAG) else None
+        if kind == "timestamp":
+            return self.fail(f"{node.value} is a YAML date or time; {PLAIN_VALUES}", node, at,
+                             hint=f"quote it ('{node.value}') to pass it as text")
+        if kind == "binary":
+            return self.fail(f"!!binary data is not allowed; {PLAIN_VALUES}", node, at,
+                             hint="give the data as text, or as the path of a file holding it")
+        return self.fail(f"the tag {node.tag} is not allowed; {PLAIN_VALUES}", node, at)
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int], set[FieldPath]]:
+    """Parse YAML into plain data, the line of every mapping key and list item, and where number text stands."""
+    import yaml
+
     try:
-        root = yaml.compose(text, Loader=loader_cls)
+        root = yaml.compose(text, Loader=_loader_class())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -172,55 +293,10 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int]]:
         raise UserError(f"YAML error: {exc}", file=str(path)) from None
     if root is None:
         raise UserError("the pipeline file is empty; expected a mapping with version, export, …", file=str(path))
-
-    scalar_loader = yaml.SafeLoader("")
-    lines: dict[FieldPath, int] = {}
-    budget = [MAX_NODES]
-
-    def build(node: Any, at: FieldPath) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise UserError(f"the document expands to more than {MAX_NODES} values (aliases repeated too often?)",
-                            file=str(path), line=node.start_mark.line + 1)
-        if isinstance(node, yaml.CollectionNode) and node.tag not in _PLAIN_TAGS:
-            raise UserError(f"the tag {node.tag} is not allowed; a pipeline holds plain mappings, lists and scalars",
-                            field=dotted(at) or None, file=str(path), line=node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            scalar_loader.flatten_mapping(node)
-            result: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = build(key_node, at)
-                if not isinstance(key, str | int | float | bool) or key is None:
-                    raise UserError("mapping keys must be plain scalars", file=str(path),
-                                    line=key_node.start_mark.line + 1)
-                key = str(key)
-                if key in result:
-                    raise UserError(f"duplicate key '{key}'", field=dotted((*at, key)), file=str(path),
-                                    line=key_node.start_mark.line + 1)
-                lines[(*at, key)] = key_node.start_mark.line + 1
-                result[key] = build(value_node, (*at, key))
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for index, item in enumerate(node.value):
-                lines[(*at, index)] = item.start_mark.line + 1
-                items.append(build(item, (*at, index)))
-            return items
-        try:
-            value = scalar_loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            problem = " ".join(str(exc).split())
-            raise UserError(f"cannot read value: {problem}", field=dotted(at) or None, file=str(path),
-                            line=node.start_mark.line + 1) from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{node.value} is not a finite number; keys and results are plain JSON numbers",
-                            field=dotted(at) or None, file=str(path), line=node.start_mark.line + 1,
-                            hint="leave the field out to get its default")
-        return value
-
-    data = build(root, ())
-    lines[()] = root.start_mark.line + 1
-    return data, lines
+    builder = _Builder(path)
+    data = builder.build(root, ())
+    builder.lines[()] = root.start_mark.line + 1
+    return data, builder.lines, builder.number_text
 
 
 # ----------------------------------------------------------------------------- schema
@@ -298,6 +374,71 @@ def _resolve_ref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]
         merged = {k: v for k, v in schema.items() if k != "$ref"}
         schema = {**target, **merged}
     return schema
+
+
+def _types_at(parts: FieldPath, node: dict[str, Any], root: dict[str, Any]) -> set[str]:
+    """The JSON types the schema accepts at `parts`, over every oneOf/anyOf alternative on the way."""
+    node = _resolve_ref(node, root)
+    found: set[str] = set()
+    for alternative in [*node.get("oneOf", []), *node.get("anyOf", [])]:
+        found |= _types_at(parts, alternative, root)
+    if not parts:
+        kind = node.get("type")
+        return found | set(kind if isinstance(kind, list) else [kind] if kind else [])
+    part = parts[0]
+    if isinstance(part, int):
+        child = node.get("items")
+    else:
+        child = node.get("properties", {}).get(part, node.get("additionalProperties"))
+    if isinstance(child, dict):
+        found |= _types_at(parts[1:], child, root)
+    return found
+
+
+def _schema_place(at: FieldPath) -> FieldPath:
+    """Where the schema describes the value at `at`: a matrix value stands for its field."""
+    if len(at) < 3 or at[0] != "matrix" or not isinstance(at[1], str):
+        return at
+    return (*parse_field(at[1]), *at[3:])
+
+
+def _number(text: str, integer: bool) -> int | float | None:
+    """YAML 1.2's number for `text`: an int where the text is one, or where an integer field gets an integral
+    value (1e5 is 100000); else a float. None when out of range."""
+    if not (integer or re.fullmatch(r"[-+]?[0-9]+", text)):
+        return float(text)
+    exact = Decimal(text)
+    if exact.adjusted() > 19:
+        return None
+    if exact != exact.to_integral_value():
+        return float(text)  # an integer field refuses it by its type, with the number in the message
+    whole = int(exact)
+    return whole if INT_MIN <= whole <= INT_MAX else None
+
+
+def coerce_numbers(data: Any, number_text: set[FieldPath], lines: dict[FieldPath, int], path: Path,
+                   schema: dict[str, Any]) -> None:
+    """Read plain 1e-4, 1E5 or -.5 as numbers where the schema wants a number (in place); text stays text
+    elsewhere, and free-form mappings (kwargs) keep what YAML gave."""
+    for at in sorted(number_text, key=str):
+        kinds = _types_at(_schema_place(at), schema, schema)
+        if not kinds & {"number", "integer"}:
+            continue
+        parent: Any = data
+        for part in at[:-1]:
+            parent = parent[part]
+        text = parent[at[-1]]
+        value = _number(text, integer="number" not in kinds)
+        if value is None or not math.isfinite(value):
+            problem = _out_of_range(text) if value is None else f"{text} is not a finite number; {FINITE}"
+            raise UserError(problem, field=dotted(at), file=str(path), line=_line_of(at, lines))
+        parent[at[-1]] = value
+
+
+def _line_of(at: FieldPath, lines: dict[FieldPath, int]) -> int | None:
+    while at and at not in lines:
+        at = at[:-1]
+    return lines.get(at)
 
 
 def fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
@@ -490,11 +631,12 @@ def load(path: str | Path) -> Spec:
     """Read, validate and default a pipeline file; raise `UserError` naming file:line:field on any problem."""
     path = Path(path)
     raw, text = _read(path)
-    data, lines = _parse_yaml(text, path)
+    data, lines, number_text = _parse_yaml(text, path)
     if not isinstance(data, dict):
         raise UserError(f"expected a mapping at the top of the file, got {_kind(data)}", file=str(path), line=1)
-    validate(data, lines, path)
     schema = load_schema()
+    coerce_numbers(data, number_text, lines, path, schema)
+    validate(data, lines, path)
     fill_defaults(data, schema, schema)
     variants = expand_matrix(data, path, lines, schema)
     spec = Spec(path=path, data=data, lines=lines, variants=variants, source=raw)

@@ -1,7 +1,7 @@
-"""What a new user may pass on the first day, through the command line: a path that is not a file
-(a device, a FIFO) is refused before it is read.
+"""What a new user writes on the first day, through the command line: numbers as YAML 1.2 writes them,
+values JSON cannot hold, and files that are not files.
 
-Every refusal is exit 2, one located message (`file: …`), no traceback, and no store.
+Every refusal is exit 2, one located message (`file:line: field: …`), no traceback, and no store.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from textwrap import dedent
 
 import pytest
 from conftest import ROOT, SMALL_CALL, SMALL_MODEL, Project, Result
@@ -49,6 +50,93 @@ def refused(result: Result, path: Path, line: int | None, field: str | None, *te
 def keys_of(output: str) -> list[tuple[str, str]]:
     return [(row.split()[0], row.split()[1]) for row in output.splitlines()
             if row.split() and row.split()[0] in ("capture", "export", "build", "verify", "bench")]
+
+
+# ----------------------------------------------------------------------------- numbers as YAML 1.2 writes them
+
+def test_1e_minus_4_is_the_same_tolerance_as_1_0e_minus_4(project: Project) -> None:
+    written = project.small("written.yaml")
+    short = project.small("short.yaml", **{"atol: 1.0e-4": "atol: 1e-4", "rtol: 1.0e-3": "rtol: 1E-3",
+                                           "iterations: 3": "iterations: +3"})
+    first, second = project.run("plan", str(written)), project.run("plan", str(short))
+    assert first.code == 0 and second.code == 0, first.text + second.text
+    assert keys_of(first.out) == keys_of(second.out)  # same normalised config, so the same keys
+    assert project.run("validate", str(short)).code == 0
+
+
+def test_numbers_are_numbers_where_the_schema_wants_one_and_text_elsewhere(project: Project) -> None:
+    path = project.write("p.yaml", FROM_DIR + dedent("""\
+        name: 1e5
+        model:
+          factory: examples.maskdino_encoder:build_encoder
+          inputs: examples.maskdino_encoder:example_inputs
+          kwargs: {scale: 1e-4}
+        build: {workspace: 1e9}
+        verify: {atol: 1e-4, rtol: .5, per_output: {output: {atol: 2E-3}}}
+        bench: {max_seconds: 1e1, iterations: 1e1, warmup: +1}
+        """))
+    loaded = spec.load(path)
+    assert loaded.data["verify"]["atol"] == 1e-4 and loaded.data["verify"]["rtol"] == 0.5
+    assert loaded.data["verify"]["per_output"]["output"]["atol"] == 2e-3
+    assert loaded.data["bench"] == {"max_seconds": 10.0, "iterations": 10, "warmup": 1, "enabled": True}
+    assert type(loaded.data["bench"]["iterations"]) is int  # an integer field gets an int: 1e1 is 10
+    assert loaded.data["build"]["workspace"] == 10**9 and type(loaded.data["build"]["workspace"]) is int
+    assert loaded.data["name"] == "1e5"  # a string field keeps the text
+    assert loaded.data["model"]["kwargs"] == {"scale": "1e-4"}  # a free-form mapping keeps what YAML gives
+
+
+def test_a_quoted_number_stays_text_and_is_refused_where_a_number_belongs(project: Project) -> None:
+    path = project.write("p.yaml", FROM_DIR + "verify:\n  atol: '1e-4'\n")
+    refused(project.run("validate", str(path)), path, 6, "verify.atol", 'expected a number, got string "1e-4"')
+    assert not project.store.exists()
+
+
+def test_an_integer_field_refuses_a_fraction_written_with_an_exponent(project: Project) -> None:
+    path = project.write("p.yaml", FROM_DIR + "bench:\n  warmup: 1.5e0\n")
+    refused(project.run("run", str(path)), path, 6, "bench.warmup", "expected an integer, got number 1.5")
+    assert not project.store.exists()
+
+
+def test_matrix_values_are_numbers_when_their_field_is(project: Project) -> None:
+    path = project.small(**{"bench:": "matrix:\n  verify.atol: [1e-4, 1E-2]\nbench:"})
+    result = project.run("plan", str(path), env=WIDE)
+    assert result.code == 0, result.text
+    assert "2 variants" in result.out
+    assert "[atol=0.0001]" in result.out and "[atol=0.01]" in result.out, result.out
+
+
+# ----------------------------------------------------------------------------- values JSON cannot hold
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize(("value", "texts"), [
+    ("9" * 5000, ("out of range", "64-bit", "5000 characters")),
+    (str(2**63), ("out of range", "-2**63 and 2**63-1")),
+    ("2024-01-01", ("is a YAML date", "plain JSON-like values", "quote it ('2024-01-01')")),
+    ("2024-01-01 12:30:00", ("is a YAML date or time", "plain JSON-like values")),
+    ("!!binary aGVsbG8=", ("!!binary data is not allowed", "plain JSON-like values")),
+    ("!!set {a: null}", ("tag:yaml.org,2002:set is not allowed", "strings, numbers, booleans, null")),
+    ("!!set a", ("tag:yaml.org,2002:set is not allowed", "plain JSON-like values")),
+])
+def test_a_value_json_cannot_hold_is_a_located_error(project: Project, command: str, value: str,
+                                                    texts: tuple[str, ...]) -> None:
+    text = LIVE.replace("seed: 0}", "seed: 0, when: WHEN}").replace("WHEN", value)
+    assert value in text
+    path = project.write("p.yaml", text)
+    refused(project.run(command, str(path)), path, 5, "model.kwargs.when", *texts)
+    assert not project.store.exists()
+
+
+def test_a_huge_integer_outside_kwargs_is_refused_too(project: Project) -> None:
+    path = project.write("p.yaml", FROM_DIR + "bench:\n  iterations: " + "1" * 4301 + "\n")
+    refused(project.run("run", str(path)), path, 6, "bench.iterations", "out of range")
+    assert not project.store.exists()
+
+
+def test_the_largest_64_bit_integer_is_accepted(project: Project) -> None:
+    path = project.write("p.yaml", LIVE + f"bench: {{iterations: {2**63 - 1}}}\nverify: {{max_mismatch: 0x7fff}}\n")
+    result = project.run("validate", str(path))
+    assert result.code == 0, result.text
+    assert spec.load(path).data["bench"]["iterations"] == 2**63 - 1
 
 
 # ----------------------------------------------------------------------------- files that are not files

@@ -24,18 +24,39 @@ def split(path: str) -> tuple[str, list[str]]:
     return module, attrs.split(".") if attrs else []
 
 
+_PYTHON_PATHS: list[list[str]] = []  # the python_path of each search_path block now open, innermost last
+
+
 @contextlib.contextmanager
 def search_path(extra: Sequence[str | os.PathLike[str]] = ()) -> Iterator[None]:
     """Put the current directory and `extra` in front of sys.path while resolving user code."""
-    added = [str(Path(p).absolute()) for p in extra] + [os.getcwd()]
-    fresh = [p for p in added if p not in sys.path]
+    entries = [str(Path(p).absolute()) for p in extra]
+    fresh = [p for p in [*entries, os.getcwd()] if p not in sys.path]
     sys.path[:0] = fresh
+    _PYTHON_PATHS.append(entries)
     try:
         yield
     finally:
+        _PYTHON_PATHS.pop()
         for item in fresh:
             with contextlib.suppress(ValueError):
                 sys.path.remove(item)
+
+
+def not_found_hint() -> str:
+    """Where import paths were looked for and how to point them at the project: run from another
+    directory, a pipeline finds none of its modules."""
+    entries = _PYTHON_PATHS[-1] if _PYTHON_PATHS else []
+    searched = ", ".join(entries) if entries else "none"
+    return (f"import paths resolve from the current directory ({os.getcwd()}) and python_path ({searched}); "
+            "run orchestrate from the project directory, or add python_path: [..] to the pipeline "
+            "(its entries are relative to the pipeline file)")
+
+
+def _missing_itself(exc: ImportError, module: str) -> bool:
+    """Whether the module or one of its parent packages is what was not found (not a module it imports)."""
+    name = getattr(exc, "name", None)
+    return isinstance(exc, ModuleNotFoundError) and bool(name) and (module + ".").startswith(f"{name}.")
 
 
 def module_file(module: str, field: str | None = None) -> Path:
@@ -43,10 +64,11 @@ def module_file(module: str, field: str | None = None) -> Path:
     try:
         found = importlib.util.find_spec(module)
     except (ImportError, ValueError) as exc:
-        raise UserError(f"cannot find module '{module}': {exc}", field=field) from None
+        hint = not_found_hint() if isinstance(exc, ImportError) and _missing_itself(exc, module) else None
+        raise UserError(f"cannot find module '{module}': {exc}", field=field, hint=hint) from None
     if found is None:
         raise UserError(f"cannot find module '{module}' (not on sys.path: current directory and python_path)",
-                        field=field)
+                        field=field, hint=not_found_hint())
     if found.origin is None or found.origin in ("built-in", "frozen"):
         raise UserError(f"module '{module}' has no source file to fingerprint", field=field)
     return Path(found.origin)
@@ -58,7 +80,8 @@ def resolve(path: str, field: str | None = None) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"cannot import '{module_name}': {exc}", field=field) from None
+        hint = not_found_hint() if _missing_itself(exc, module_name) else None
+        raise UserError(f"cannot import '{module_name}': {exc}", field=field, hint=hint) from None
     walked = module_name
     for attr in attrs:
         if not hasattr(obj, attr):

@@ -1,5 +1,5 @@
 """What a new user writes on the first day, through the command line: numbers as YAML 1.2 writes them,
-values JSON cannot hold, and files that are not files.
+values JSON cannot hold, files that are not files, and a run from another directory.
 
 Every refusal is exit 2, one located message (`file:line: field: …`), no traceback, and no store.
 """
@@ -179,6 +179,50 @@ def test_a_link_to_a_regular_file_is_still_read(project: Project) -> None:
     link = project.root / "link.yaml"
     link.symlink_to(target)
     result = project.run("validate", str(link))
+    assert result.code == 0, result.text
+
+
+# ----------------------------------------------------------------------------- run from another directory
+
+def run_in(folder: Path, store: Path, *args: str) -> Result:
+    environment = {**os.environ, "ORCHESTRATE_STORE": str(store), "NO_COLOR": "1"}
+    environment.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=folder, env=environment,
+                          capture_output=True, text=True, timeout=300)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def test_outside_the_project_the_message_says_where_imports_were_looked_for(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pipeline = tmp_path / "pipelines" / "p.yaml"
+    pipeline.parent.mkdir()
+    pipeline.write_text(LIVE.replace("version: 1\n", "version: 1\npython_path: [lib]\n"))
+    result = run_in(elsewhere, tmp_path / "store", "validate", str(pipeline))
+    err = refused(result, pipeline, 5, "model.factory", "cannot find module 'examples")
+    assert f"current directory ({elsewhere})" in err, err
+    assert f"python_path ({tmp_path / 'pipelines' / 'lib'})" in err, err
+    assert "run orchestrate from the project directory" in err and "python_path: [..]" in err, err
+    assert "relative to the pipeline file" in err, err
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_the_pipeline_in_the_repository_run_from_elsewhere_gets_the_hint(tmp_path: Path, command: str) -> None:
+    pipeline = ROOT / "pipelines" / "msda_layer07.yaml"
+    result = run_in(tmp_path, tmp_path / "store", command, str(pipeline))
+    err = refused(result, pipeline, 7, "model.factory", "cannot find module 'examples",
+                  f"current directory ({tmp_path})", "python_path (none)", "run orchestrate from the project directory")
+    assert "hint:" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_suggested_python_path_makes_it_work_from_elsewhere(tmp_path: Path) -> None:
+    pipeline = tmp_path / "pipelines" / "p.yaml"
+    pipeline.parent.mkdir()
+    relative = os.path.relpath(ROOT, pipeline.parent)
+    pipeline.write_text(LIVE.replace("version: 1\n", f"version: 1\npython_path: [{relative}]\n"))
+    result = run_in(tmp_path, tmp_path / "store", "validate", str(pipeline))
     assert result.code == 0, result.text
 
 

@@ -25,11 +25,14 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
     matrix = [v for v in plan.spec.variants if v.name and v.name in plan.by_variant]
     if matrix:
         table = Table(title=f"{plan.spec.name}: {len(matrix)} variants", title_justify="left")
-        for field in matrix[0].choices:
+        added = list(dict.fromkeys(key for variant in matrix for key in variant.extra))  # from matrix.include
+        for field in [*matrix[0].choices, *added]:
             table.add_column(field)
         table.add_column("stages")
         for variant in matrix:
-            table.add_row(*[str(v) for v in variant.choices.values()], str(len(plan.by_variant[variant.name])))
+            extra = [str(variant.extra[key]) if key in variant.extra else "" for key in added]
+            table.add_row(*[str(v) for v in variant.choices.values()], *extra,
+                          str(len(plan.by_variant[variant.name])))
         console.print(table)
     colour = ui.colour_enabled()
     stale = 0

@@ -26,6 +26,9 @@ from orchestrator.errors import UserError
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000
+MAX_VARIANTS = 1000  # variants a matrix may make; ORCHESTRATE_MAX_VARIANTS overrides it
+MAX_VARIANTS_ENV = "ORCHESTRATE_MAX_VARIANTS"
+MATRIX_LISTS = ("include", "exclude")  # matrix keys that are not field paths
 SCHEMA_PATH_CANDIDATES = (
     Path(__file__).resolve().parent / "schemas" / "pipeline.schema.json",  # installed wheel
     Path(__file__).resolve().parent.parent / "schemas" / "pipeline.schema.json",  # source tree
@@ -58,7 +61,9 @@ class Variant:
 
     name: str  # "" for the single variant; e.g. "precision=fp16,module=encoder.layers.3.self_attn"
     data: dict[str, Any]
-    choices: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Any] = field(default_factory=dict)  # every matrix field (dotted) → its value here
+    extra: dict[str, Any] = field(default_factory=dict)  # fields a matrix include adds → their values
+    origins: dict[str, FieldPath] = field(default_factory=dict)  # each field set here → where the matrix gives it
 
 
 @dataclass
@@ -353,6 +358,8 @@ def _describe(error: Any, schema_root: dict[str, Any]) -> tuple[str, FieldPath, 
     if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[validator]
         return f"must be {sign} {error.validator_value}; got {_short(value)}", at, description
+    if validator == "pattern" and "propertyNames" in error.schema_path:  # a key: point at the key itself
+        return f"key {_short(value)} is not valid here", (*at, value), description
     if validator == "pattern":
         return f"{_short(value)} is not valid here", at, description
     if validator == "oneOf":
@@ -396,10 +403,14 @@ def _types_at(parts: FieldPath, node: dict[str, Any], root: dict[str, Any]) -> s
 
 
 def _schema_place(at: FieldPath) -> FieldPath:
-    """Where the schema describes the value at `at`: a matrix value stands for its field."""
+    """Where the schema describes the value at `at`: a matrix value, include or exclude entry stands for its field."""
     if len(at) < 3 or at[0] != "matrix" or not isinstance(at[1], str):
         return at
-    return (*parse_field(at[1]), *at[3:])
+    if at[1] not in MATRIX_LISTS:
+        return (*parse_field(at[1]), *at[3:])
+    if len(at) >= 4 and isinstance(at[3], str):
+        return (*parse_field(at[3]), *at[4:])
+    return at
 
 
 def _number(text: str, integer: bool) -> int | float | None:
@@ -533,36 +544,177 @@ def _field_names(schema: dict[str, Any], root: dict[str, Any], prefix: str = "",
     return names
 
 
+def max_variants() -> int:
+    """The most variants a matrix may make: MAX_VARIANTS, or ORCHESTRATE_MAX_VARIANTS where set."""
+    raw = os.environ.get(MAX_VARIANTS_ENV, "").strip()
+    if not raw:
+        return MAX_VARIANTS
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"{MAX_VARIANTS_ENV} must be a positive integer, got '{raw}'")
+    return int(raw)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: 1 == 1.0, but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _matches(entry: dict[str, Any], choices: dict[str, Any]) -> bool:
+    """Whether a combination has every value `entry` gives for a matrix field (its other fields aside)."""
+    return all(_same(value, choices[key]) for key, value in entry.items() if key in choices)
+
+
+def _get_field(data: Any, parts: FieldPath) -> Any:
+    for part in parts:
+        listed = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not listed and not (isinstance(data, dict) and part in data):
+            return None
+        data = data[part]
+    return copy.deepcopy(data)
+
+
+def _short_names(keys: list[str], others: list[str]) -> dict[str, str]:
+    """'build.precision' → 'precision' where the last part tells the field apart (matrix fields among
+    themselves; fields an include adds also from those)."""
+    def leaf(key: str) -> str:
+        return key.rsplit(".", 1)[-1]
+
+    short = {k: leaf(k) if sum(leaf(o) == leaf(k) for o in keys) == 1 else k for k in keys}
+    taken = set(short.values())
+    for key in others:
+        unique = sum(leaf(o) == leaf(key) for o in others) == 1 and leaf(key) not in taken
+        short[key] = leaf(key) if unique else key
+    return short
+
+
+class _Expansion:
+    """The matrix → variants: every combination of the field lists, less `exclude`, plus `include`."""
+
+    def __init__(self, matrix: dict[str, Any], path: Path, lines: dict[FieldPath, int],
+                 schema: dict[str, Any] | None):
+        self.lists: dict[str, list[Any]] = {k: v for k, v in matrix.items() if k not in MATRIX_LISTS}
+        self.includes: list[dict[str, Any]] = matrix.get("include") or []
+        self.excludes: list[dict[str, Any]] = matrix.get("exclude") or []
+        self.path, self.lines, self.schema = path, lines, schema
+        added = [k for entry in self.includes for k in entry if k not in self.lists]
+        self.short = _short_names(list(self.lists), list(dict.fromkeys(added)))
+        self.limit = max_variants()
+
+    def error(self, message: str, at: FieldPath, hint: str | None = None) -> UserError:
+        return UserError(message, field=dotted(at), file=str(self.path), line=_line_of(at, self.lines), hint=hint)
+
+    def unknown(self, key: str, at: FieldPath) -> UserError:
+        close = difflib.get_close_matches(key, _field_names(self.schema, self.schema), n=1) if self.schema else []
+        return self.error(f"matrix field '{key}' does not name a field of the pipeline", at,
+                          hint=f"did you mean '{close[0]}'?" if close else None)
+
+    def check_fields(self) -> None:
+        schema = self.schema
+        for key in self.lists:
+            if schema is not None and not _schema_knows(parse_field(key), schema, schema):
+                raise self.unknown(key, ("matrix", key))
+        for name, entries in (("include", self.includes), ("exclude", self.excludes)):
+            for index, entry in enumerate(entries):
+                for key in entry:
+                    at: FieldPath = ("matrix", name, index, key)
+                    if schema is not None and not _schema_knows(parse_field(key), schema, schema):
+                        raise self.unknown(key, at)
+                    if name == "exclude" and key not in self.lists:
+                        fields = ", ".join(self.lists) or "none is given"
+                        raise self.error(f"'{key}' is not a matrix field; exclude removes combinations of the "
+                                         f"matrix fields ({fields})", at)
+
+    def check_count(self, count: int, what: str) -> None:
+        """Refuse more variants than the limit, before any is made (a 10**6 matrix is refused at once)."""
+        if count > self.limit:
+            shown = str(count) if count < 10**18 else f"about 10^{int(math.log10(count))}"
+            raise self.error(f"the matrix makes {shown} {what}; at most {self.limit} variants are allowed",
+                             ("matrix",), hint=f"use fewer values, exclude some, or set {MAX_VARIANTS_ENV}")
+
+    def combinations(self) -> list[Variant]:
+        """Every combination of the field lists that no exclude entry matches (each entry must match one)."""
+        if not self.lists:
+            return []
+        sizes = [len(values) for values in self.lists.values()]
+        self.check_count(math.prod(sizes), f"combinations ({' × '.join(map(str, sizes))})")
+        hit = [False] * len(self.excludes)
+        kept = []
+        for combo in itertools.product(*self.lists.values()):
+            choices = dict(zip(self.lists, combo, strict=True))
+            dropped = [index for index, entry in enumerate(self.excludes) if _matches(entry, choices)]
+            for index in dropped:
+                hit[index] = True
+            if not dropped:
+                kept.append(Variant(self.name(choices, {}), {}, choices, {}, {k: ("matrix", k) for k in choices}))
+        for index, entry in enumerate(self.excludes):
+            if not hit[index]:
+                values = "; ".join(f"{k}: {', '.join(map(_label, self.lists[k]))}" for k in entry)
+                raise self.error("this exclude matches no combination of the matrix", ("matrix", "exclude", index),
+                                 hint=f"the matrix has {values}")
+        return kept
+
+    def include(self, variants: list[Variant], base: dict[str, Any]) -> list[Variant]:
+        """Add each include's other fields to the combinations it matches, or make it a variant of its own."""
+        added = []
+        for index, entry in enumerate(self.includes):
+            at: FieldPath = ("matrix", "include", index)
+            extra = {k: v for k, v in entry.items() if k not in self.lists}
+            matching = [v for v in variants if _matches(entry, v.choices)]
+            for variant in matching:
+                variant.extra.update(copy.deepcopy(extra))
+                variant.origins.update({k: (*at, k) for k in extra})
+            if not matching:  # its own variant: the pipeline's values for the matrix fields it does not give
+                choices = {k: copy.deepcopy(entry[k]) if k in entry else _get_field(base, parse_field(k))
+                           for k in self.lists}
+                added.append(Variant(self.name(choices, extra), {}, choices, copy.deepcopy(extra),
+                                     {k: (*at, k) for k in entry}))
+        return variants + added
+
+    def name(self, choices: dict[str, Any], extra: dict[str, Any]) -> str:
+        return ",".join(f"{self.short[k]}={_label(v)}" for k, v in [*choices.items(), *extra.items()])
+
+    def resolved(self, base: dict[str, Any], variant: Variant) -> dict[str, Any]:
+        data = copy.deepcopy(base)
+        data.pop("matrix", None)
+        for key, at in variant.origins.items():
+            value = variant.choices[key] if key in variant.choices else variant.extra[key]
+            try:
+                _set_field(data, parse_field(key), copy.deepcopy(value))
+            except (KeyError, IndexError, ValueError):
+                raise self.unknown(key, at) from None
+        return data
+
+    def expand(self, base: dict[str, Any]) -> list[Variant]:
+        self.check_fields()
+        variants = self.include(self.combinations(), base)
+        if not variants:
+            raise self.error("exclude removes every combination of the matrix", ("matrix", "exclude"))
+        self.check_count(len(variants), "variants")
+        seen: dict[str, Variant] = {}
+        for variant in variants:
+            if variant.name in seen:
+                at = next(iter(variant.origins.values()))[:3]
+                raise self.error(f"this include makes variant '{variant.name}' a second time", at)
+            seen[variant.name] = variant
+            variant.data = self.resolved(base, variant)
+        return variants
+
+
 def expand_matrix(data: dict[str, Any], path: Path, lines: dict[FieldPath, int],
                   schema: dict[str, Any] | None = None) -> list[Variant]:
-    matrix: dict[str, list[Any]] = data.get("matrix") or {}
+    """One variant per matrix combination (none: the whole pipeline as the one variant)."""
+    matrix: dict[str, Any] = data.get("matrix") or {}
     if not matrix:
         return [Variant("", data)]
-    keys = list(matrix)
-    for key in keys:
-        if schema is not None and not _schema_knows(parse_field(key), schema, schema):
-            close = difflib.get_close_matches(key, _field_names(schema, schema), n=1)
-            raise UserError(f"matrix field '{key}' does not name a field of the pipeline", field=f"matrix.{key}",
-                            file=str(path), line=lines.get(("matrix", key)),
-                            hint=f"did you mean '{close[0]}'?" if close else None)
-    short = {}
-    for key in keys:
-        leaf = key.rsplit(".", 1)[-1]
-        short[key] = leaf if sum(k.rsplit(".", 1)[-1] == leaf for k in keys) == 1 else key
-    variants = []
-    for combo in itertools.product(*(matrix[k] for k in keys)):
-        variant = copy.deepcopy(data)
-        variant.pop("matrix", None)
-        choices = dict(zip(keys, combo, strict=True))
-        for key, value in choices.items():
-            try:
-                _set_field(variant, parse_field(key), copy.deepcopy(value))
-            except (KeyError, IndexError, ValueError):
-                raise UserError(f"matrix field '{key}' does not name a field of the pipeline", field=f"matrix.{key}",
-                                file=str(path), line=lines.get(("matrix", key))) from None
-        name = ",".join(f"{short[k]}={_label(v)}" for k, v in choices.items())
-        variants.append(Variant(name, variant, choices))
-    return variants
+    return _Expansion(matrix, path, lines, schema).expand(data)
 
 
 def _label(value: Any) -> str:
@@ -652,11 +804,12 @@ def load(path: str | Path) -> Spec:
 
 
 def _in_matrix(error: UserError, variant: Variant, lines: dict[FieldPath, int]) -> UserError:
-    """An error in a variant points at the matrix entry whose value caused it."""
-    for key in variant.choices:
+    """An error in a variant points at the matrix entry (a field's list, an include) whose value caused it."""
+    for key in sorted(variant.origins, key=len, reverse=True):
         wanted = dotted(parse_field(key))
         if error.field and (error.field == wanted or error.field.startswith((wanted + ".", wanted + "["))):
+            at = variant.origins[key]
             message = error.message.split("\n", 1)[0]
-            return UserError(f"{message} (variant {variant.name})", field=f"matrix.{key}", file=error.file,
-                             line=lines.get(("matrix", key), error.line), hint=error.hint)
+            return UserError(f"{message} (variant {variant.name})", field=dotted(at), file=error.file,
+                             line=lines.get(at, error.line), hint=error.hint)
     return error

@@ -1,11 +1,13 @@
 """What a new user writes on the first day, through the command line: numbers as YAML 1.2 writes them,
-values JSON cannot hold, files that are not files, and a run from another directory.
+values JSON cannot hold, files that are not files, a run from another directory, and a matrix whose
+fields are tied together by include and exclude.
 
 Every refusal is exit 2, one located message (`file:line: field: …`), no traceback, and no store.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -226,3 +228,110 @@ def test_the_suggested_python_path_makes_it_work_from_elsewhere(tmp_path: Path) 
     assert result.code == 0, result.text
 
 
+# ----------------------------------------------------------------------------- matrix include and exclude
+
+TIED = LIVE + """\
+verify: {atol: 1.0e-4}
+matrix:
+  build.precision: [fp32, fp16]
+  capture.module: [encoder.layers.0.self_attn, encoder.layers.1.self_attn]
+  exclude:
+    - {build.precision: fp16, capture.module: encoder.layers.0.self_attn}
+  include:
+    - {build.precision: fp16, verify.atol: 1e-2}
+    - {build.precision: int8, capture.module: encoder.layers.1.self_attn, bench.max_seconds: 2}
+"""
+
+
+def test_exclude_drops_and_include_extends_or_adds_variants(project: Project) -> None:
+    path = project.write("tied.yaml", TIED)
+    loaded = spec.load(path)
+    names = [v.name for v in loaded.variants]
+    assert names == ["precision=fp32,module=encoder.layers.0.self_attn",
+                     "precision=fp32,module=encoder.layers.1.self_attn",
+                     "precision=fp16,module=encoder.layers.1.self_attn",
+                     "precision=int8,module=encoder.layers.1.self_attn,max_seconds=2"]
+    atol = {v.name.split(",")[0]: v.data["verify"]["atol"] for v in loaded.variants}
+    assert atol == {"precision=fp32": 1e-4, "precision=fp16": 1e-2, "precision=int8": 1e-4}
+    assert loaded.variants[2].extra == {"verify.atol": 1e-2} and loaded.variants[0].extra == {}
+    assert loaded.variants[3].data["bench"]["max_seconds"] == 2
+    assert loaded.variants[3].data["build"]["precision"] == "int8"
+    assert [v.data["bench"]["max_seconds"] for v in loaded.variants[:3]] == [10, 10, 10]
+
+    result = project.run("plan", str(path), env=WIDE)
+    assert result.code == 0, result.text
+    assert "4 variants" in result.out
+    header = next(row for row in result.out.splitlines() if "build.precision" in row)
+    assert "verify.atol" in header and "bench.max_seconds" in header, result.out
+    fp16_row = next(row for row in result.out.splitlines() if "│ fp16" in row)
+    assert "0.01" in fp16_row, result.out
+    only = project.run("plan", str(path), "--only", "precision=int8", env=WIDE)
+    assert only.code == 0, only.text
+    assert len(keys_of(only.out)) == 5 and "precision=int8" in only.out
+
+
+def test_an_include_without_matrix_fields_extends_every_combination(project: Project) -> None:
+    path = project.write("p.yaml", FROM_DIR + dedent("""\
+        matrix:
+          build.precision: [fp32, fp16]
+          include:
+            - {verify.rtol: 1e-2}
+        """))
+    loaded = spec.load(path)
+    assert [v.name for v in loaded.variants] == ["precision=fp32", "precision=fp16"]
+    assert all(v.data["verify"]["rtol"] == 1e-2 for v in loaded.variants)
+
+
+@pytest.mark.parametrize(("matrix", "line", "field", "texts"), [
+    ("  build.precision: [fp32, fp16]\n  include:\n    - {build.precison: fp16, verify.atol: 0.1}\n",
+     8, "matrix.include[0].build.precison", ("does not name a field", "did you mean 'build.precision'")),
+    ("  build.precision: [fp32, fp16]\n  exclude:\n    - {verify.atoll: 0.1}\n",
+     8, "matrix.exclude[0].verify.atoll", ("does not name a field",)),
+    ("  build.precision: [fp32, fp16]\n  exclude:\n    - {build.precision: fp61}\n",
+     8, "matrix.exclude[0]", ("this exclude matches no combination", "build.precision: fp32, fp16")),
+    ("  build.precision: [fp32, fp16]\n  exclude:\n    - {verify.atol: 0.1}\n",
+     8, "matrix.exclude[0].verify.atol", ("'verify.atol' is not a matrix field",)),
+    ("  build.precision: [fp32, fp16]\n  include:\n    - {build.precision: fp16}\n    - {verify.atol: -1e-2}\n",
+     9, "matrix.include[1].verify.atol", ("must be >= 0", "(variant precision=fp32)")),
+    ("  build.precision: [fp32]\n  include:\n    - {build.precision: int8}\n    - {build.precision: int8}\n",
+     9, "matrix.include[1]", ("makes variant 'precision=int8' a second time",)),
+    ("  build.precision: [fp32]\n  exclude:\n    - {build.precision: fp32}\n",
+     7, "matrix.exclude", ("exclude removes every combination",)),
+    ("  precision: [fp32, fp16]\n",
+     6, "matrix.precision", ('key "precision" is not valid here', "dotted field paths")),
+])
+def test_a_mistake_in_include_or_exclude_points_at_its_line(project: Project, matrix: str, line: int, field: str,
+                                                           texts: tuple[str, ...]) -> None:
+    path = project.write("p.yaml", FROM_DIR + "matrix:\n" + matrix)
+    refused(project.run("validate", str(path)), path, line, field, *texts)
+    assert not project.store.exists()
+
+
+def test_a_million_variants_are_refused_at_once(project: Project) -> None:
+    values = ", ".join(str(i) for i in range(1000))
+    path = project.write("p.yaml", FROM_DIR + f"matrix:\n  verify.atol: [{values}]\n  verify.rtol: [{values}]\n")
+    started = time.monotonic()
+    result = project.run("run", str(path), timeout=60)
+    refused(result, path, 5, "matrix", "makes 1000000 combinations (1000 × 1000)", "at most 1000 variants",
+            "ORCHESTRATE_MAX_VARIANTS")
+    assert time.monotonic() - started < 20
+    assert not project.store.exists()
+
+
+def test_the_variant_limit_is_set_by_the_environment(project: Project) -> None:
+    path = project.small(**{"bench:": "matrix:\n  verify.atol: [1e-4, 1e-3, 1e-2]\nbench:"})
+    refused(project.run("validate", str(path), env={"ORCHESTRATE_MAX_VARIANTS": "2"}), path, 22, "matrix",
+            "makes 3 combinations (3); at most 2 variants")
+    allowed = project.run("validate", str(path), env={"ORCHESTRATE_MAX_VARIANTS": "3"})
+    assert allowed.code == 0 and "3 variants" in allowed.out, allowed.text
+    wrong = project.run("validate", str(path), env={"ORCHESTRATE_MAX_VARIANTS": "many"})
+    assert wrong.code == 2 and "ORCHESTRATE_MAX_VARIANTS must be a positive integer" in wrong.err, wrong.text
+    assert "Traceback" not in wrong.text
+    assert not project.store.exists()
+
+
+def test_the_schema_documents_include_exclude_and_the_limit() -> None:
+    matrix = json.loads(spec.schema_path().read_text())["properties"]["matrix"]
+    assert set(matrix["properties"]) == {"include", "exclude"}
+    assert f"at most {spec.MAX_VARIANTS} variants" in matrix["description"]
+    assert spec.MAX_VARIANTS_ENV in matrix["description"]

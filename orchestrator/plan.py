@@ -28,7 +28,7 @@ from orchestrator.signatures import Accepts
 from orchestrator.spec import Spec, Variant
 
 # Bump a stage's number when its code changes what it writes for the same inputs.
-STAGE_VERSIONS = {"capture": 1, "export": 3, "surgery": 2, "build": 3, "verify": 4, "bench": 1}
+STAGE_VERSIONS = {"capture": 2, "export": 4, "surgery": 2, "build": 3, "verify": 4, "bench": 1}
 STAGE_ORDER = ("capture", "export", "surgery", "build", "verify", "bench")
 
 
@@ -200,13 +200,7 @@ class Planner:
             entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
             names = plugin.get("inputs") or entry.input_names()
             for name, rule in plugin.get("derive", {}).items():
-                at = f"export.plugins[{index}].derive.{name}"
-                if name not in names:
-                    raise self.spec.error(f"'{name}' is not a plugin input; inputs are {', '.join(names)}", at)
-                if rule["from"] not in names or rule["from"] in plugin["derive"]:
-                    raise self.spec.error(f"'{rule['from']}' must be another plugin input that the call passes "
-                                          f"(one of {', '.join(n for n in names if n not in plugin['derive'])})",
-                                          f"{at}.from")
+                self.check_derivation(entry, names, name, rule, f"export.plugins[{index}].derive.{name}")
             dtypes = {}
             for contract, name in zip(entry.inputs, names, strict=True):
                 wanted = plugin["dtypes"].get(name)
@@ -215,6 +209,31 @@ class Planner:
                              "contract": [{"name": c.name, "rank": c.rank, "dtypes": list(c.dtypes)}
                                           for c in entry.inputs]})
         return resolved
+
+    def check_derivation(self, entry: Any, names: list[str], name: str, rule: dict[str, Any], at: str) -> None:
+        """A derived input names a rule of the plugin's catalog entry, with as many sources as the rule reads."""
+        if name not in names:
+            raise self.spec.error(f"'{name}' is not a plugin input; inputs are {', '.join(names)}", at)
+        if rule["rule"] not in entry.derivations:
+            rules = "; ".join(f"{key} ({d.doc})" for key, d in entry.derivations.items()) or "none"
+            raise self.spec.error(f"{entry.op} has no derivation '{rule['rule']}'; its rules are: {rules}",
+                                  f"{at}.rule")
+        derivation = entry.derivations[rule["rule"]]
+        sources = rule["from"] if isinstance(rule["from"], list) else [rule["from"]]
+        if not len(derivation.sources) - derivation.optional <= len(sources) <= len(derivation.sources):
+            raise self.spec.error(f"rule '{rule['rule']}' reads {derivation.arity()} source(s): "
+                                  f"{'; '.join(derivation.sources)}; {len(sources)} given", f"{at}.from")
+
+    def check_sources(self, plugin: dict[str, Any], parameters: list[str], at: str) -> None:
+        """Every source a derivation reads is a parameter of the replaced callable or another derived input."""
+        derived = plugin.get("derive", {})
+        for name, rule in derived.items():
+            for source in rule["from"] if isinstance(rule["from"], list) else [rule["from"]]:
+                if source not in parameters and (source not in derived or source == name):
+                    raise self.spec.error(
+                        f"'{source}' must be a parameter of '{plugin['replace']}' ({', '.join(parameters)}) or "
+                        f"another derived input; the plugin input is computed from what the call passes",
+                        f"{at}.{name}.from")
 
     def capture(self, data: dict[str, Any], plugins: list[dict[str, Any]]) -> Node:
         capture = copy.deepcopy(data["capture"])
@@ -290,6 +309,8 @@ class Planner:
                         f"to it by name and it has no parameter {', '.join(missing)}", where,
                         hint="name the callable's parameters in export.plugins[].inputs, in the plugin's order; "
                              "compute the others with export.plugins[].derive")
+                if parameters is not None:
+                    self.check_sources(plugin, parameters, f"export.plugins[{index}].derive")
             if plugin.get("catalog"):  # a user's own PluginEntry: its output-shape rule shapes the export
                 label, digest = self.source_digest(plugin["catalog"], f"export.plugins[{index}].catalog")
                 files[label] = digest
@@ -299,7 +320,7 @@ class Planner:
             self.origins["onnx"] = str(onnx_path)
             paths["onnx"] = str(onnx_path)
             self.check_onnx(onnx_path, data["export"]["onnx"])
-        if data["export"]["scope"] == "model":
+        if data.get("model") and not data["capture"].get("from_dir"):  # scope call: a method's `self` is rebuilt
             model = data["model"]
             config["model"] = {k: v for k, v in model.items() if k != "sources"}
             files.update(self.model_sources(model))

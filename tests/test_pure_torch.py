@@ -229,7 +229,7 @@ def test_derive_names_an_input_of_the_plugin(project: Project) -> None:
     for command in ("validate", "run"):
         result = project.run(command, str(pipeline))
         assert result.code == 2
-        assert "derive.level_start_index.from: 'shapes' must be another plugin input that the call passes" in result.err
+        assert "derive.level_start_index.from: 'shapes' must be a parameter of" in result.err
 
 
 def test_one_call_of_the_library_core_with_a_derived_input(project: Project) -> None:

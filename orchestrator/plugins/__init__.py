@@ -24,11 +24,12 @@ Importing the catalog is cheap: kernels (NumPy, Numba) load only when a plugin n
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UserError
+from orchestrator.plugins.derive import Derivation
 
 if TYPE_CHECKING:
     from orchestrator.spec import FieldPath, Spec
@@ -75,7 +76,16 @@ class PluginEntry:
     result_shape: Callable[[Shape], Shape] | None = None  # how the model used the output (e.g. merge heads)
     library: str = "libnvinfer_plugin (NVIDIA's plugins, initialised with init_libnvinfer_plugins)"
     output_dtype_from: int = 0  # the output has the dtype of this input
+    # Rules that compute a plugin input from what a call has (see orchestrator.plugins.derive), by name.
+    derivations: Mapping[str, Derivation] = field(default_factory=dict)
     doc: str = ""
+
+    def derivation(self, rule: str) -> Derivation:
+        """The rule named `rule`; a UserError listing the entry's rules when it has none of that name."""
+        if rule not in self.derivations:
+            known = ", ".join(self.derivations) or "none"
+            raise UserError(f"{self.op} has no derivation '{rule}'; its rules are: {known}")
+        return self.derivations[rule]
 
     def input_names(self) -> list[str]:
         return [contract.name for contract in self.inputs]

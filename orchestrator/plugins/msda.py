@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.plugins import Dim, Dims, PluginEntry, Shape, TensorContract
+from orchestrator.plugins.derive import Derivation, Inexpressible, Ops
 
 
 def _output_shape(shapes: Sequence[Shape]) -> Shape:
@@ -101,6 +102,71 @@ def _check_values(shapes: Sequence[Dims | None], values: Sequence[Any]) -> list[
     return problems
 
 
+def kernel_inputs_ok(inputs: list[Any]) -> None:
+    """Refuse inputs that would make the kernel read outside its arrays (it does no bounds checks)."""
+    shapes = [tuple(int(d) for d in x.shape) for x in inputs]
+    ranks = [contract.rank for contract in ENTRY.inputs]
+    if [len(s) for s in shapes] != ranks:
+        raise ValueError(f"input ranks {[len(s) for s in shapes]} differ from {ranks}; shapes {shapes}")
+    problems = _check_shapes(shapes)
+    if problems:
+        raise ValueError("; ".join(problems))
+    value, spatial, starts = inputs[0], inputs[1], inputs[2]
+    tokens = value.shape[1]
+    for level, ((height, width), start) in enumerate(zip(spatial.tolist(), starts.tolist(), strict=True)):
+        if height <= 0 or width <= 0 or start < 0 or start + height * width > tokens:
+            raise ValueError(f"level {level}: shape ({height}, {width}) starting at token {start} does not fit "
+                             f"in value's {tokens} tokens")
+
+
+# ---------------------------------------------------------------------- derived inputs
+
+def _shapes_tensor(ops: Ops, shapes: Any) -> Any:
+    """spatial_shapes as an int64 [L, 2] tensor, from a tensor or a Python list of (H, W)."""
+    if ops.is_tensor(shapes):
+        return shapes
+    try:
+        pairs = [[int(height), int(width)] for height, width in shapes]
+    except (TypeError, ValueError):
+        raise Inexpressible(f"expected a list of (H, W) pairs, got {shapes!r:.80}") from None
+    return ops.constant(pairs, "int64")
+
+
+def _level_start_index(ops: Ops, shapes: Any) -> Any:
+    return ops.exclusive_cumsum(ops.prod(_shapes_tensor(ops, shapes), 1))
+
+
+def _split_levels(ops: Ops, tensor: Any, shapes: Any, points: Any = None) -> Any:
+    """[N, Lq, M, L·P(, 2)] -> [N, Lq, M, L, P(, 2)]: only when every level samples the same P points."""
+    levels = ops.levels(shapes) if ops.is_tensor(shapes) else len(shapes)
+    if points is not None:
+        counts = [int(p) for p in (points.tolist() if ops.is_tensor(points) else points)]
+        if len(set(counts)) > 1:
+            raise Inexpressible(f"the levels sample different numbers of points {counts}; "
+                                "MultiscaleDeformableAttnPlugin_TRT samples the same P points at every level")
+        if len(counts) != levels:
+            raise Inexpressible(f"{len(counts)} point counts for {levels} levels")
+    if ops.rank(tensor) not in (4, 5):
+        raise Inexpressible(f"expected [N, Lq, M, L·P] or [N, Lq, M, L·P, 2], got rank {ops.rank(tensor)}")
+    return ops.split_axis(tensor, 3, levels)
+
+
+DERIVATIONS = {
+    "spatial_shapes": Derivation(
+        "spatial_shapes", lambda ops, shapes: _shapes_tensor(ops, shapes),
+        ("the level shapes: a [L, 2] tensor or a Python list of (H, W)",),
+        doc="spatial_shapes [L, 2] from a list of (H, W) pairs (or the tensor itself)"),
+    "level_start_index": Derivation(
+        "level_start_index", _level_start_index, ("spatial_shapes: a [L, 2] tensor or a list of (H, W)",),
+        doc="the first token of each level: the exclusive running sum of H·W"),
+    "split_levels": Derivation(
+        "split_levels", _split_levels,
+        ("the tensor with levels and points flattened, [N, Lq, M, L·P] or [N, Lq, M, L·P, 2]",
+         "spatial_shapes: a [L, 2] tensor or a list of (H, W)", "the points per level (a list), optional"),
+        doc="[N, Lq, M, L·P(, 2)] -> [N, Lq, M, L, P(, 2)] when every level samples the same P", optional=1),
+}
+
+
 ENTRY = PluginEntry(
     op="MultiscaleDeformableAttnPlugin_TRT",
     versions=("1", "2"),
@@ -119,22 +185,6 @@ ENTRY = PluginEntry(
     check_values=_check_values,
     kernel="orchestrator.plugins.msda_kernel:msda",
     precisions=("fp32", "fp16"),
+    derivations=DERIVATIONS,
     doc="Multi-scale deformable attention; output [N, Lq, M, D].",
 )
-
-
-def kernel_inputs_ok(inputs: list[Any]) -> None:
-    """Refuse inputs that would make the kernel read outside its arrays (it does no bounds checks)."""
-    shapes = [tuple(int(d) for d in x.shape) for x in inputs]
-    ranks = [contract.rank for contract in ENTRY.inputs]
-    if [len(s) for s in shapes] != ranks:
-        raise ValueError(f"input ranks {[len(s) for s in shapes]} differ from {ranks}; shapes {shapes}")
-    problems = _check_shapes(shapes)
-    if problems:
-        raise ValueError("; ".join(problems))
-    value, spatial, starts = inputs[0], inputs[1], inputs[2]
-    tokens = value.shape[1]
-    for level, ((height, width), start) in enumerate(zip(spatial.tolist(), starts.tolist(), strict=True)):
-        if height <= 0 or width <= 0 or start < 0 or start + height * width > tokens:
-            raise ValueError(f"level {level}: shape ({height}, {width}) starting at token {start} does not fit "
-                             f"in value's {tokens} tokens")

@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import imports
+from orchestrator import arguments, imports
 from orchestrator.errors import UserError
 from orchestrator.signatures import check_call
 from orchestrator.stages import StageCall, StageResult
@@ -99,10 +99,10 @@ def check_contract(tensors: dict[str, Any], expect: list[dict[str, Any]], origin
                             f"the plugin takes rank {rule['rank']}", field=field)
         wants_int = all(d.startswith(("int", "uint")) for d in rule["dtypes"])
         is_int = dtype.startswith(("int", "uint"))
-        if wants_int != is_int or (not is_int and dtype not in rule["dtypes"]):
+        if wants_int != is_int or not (is_int or dtype.startswith(("float", "bfloat"))):
             raise UserError(f"tensor '{name}' from {origin} is {dtype}; the plugin takes "
-                            f"{' or '.join(rule['dtypes'])}" + (" (integer dtypes are cast on export)"
-                                                                  if wants_int else ""), field=field)
+                            f"{' or '.join(rule['dtypes'])} (other {'integer' if wants_int else 'float'} dtypes "
+                            "are cast on export)", field=field)
 
 
 def run(call: StageCall) -> StageResult:
@@ -129,7 +129,7 @@ def _from_dir(call: StageCall, settings: dict[str, Any]) -> StageResult:
     return _write(call, inputs, {n: tensors[n] for n in outputs}, args, {}, notes, f"from {folder.name}/")
 
 
-def _resolve_module(model: Any, path: str, field: str = "capture.module") -> Any:
+def resolve_module(model: Any, path: str, field: str = "capture.module") -> Any:
     try:
         return model.get_submodule(path)
     except AttributeError:
@@ -193,7 +193,7 @@ def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     model_cfg = call.config["model"]
     call.progress("building the model")
     model, inputs = build_model(model_cfg, call.paths["python_path"])
-    target = _resolve_module(model, settings["module"]) if settings.get("module") else model
+    target = resolve_module(model, settings["module"]) if settings.get("module") else model
     recorded: dict[str, Any] = {}
     inside = [0]
     seen = [0]
@@ -253,7 +253,8 @@ def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
                     handle.remove()
 
     names = settings.get("names")
-    tensors, extras, args = _bind(recorded["signature_of"], recorded["args"], recorded["kwargs"], names)
+    tensors, extras, args = _bind(recorded["signature_of"], recorded["args"], recorded["kwargs"], names,
+                                  _module_namer(model))
     result = recorded["result"]
     results = result if isinstance(result, list | tuple) else [result]
     output_names = list(settings["outputs"])
@@ -265,9 +266,9 @@ def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     return _write(call, tensors, outputs, args, extras, [], f"from {where}")
 
 
-def _bind(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-          names: list[str] | None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """Name every argument: by `names`, else by the callable's signature."""
+def _bind(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str] | None,
+          module_path: Callable[[Any], str | None]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Name every argument (by `names`, else by the callable's signature): tensors, and typed plain values."""
     if names is None:
         try:
             parameters = [p.name for p in inspect.signature(function).parameters.values()
@@ -285,10 +286,24 @@ def _bind(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         if hasattr(value, "detach"):
             tensors[name] = to_numpy(value)
             order.append({"name": name, "kind": "tensor", "torch_dtype": torch_dtype_name(value.dtype)})
-        else:
-            extras[name] = value if isinstance(value, int | float | str | bool | type(None)) else repr(value)
-            order.append({"name": name, "kind": "extra"})
+            continue
+        try:
+            extras[name] = arguments.encode(value, module_path)
+        except arguments.Unrecordable as exc:
+            raise UserError(f"the call's argument '{name}' is {exc}, which a capture cannot record as a tensor "
+                            "or as plain data", field="capture.call",
+                            hint="feed the plugin from the arguments that are tensors or plain values "
+                                 "(export.plugins[].inputs), compute the others with export.plugins[].derive, "
+                                 "or leave out export.plugins[].replace so the catalog's kernel computes the "
+                                 "call") from None
+        order.append({"name": name, "kind": "extra"})
     return tensors, extras, order
+
+
+def _module_namer(model: Any) -> Callable[[Any], str | None]:
+    """Module -> its dotted path in the model (how `self` of a recorded method is written down)."""
+    paths = {id(module): name for name, module in model.named_modules()}
+    return lambda module: paths.get(id(module))
 
 
 def _write(call: StageCall, inputs: dict[str, Any], outputs: dict[str, Any], args: list[dict[str, Any]],
@@ -388,7 +403,7 @@ def swap_callable(path: str, function: Any, field: str) -> Iterator[Any]:
         yield original
 
 
-class _ModuleStack:
+class ModuleStack:
     """Which modules are running right now (forward hooks on every named module)."""
 
     def __init__(self, model: Any):
@@ -420,8 +435,8 @@ def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     inputs = name_inputs(model, raw_inputs)
     wanted = settings.get("calls")
     for path in wanted if isinstance(wanted, list) else []:
-        _resolve_module(model, path, "capture.calls")  # a typo is an error that names the module
-    stack = _ModuleStack(model)
+        resolve_module(model, path, "capture.calls")  # a typo is an error that names the module
+    stack = ModuleStack(model)
     counts: dict[str, int] = {}
     records: list[dict[str, Any]] = []
 

@@ -37,23 +37,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator import imports
+from orchestrator import arguments, imports
 from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
+from orchestrator.plugins.derive import Inexpressible, TorchOps
 from orchestrator.stages import StageCall, StageResult
 
 ONNX_ATTR_SUFFIX = {bool: "i", int: "i", float: "f", str: "s"}
-
-
-def level_start_index(spatial_shapes: Any) -> Any:
-    """The first token of each level: the exclusive running sum of H*W over spatial_shapes [L, 2]."""
-    import torch
-
-    sizes = spatial_shapes.prod(1)
-    return torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
-
-
-DERIVATIONS: dict[str, Callable[[Any], Any]] = {"level_start_index": level_start_index}
 
 
 def _attributes(plugin: dict[str, Any]) -> dict[str, Any]:
@@ -74,51 +64,88 @@ def _attr_kwargs(plugin: dict[str, Any]) -> dict[str, Any]:
             for name, v in attrs.items()}
 
 
+def _sources(rule: dict[str, Any]) -> list[str]:
+    return rule["from"] if isinstance(rule["from"], list) else [rule["from"]]
+
+
+def derive_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (the call's arguments by name) with the plugin's derived inputs added, by the catalog's rules.
+
+    A source names the call's argument when the call has one of that name, else another derived input,
+    so rules chain (level_start_index from a spatial_shapes derived from a list).
+    """
+    derive: dict[str, dict[str, Any]] = plugin.get("derive", {})
+    derived: dict[str, Any] = {}
+    pending = dict(derive)
+    while pending:
+        ready = {name: rule for name, rule in pending.items()
+                 if all(src in values or src in derived for src in _sources(rule))}
+        if not ready:
+            missing = sorted({src for rule in pending.values() for src in _sources(rule)
+                              if src not in values and src not in derived and src not in pending})
+            raise UserError(f"derive reads {', '.join(missing) or 'a cycle of derived inputs'}, which the call "
+                            f"does not pass (it passes {', '.join(values)})", field="export.plugins.derive")
+        for name, rule in ready.items():
+            sources = [values[src] if src in values else derived[src] for src in _sources(rule)]
+            try:
+                derived[name] = entry.derivation(rule["rule"]).run(TorchOps(), sources)
+            except Inexpressible as exc:
+                raise UserError(f"{entry.op} cannot express this call: {exc}", field=f"export.plugins.derive.{name}",
+                                hint="the call is computed by the model as written where the plugin cannot "
+                                     "stand for it; leave this callable out of export.plugins") from None
+            del pending[name]
+    return {**values, **derived}
+
+
+def _check_required(plugin: dict[str, Any], entry: catalog.PluginEntry, values: dict[str, Any]) -> None:
+    """Arguments whose value the plugin's computation assumes (export.plugins[].require), e.g. method: default."""
+    for name, wanted in plugin.get("require", {}).items():
+        if name in values and values[name] != wanted:
+            raise UserError(f"the call passes {name}={values[name]!r}; {entry.op} computes only {name}={wanted!r}",
+                            field=f"export.plugins.require.{name}",
+                            hint="the plugin cannot stand for this call; leave this callable out of export.plugins")
+
+
 class _Binder:
-    """Maps a call of the replaced callable to the plugin's inputs (by name, derived, cast)."""
+    """Maps a call of the replaced callable to the plugin's inputs (by name, derived, cast to the contract)."""
 
-    def __init__(self, plugin: dict[str, Any], original: Callable[..., Any]):
-        import torch
-
+    def __init__(self, plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any]):
         try:
             self.signature: inspect.Signature | None = inspect.signature(original)
         except (TypeError, ValueError):
             self.signature = None
+        self.plugin = plugin
+        self.entry = entry
         self.names: list[str] = plugin["inputs"]
-        self.derive: dict[str, dict[str, str]] = plugin.get("derive", {})
+        self.derive: dict[str, dict[str, Any]] = plugin.get("derive", {})
         self.passed = [n for n in self.names if n not in self.derive]
-        self.casts = {name: getattr(torch, dtype) for name, dtype in plugin["dtypes"].items()
-                      if dtype.startswith(("int", "uint"))}
+
+    def _values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[inspect.BoundArguments | None,
+                                                                              dict[str, Any]]:
+        if self.signature is None:
+            return None, dict(zip(self.passed, args, strict=False)) | kwargs
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise UserError(f"the model calls the replaced callable in a way its signature does not accept: "
+                            f"{exc}", field="export.plugins.replace",
+                            hint="replace the function the model actually calls") from None
+        bound.apply_defaults()
+        return bound, dict(bound.arguments)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
-        """(the call's arguments with integer plugin inputs cast, the plugin's input tensors in order)."""
-        if self.signature is not None:
-            try:
-                bound = self.signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise UserError(f"the model calls the replaced callable in a way its signature does not accept: "
-                                f"{exc}", field="export.plugins.replace",
-                                hint="replace the function the model actually calls") from None
-            bound.apply_defaults()
-            values = dict(bound.arguments)
-        else:
-            bound = None
-            values = dict(zip(self.passed, args, strict=False)) | kwargs
+        """(the call's arguments with plugin inputs cast, the plugin's input tensors in order)."""
+        bound, values = self._values(args, kwargs)
         missing = [n for n in self.passed if n not in values]
         if missing:
             raise UserError(f"the replaced call has no argument(s) {', '.join(missing)}; plugin inputs are mapped "
                             f"by name ({', '.join(self.names)}); name others in export.plugins[].derive",
                             field="export.plugins.inputs")
-        tensors = dict(values)
-        for name, rule in self.derive.items():
-            tensors[name] = DERIVATIONS[rule["rule"]](values[rule["from"]])
-        inputs = []
-        for name in self.names:
-            tensor = tensors[name]
-            if name in self.casts and tensor.dtype != self.casts[name]:
-                tensor = tensor.to(self.casts[name])
-            inputs.append(tensor)
-            if bound is not None and name in bound.arguments:
+        _check_required(self.plugin, self.entry, values)
+        tensors = derive_inputs(self.plugin, self.entry, values)
+        inputs = contract_inputs(self.plugin, self.entry, [tensors[name] for name in self.names])
+        for name, tensor in zip(self.names, inputs, strict=True):
+            if bound is not None and name in self.passed and name in bound.arguments:
                 bound.arguments[name] = tensor
         if bound is None:  # no signature: the call gets the inputs it passed, by name
             return {n: t for n, t in zip(self.names, inputs, strict=True) if n in self.passed}, inputs
@@ -129,6 +156,28 @@ class _Binder:
         if isinstance(bound, inspect.BoundArguments):
             return original(*bound.args, **bound.kwargs)
         return original(**bound)
+
+
+def contract_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, tensors: list[Any]) -> list[Any]:
+    """The plugin's inputs cast to its dtype contract: declared dtypes (export.plugins[].dtypes), and float
+    inputs of a dtype the plugin does not take (float64 from torch.linspace) to the dtype of the input they
+    must match, else the contract's first."""
+    import torch
+
+    declared = plugin["dtypes"]
+    names: list[str] = plugin["inputs"]
+    result: list[Any] = []
+    for contract, name, tensor in zip(entry.inputs, names, tensors, strict=True):
+        wanted = declared.get(name) if contract.is_integer else None
+        current = str(tensor.dtype).replace("torch.", "")
+        if wanted is None and tensor.is_floating_point() and current not in contract.dtypes:
+            twin = entry.input_names().index(contract.same_dtype_as) if contract.same_dtype_as else None
+            twin_dtype = str(result[twin].dtype).replace("torch.", "") if twin is not None else None
+            wanted = twin_dtype if twin_dtype in contract.dtypes else contract.dtypes[0]
+        if wanted is not None and current != wanted:
+            tensor = tensor.to(getattr(torch, wanted))
+        result.append(tensor)
+    return result
 
 
 # ---------------------------------------------------------------------- TorchScript: autograd.Function symbolic
@@ -174,7 +223,7 @@ def make_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, origina
     import torch
 
     node = plugin_function(plugin, entry, shapes)
-    binder = _Binder(plugin, original)
+    binder = _Binder(plugin, entry, original)
 
     def replacement(*args: Any, **kwargs: Any) -> Any:
         bound, inputs = binder.bind(args, kwargs)
@@ -285,7 +334,7 @@ def make_dynamo_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, 
     """The stand-in for `original` during a dynamo export: the plugin's custom op, registered in `table`."""
     import torch
 
-    binder = _Binder(plugin, original)
+    binder = _Binder(plugin, entry, original)
     count = len(plugin["inputs"])
     qualified, custom = _custom_op(plugin, count)
     _REAL[qualified] = _real_computation(plugin, entry, original, binder)
@@ -346,14 +395,14 @@ def kernel_callable(plugin: dict[str, Any], entry: catalog.PluginEntry,
     attrs = plugin.get("attributes", {})
     names = plugin["inputs"]
     derive = plugin.get("derive", {})
-    taken = list(names) if with_derived else [n for n in names if n not in derive]
+    sources = [src for rule in derive.values() for src in _sources(rule) if src not in names]
+    taken = list(names) if with_derived else [n for n in names if n not in derive] + list(dict.fromkeys(sources))
 
     def compute(*args: Any, **kwargs: Any) -> Any:
         given = dict(zip(taken, args, strict=False)) | kwargs
-        for name, rule in derive.items():
-            if name not in given:
-                given[name] = DERIVATIONS[rule["rule"]](given[rule["from"]])
-        tensors = [given[name] for name in names]
+        if not with_derived:
+            given = derive_inputs(plugin, entry, given)
+        tensors = contract_inputs(plugin, entry, [given[name] for name in names])
         outputs = kernel([np.asarray(t.detach().cpu().numpy()) for t in tensors], attrs)
         result = torch.from_numpy(np.ascontiguousarray(outputs[0])).to(tensors[0].device)
         return result.reshape(entry.result_shape(tuple(result.shape))) if entry.result_shape else result
@@ -457,17 +506,36 @@ def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
     if missing:
         raise UserError(f"the capture has no tensor(s) {', '.join(missing)} for the plugin inputs; it has "
                         f"{', '.join(inputs)}", field="export.plugins[0].inputs")
-    extras = record.get("extras", {})
+    modules = _recorded_modules(call, record)
+    extras = {name: arguments.decode(value, modules.__getitem__) for name, value in record.get("extras", {}).items()}
+    constants = {name: tensor for name, tensor in inputs.items() if name not in names}
     order = [a["name"] for a in record.get("args", [])] or names
+    if not plugin.get("replace"):  # the reference kernel takes the plugin inputs and the derivations' sources
+        accepted = set(inspect.signature(original).parameters)
+        order = [name for name in order if name in accepted] or names
 
     class OneCall(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.recorded = torch.nn.ModuleDict({str(i): m for i, m in enumerate(modules.values())})
+
         def forward(self, *tensors: Any) -> Any:
-            values = dict(zip(names, tensors, strict=True))
-            args = {name: values[name] if name in values else extras[name] for name in order
-                    if name in values or name in extras}
-            return function(**args)
+            values = {**constants, **extras, **dict(zip(names, tensors, strict=True))}
+            return function(**{name: values[name] for name in order if name in values})
 
     return OneCall(), tuple(inputs[n] for n in names), names, list(record["outputs"])[:1], "one call"
+
+
+def _recorded_modules(call: StageCall, record: dict[str, Any]) -> dict[str, Any]:
+    """The modules the recorded call received (`self` of a method), from a freshly built model."""
+    paths = sorted({path for value in record.get("extras", {}).values() for path in arguments.modules_in(value)})
+    if not paths:
+        return {}
+    from orchestrator.stages.capture import build_model, resolve_module
+
+    call.progress("building the model (the call is a method of one of its modules)")
+    model, _ = build_model(call.config["model"], call.paths["python_path"])
+    return {path: resolve_module(model, path, "capture.module") if path else model for path in paths}
 
 
 def _whole_model(call: StageCall, record: dict[str, Any]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
@@ -479,7 +547,8 @@ def _whole_model(call: StageCall, record: dict[str, Any]) -> tuple[Any, tuple[An
     call.progress("building the model")
     model, raw_inputs = build_model(call.config["model"], call.paths["python_path"])
     inputs = name_inputs(model, raw_inputs)
-    names = list(inputs.tensors)
+    frozen = _frozen_inputs(call.config["export"].get("constants", []), inputs.tensors)
+    names = [name for name in inputs.tensors if name not in frozen]
 
     class WholeModel(torch.nn.Module):
         def __init__(self) -> None:
@@ -487,11 +556,25 @@ def _whole_model(call: StageCall, record: dict[str, Any]) -> tuple[Any, tuple[An
             self.model = model
 
         def forward(self, *tensors: Any) -> Any:
-            result = inputs.call(self.model, dict(zip(names, tensors, strict=True)))
+            result = inputs.call(self.model, {**frozen, **dict(zip(names, tensors, strict=True))})
             return tuple(tensor for _, tensor in flatten_outputs(result))
 
     outputs = list(record["outputs"])
-    return WholeModel().eval(), tuple(inputs.tensors[n] for n in names), names, outputs, f"whole {type(model).__name__}"
+    what = f"whole {type(model).__name__}" + (f", {', '.join(frozen)} frozen as constants" if frozen else "")
+    return WholeModel().eval(), tuple(inputs.tensors[n] for n in names), names, outputs, what
+
+
+def _frozen_inputs(wanted: list[str], tensors: dict[str, Any]) -> dict[str, Any]:
+    """The model inputs export.constants names, with their captured values: they become constants of the
+    graph, so what the model computes from them alone (text masks from input_ids) folds away."""
+    unknown = [name for name in wanted if name not in tensors]
+    if unknown:
+        raise UserError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a tensor input of the "
+                        f"model (its tensor inputs: {', '.join(tensors)})", field="export.constants")
+    if len(wanted) == len(tensors):
+        raise UserError("every model input would be a constant; the graph needs at least one input",
+                        field="export.constants")
+    return {name: tensors[name] for name in wanted}
 
 
 @contextlib.contextmanager
@@ -520,9 +603,56 @@ def _torch_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict[
     dynamic_axes = {name: {int(axis): label for axis, label in axes.items()}
                     for name, axes in settings.get("dynamic_axes", {}).items()} or None
     with _quiet(), torch.no_grad():
-        torch.onnx.export(module, args, str(out), opset_version=settings["opset"], input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes, dynamo=False,
-                          do_constant_folding=True)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                torch.onnx.export(module, args, str(out), opset_version=settings["opset"], input_names=input_names,
+                                  output_names=output_names, dynamic_axes=dynamic_axes, dynamo=False,
+                                  do_constant_folding=True)
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            raise _unsupported(str(exc), settings, lambda op: _module_using(module, args, op)) from None
+
+
+def _unsupported(text: str, settings: dict[str, Any], locate: Callable[[str], str | None]) -> UserError:
+    """An op the exporter cannot write: name it, the module that used it, and the ways out."""
+    import re
+
+    found = re.search(r"operator '([^']+)'", text)
+    op = found.group(1) if found else "an operator"
+    module = locate(op) if found else None
+    where = "" if not module else f" (used in {module})" if " " in module else f" (used in module '{module}')"
+    return UserError(f"the {settings['exporter']} exporter cannot write {op} at opset {settings['opset']}{where}",
+                     field="export.exporter",
+                     hint="ways out: another opset (export.opset), the other exporter (export.exporter), or, where "
+                          "the op only depends on some model inputs (text masks from input_ids), freeze those inputs "
+                          "as constants with export.constants")
+
+
+def _module_using(module: Any, args: tuple[Any, ...], op: str) -> str | None:
+    """The innermost module running when the model first calls the aten op `op` (one eager forward)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from orchestrator.stages.capture import ModuleStack
+
+    stack = ModuleStack(module)
+    seen: list[str] = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if not seen and func._schema.name == op:
+                seen.append(stack.names[-1] if stack.names else "")
+            return func(*args, **(kwargs or {}))
+
+    try:
+        with torch.no_grad(), Watch():
+            module(*args)
+    except Exception:  # noqa: BLE001 - locating the op is a courtesy; the error stands without it
+        return None
+    finally:
+        stack.close()
+    if not seen:
+        return None
+    return "the model's own forward" if seen[0] in ("", "model") else seen[0].removeprefix("model.")
 
 
 def _dynamic_shapes(settings: dict[str, Any], input_names: list[str]) -> tuple[Any, ...] | None:
@@ -575,11 +705,18 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     _name_dynamic_axes(model, settings, record)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    if settings.get("plugin_nodes") != "surgery" and _cast_float_inputs(model, settings["plugins"]):
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     _declare_plugin_input_shapes(model, shapes)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise RuntimeError(f"the exported graph does not pass onnx.checker: {exc}") from exc
+        first = str(exc).strip().splitlines()[0][:300]
+        raise UserError(f"the {settings['exporter']} exporter wrote an invalid model at opset {settings['opset']}: "
+                        f"{first}", field="export.opset",
+                        hint="dynamo builds at opset 18 and converts down, which can leave newer attributes behind: "
+                             "ask for opset 18 or more, or use exporter: torchscript" if settings["exporter"] ==
+                        "dynamo" else "try another opset, or exporter: dynamo") from None
     onnx.save(model, str(out))
     info = describe_graph(model)
     opset = info["opset"].get("ai.onnx", settings["opset"])
@@ -599,6 +736,41 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
     if strategy.startswith("torch.export.draft_export"):
         text += "; draft_export"
     return StageResult(text, info)
+
+
+def _cast_float_inputs(model: Any, plugins: list[dict[str, Any]]) -> int:
+    """Cast float plugin inputs of a dtype the plugin does not take (TorchScript writes torch.linspace as
+    double even where the traced tensor was float32) to the contract's dtype, in the graph; the count cast."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    entries = {p["op"]: catalog.lookup(p["op"], p.get("catalog")) for p in plugins}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    floats = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+              onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.DOUBLE: "float64"}
+    casts = []
+    for node in model.graph.node:
+        entry = entries.get(node.op_type)
+        if entry is None or len(node.input) != len(entry.inputs):
+            continue
+        dtypes = [floats.get(types.get(name, 0)) for name in node.input]
+        for index, contract in enumerate(entry.inputs):
+            dtype = dtypes[index]
+            if dtype is None or contract.is_integer or dtype in contract.dtypes:
+                continue
+            twin = entry.input_names().index(contract.same_dtype_as) if contract.same_dtype_as else None
+            wanted = dtypes[twin] if twin is not None and dtypes[twin] in contract.dtypes else contract.dtypes[0]
+            cast_name = f"{node.input[index]}_as_{wanted}"
+            casts.append((node, helper.make_node("Cast", [node.input[index]], [cast_name],
+                                                 name=f"{node.name or node.op_type}/Cast_{contract.name}",
+                                                 to=helper.np_dtype_to_tensor_dtype(np.dtype(wanted)))))
+            node.input[index] = cast_name
+    for node, cast in casts:
+        position = list(model.graph.node).index(node)
+        model.graph.node.insert(position, cast)
+    return len(casts)
 
 
 def _name_dynamic_axes(model: Any, settings: dict[str, Any], record: dict[str, Any]) -> None:
@@ -706,7 +878,10 @@ def _plugin_summary(info: dict[str, Any]) -> str:
     nodes = info["plugin_nodes"]
     ops = sorted({n["op"] for n in nodes})
     text = f"{len(nodes)} plugin node{'s' if len(nodes) != 1 else ''} {', '.join(ops)}" if nodes else "no plugin node"
-    casts = sorted({c["to"] for n in nodes for c in n["casts"]})
-    if casts:
-        text += f", integer inputs cast to {', '.join(casts)}"
+    integer = sorted({c["to"] for n in nodes for c in n["casts"] if not c["to"].startswith(("float", "bfloat"))})
+    floats = sorted({c["to"] for n in nodes for c in n["casts"] if c["to"].startswith(("float", "bfloat"))})
+    if integer:
+        text += f", integer inputs cast to {', '.join(integer)}"
+    if floats:
+        text += f", float inputs cast to {', '.join(floats)}"
     return text

@@ -142,33 +142,27 @@ def resolve_tensor(ctx: Context, match: Any, what: str) -> Any:
 
 
 def derive(ctx: Context, rule: str, source: Any) -> Any:
-    """A tensor computed from `source` by inserted nodes (shared between uses within one edit)."""
-    import numpy as np
-    import onnx_graphsurgeon as gs
+    """A tensor computed from `source` by inserted nodes: the declared plugin's own derivation rule, written
+    as ONNX (shared between uses within one edit)."""
+    from orchestrator import plugins as catalog
+    from orchestrator.plugins.derive import Inexpressible, OnnxOps
 
     key = (f"derive:{rule}", source.name)
     if key in ctx.made:
         return ctx.made[key]
-    if rule != "level_start_index":
-        raise ctx.error(f"unknown derivation '{rule}'")
-    # level_start_index = exclusive running sum of H*W: ReduceProd over (H, W), then CumSum(exclusive=1).
-    dtype = _dtype_name(source) or "int64"
-    shape = getattr(source, "shape", None)
-    levels = [shape[0]] if shape else None
-    sizes = gs.Variable(ctx.unique(f"{source.name}_level_sizes"), dtype=np.dtype(dtype), shape=levels)
-    opset = ctx.graph.opset or 11
-    if opset >= 18:
-        axes = gs.Constant(ctx.unique(f"{source.name}_axes"), np.array([1], dtype=np.int64))
-        reduce = gs.Node("ReduceProd", ctx.unique("derive_ReduceProd"), {"keepdims": 0}, [source, axes], [sizes])
-    else:
-        reduce = gs.Node("ReduceProd", ctx.unique("derive_ReduceProd"), {"axes": [1], "keepdims": 0}, [source],
-                         [sizes])
-    axis = gs.Constant(ctx.unique(f"{source.name}_axis0"), np.array(0, dtype=np.int64))
-    starts = gs.Variable(ctx.unique(f"{source.name}_level_start_index"), dtype=np.dtype(dtype), shape=levels)
-    cumsum = gs.Node("CumSum", ctx.unique("derive_CumSum"), {"exclusive": 1}, [sizes, axis], [starts])
-    ctx.graph.nodes.extend([reduce, cumsum])
-    ctx.made[key] = starts
-    return starts
+    entries = [catalog.lookup(op, declared.get("catalog")) for op, declared in ctx.contracts.items()]
+    entries += [catalog.lookup(op) for op in catalog.BUILTIN if op not in ctx.contracts]  # declared ones first
+    owners = [entry for entry in entries if rule in entry.derivations]
+    if not owners:
+        known = sorted({name for entry in entries for name in entry.derivations})
+        raise ctx.error(f"unknown derivation '{rule}'; the catalog's plugins have: {', '.join(known) or 'none'}")
+    ops = OnnxOps(ctx.graph, ctx.unique)
+    try:
+        derived = owners[0].derivation(rule).run(ops, [source])
+    except Inexpressible as exc:
+        raise ctx.error(f"derivation '{rule}' from '{source.name}': {exc}") from None
+    ctx.made[key] = derived
+    return derived
 
 
 def cast(ctx: Context, tensor: Any, to: str) -> Any:

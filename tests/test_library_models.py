@@ -146,3 +146,51 @@ def test_an_op_no_exporter_writes_names_the_op_and_the_ways_out(project: Project
     assert result.code == 2, result.text
     assert "export.exporter: the torchscript exporter cannot write aten::isin at opset 17 (used in" in result.err
     assert "export.constants" in result.err and "Traceback" not in result.text
+
+
+COLLIDING = '''
+import torch
+
+from examples.ops import msda
+
+
+class Model(torch.nn.Module):
+    """Returns an output named like one of its inputs (OmDet-Turbo's classes_structure does so)."""
+
+    def forward(self, value, sampling_locations, attention_weights):
+        shapes = torch.tensor([[2, 3], [1, 2]])
+        starts = torch.tensor([0, 6])
+        out = msda.ms_deform_attn(value, shapes, starts, sampling_locations, attention_weights)
+        return {"value": out, "weights": attention_weights.sum(-1)}
+
+
+def build():
+    return Model()
+
+
+def inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.rand(1, 3, 2, 2, 2, generator=generator)
+    return {"value": torch.randn(1, 8, 2, 4, generator=generator),
+            "sampling_locations": torch.rand(1, 3, 2, 2, 2, 2, generator=generator),
+            "attention_weights": weights / weights.sum((-1, -2), keepdim=True)}
+'''
+
+
+def test_an_output_may_share_its_name_with_an_input(project: Project) -> None:
+    project.write("colliding.py", COLLIDING)
+    pipeline = project.write("colliding.yaml", f"""\
+        version: 1
+        python_path: [., {ROOT}]
+        model: {{factory: colliding:build, inputs: colliding:inputs}}
+        capture: {{calls: all, outputs: [value, weights]}}
+        export:
+          scope: model
+          plugins:
+            - {{replace: examples.ops.msda:ms_deform_attn, op: {MSDA}}}
+        bench: {{enabled: false}}
+        """)
+    result = project.run("run", str(pipeline))
+    assert result.code == 0, result.text
+    verify = json.loads(next(project.store.glob("verify/*/verify.json")).read_text())
+    assert set(verify["outputs"]) == {"value", "weights"} and verify["passed"]

@@ -312,7 +312,7 @@ def _write(call: StageCall, inputs: dict[str, Any], outputs: dict[str, Any], arg
         raise UserError("the captured call returned no tensor to compare against", field="capture")
     call.progress("writing tensors")
     index_inputs = save_named(call.out / "tensors", inputs)
-    index_outputs = save_named(call.out / "tensors", outputs)
+    index_outputs = save_named(call.out / "outputs", outputs)  # apart: an output may be named like an input
     record = {"inputs": index_inputs, "outputs": index_outputs, "args": args, "extras": extras, "notes": notes,
               **(more or {})}
     (call.out / "capture.json").write_text(json.dumps(record, indent=1))

@@ -428,6 +428,7 @@ def run(call: StageCall) -> StageResult:
             module, args, input_names, output_names, what = _whole_model(call, record)
         else:
             module, args, input_names, output_names, what = _one_call(call, settings, record, table, shapes)
+        output_names = [f"{name}_output" if name in input_names else name for name in output_names]
         with _swapped(settings, table, shapes):
             call.progress(f"exporting ({settings['exporter']})")
             if settings["exporter"] == "dynamo":

@@ -194,3 +194,15 @@ def test_an_output_may_share_its_name_with_an_input(project: Project) -> None:
     assert result.code == 0, result.text
     verify = json.loads(next(project.store.glob("verify/*/verify.json")).read_text())
     assert set(verify["outputs"]) == {"value", "weights"} and verify["passed"]
+
+
+def test_dynamo_names_an_op_it_has_no_function_for(project: Project) -> None:
+    """RT-DETRv2 checks a tensor condition (torch_compilable_check) that dynamo cannot translate."""
+    text = (ROOT / "pipelines" / "hf_rt_detr_v2_model.yaml").read_text().replace(
+        "python_path: [..]", f"python_path: [{ROOT}]").replace("exporter: torchscript", "exporter: dynamo").replace(
+        "opset: 17", "opset: 18")
+    result = project.run("run", str(project.write("v2.yaml", text)))
+    assert result.code == 2, result.text
+    assert "export.exporter: the dynamo exporter cannot write aten._is_all_true at opset 18 (used in module " \
+           "'decoder.layers.0.encoder_attn', File " in result.err
+    assert "modeling_rt_detr_v2.py" in result.err and "Traceback" not in result.text

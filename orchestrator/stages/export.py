@@ -31,6 +31,7 @@ import inspect
 import io
 import json
 import logging
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
@@ -615,8 +616,6 @@ def _torch_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict[
 
 def _unsupported(text: str, settings: dict[str, Any], locate: Callable[[str], str | None]) -> UserError:
     """An op the exporter cannot write: name it, the module that used it, and the ways out."""
-    import re
-
     found = re.search(r"operator '([^']+)'", text)
     op = found.group(1) if found else "an operator"
     module = locate(op) if found else None
@@ -689,10 +688,31 @@ def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict
             except Exception:  # noqa: BLE001 - report the first failure, which names the user's code
                 raise RuntimeError(f"torch.export could not trace the model: {str(exc)[:2000]}") from exc
             strategy = "torch.export.draft_export (values the model branches on fixed to the captured ones)"
-        torch.onnx.export(program, (), str(out), opset_version=settings["opset"], input_names=input_names,
-                          output_names=output_names, custom_translation_table=table, dynamo=True,
-                          external_data=False, verbose=False, optimize=True)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(program, (), str(out), opset_version=settings["opset"], input_names=input_names,
+                                  output_names=output_names, custom_translation_table=table, dynamo=True,
+                                  external_data=False, verbose=False, optimize=True)
+        except Exception as exc:  # an op with no ONNX function is named; anything else stays a crash
+            missing = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", str(exc))
+            if missing is None:
+                raise
+            raise _unsupported(f"operator '{missing.group(1)}'", settings,
+                               lambda op: _program_module(program, op)) from None
     return strategy
+
+
+def _program_module(program: Any, op: str) -> str | None:
+    """Where an exported program calls `op`: the innermost module and the source line torch.export recorded."""
+    for node in program.graph.nodes:
+        if node.op == "call_function" and str(node.target).startswith(op.replace("::", ".")):
+            stack = node.meta.get("nn_module_stack") or {}
+            path = next(reversed(stack.values()))[0] if stack else ""
+            trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+            line = next((t.strip() for t in reversed(trace) if t.strip().startswith("File ")), "")
+            module = f"module '{path.removeprefix('model.')}'" if path and path != "model" else "the model's forward"
+            return f"{module}, {line}" if line else module
+    return None
 
 
 def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, strategy: str,

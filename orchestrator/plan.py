@@ -238,12 +238,7 @@ class Planner:
     def capture(self, data: dict[str, Any], plugins: list[dict[str, Any]]) -> Node:
         capture = copy.deepcopy(data["capture"])
         export = data["export"]
-        expect = []
-        if export["scope"] == "call":
-            for plugin in plugins[:1]:
-                for name, contract in zip(plugin["inputs"], plugin["contract"], strict=True):
-                    if name not in plugin.get("derive", {}):
-                        expect.append({"name": name, "rank": contract["rank"], "dtypes": contract["dtypes"]})
+        expect, rules = capture_contract(export, plugins)
         whole = export["scope"] == "model" and not capture.get("from_dir")
         if whole:
             for key in ("module", "call", "names"):
@@ -287,6 +282,11 @@ class Planner:
                 label, digest = self.source_digest(capture["call"], "capture.call")
                 files[label] = digest
             files.update(self.paths_digests(model.get("sources", []), "model.sources"))
+        if expect:
+            config["capture"]["rules"] = rules
+            if rules.get("catalog"):
+                label, digest = self.source_digest(rules["catalog"], "export.plugins[0].catalog")
+                files[label] = digest
         tools = environment.tools("numpy") | (environment.tools("torch"))
         return self.make("capture", config, paths, {}, files, tools)
 
@@ -426,6 +426,24 @@ class Planner:
         if data["bench"]["enabled"]:
             nodes.append(self.bench(data, build, capture))
         return nodes, reason
+
+
+def capture_contract(export: dict[str, Any], plugins: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                                                      dict[str, Any]]:
+    """What a one-call capture must hold: each captured plugin input's rank and dtypes, and whose catalog
+    rules the tensors must meet together (MSDA: S = sum of H·W, level starts); none for scope model.
+
+    Checked by the capture, so that tensors the plugin would read out of bounds are bad input there.
+    """
+    if export["scope"] != "call" or not plugins:
+        return [], {}
+    plugin = plugins[0]
+    expect = [{"name": name, "rank": contract["rank"], "dtypes": contract["dtypes"]}
+              for name, contract in zip(plugin["inputs"], plugin["contract"], strict=True)
+              if name not in plugin.get("derive", {})]
+    rules = {"op": plugin["op"], "inputs": plugin["inputs"],
+             **({"catalog": plugin["catalog"]} if plugin.get("catalog") else {})}
+    return expect, rules
 
 
 def _definition(source: Path, attrs: list[str]) -> ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | None:

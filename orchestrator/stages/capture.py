@@ -85,8 +85,13 @@ def _load_file(path: Path) -> Any:
     return to_numpy(value)
 
 
-def check_contract(tensors: dict[str, Any], expect: list[dict[str, Any]], origin: str, field: str) -> None:
-    """Refuse tensors the plugin cannot take: wrong rank, or a float where an integer belongs (and back)."""
+def check_contract(tensors: dict[str, Any], expect: list[dict[str, Any]], origin: str, field: str,
+                   rules: dict[str, Any] | None = None) -> None:
+    """Refuse tensors the plugin cannot take: wrong rank, or a float where an integer belongs (and back);
+    then, with `rules`, tensors that do not fit together by the plugin's catalog entry (for MSDA a
+    level_start_index that is not the running sum of H·W, a level of size <= 0, S != sum of H·W).
+    The plugin checks none of that and reads out of bounds, so it is bad input here, not a crash later.
+    """
     for rule in expect:
         name = rule["name"]
         if name not in tensors:
@@ -103,6 +108,26 @@ def check_contract(tensors: dict[str, Any], expect: list[dict[str, Any]], origin
             raise UserError(f"tensor '{name}' from {origin} is {dtype}; the plugin takes "
                             f"{' or '.join(rule['dtypes'])} (other {'integer' if wants_int else 'float'} dtypes "
                             "are cast on export)", field=field)
+    if rules:
+        problems = _catalog_problems(tensors, rules)
+        if problems:
+            raise UserError(f"the tensors from {origin} do not fit {rules['op']} together: {'; '.join(problems)}",
+                            field=field, hint="capture them again, or fix the files; the plugin does not check "
+                                              "them and would read outside its inputs")
+
+
+def _catalog_problems(tensors: dict[str, Any], rules: dict[str, Any]) -> list[str]:
+    """The catalog entry's shape and value rules on the captured tensors, in the plugin's input order;
+    inputs the export derives are unknown (None) here, as the rules allow."""
+    from orchestrator import plugins as catalog
+
+    entry = catalog.lookup(rules["op"], rules.get("catalog"))
+    arrays = [tensors.get(name) for name in rules["inputs"]]
+    shapes = [tuple(int(d) for d in array.shape) if array is not None else None for array in arrays]
+    problems = entry.check_shapes(shapes) if entry.check_shapes is not None else []
+    if not problems and entry.check_values is not None:
+        problems = entry.check_values(shapes, arrays)
+    return problems
 
 
 def run(call: StageCall) -> StageResult:
@@ -123,7 +148,7 @@ def _from_dir(call: StageCall, settings: dict[str, Any]) -> StageResult:
         tensors[name] = _load_file(folder / file)
     outputs = settings["outputs"]
     inputs = {n: t for n, t in tensors.items() if n not in outputs}
-    check_contract(inputs, settings["expect"], f"{folder.name}/", "capture.from_dir")
+    check_contract(inputs, settings["expect"], f"{folder.name}/", "capture.from_dir", settings.get("rules"))
     notes = [f"ignored {name} (no tensor asks for it)" for name in call.paths["ignored"]]
     args = [{"name": n, "kind": "tensor"} for n in inputs]
     return _write(call, inputs, {n: tensors[n] for n in outputs}, args, {}, notes, f"from {folder.name}/")
@@ -261,7 +286,8 @@ def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     while len(output_names) < len(results):
         output_names.append(f"output_{len(output_names)}")
     outputs = {name: to_numpy(r) for name, r in zip(output_names, results, strict=False) if hasattr(r, "detach")}
-    check_contract(tensors, settings["expect"], "the call", "capture.call" if call_path else "capture.module")
+    check_contract(tensors, settings["expect"], "the call", "capture.call" if call_path else "capture.module",
+                   settings.get("rules"))
     where = settings.get("module") or type(model).__name__
     return _write(call, tensors, outputs, args, extras, [], f"from {where}")
 

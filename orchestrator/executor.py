@@ -160,7 +160,8 @@ class Executor:
                         pending.remove(node)
                         inputs = {role: artifacts[key] for role, key in node.inputs.items()}
                         running[pool.submit(produce, str(self.store.root), node, inputs, reasons[node.key],
-                                            self._forced(node), self.plan.spec.name, False, self.remote)] = node
+                                            self._forced(node), self.plan.spec.name, False, self.remote,
+                                            stage_timeout(node, self.plan))] = node
                     if not running:
                         if pending and not any(all(k in artifacts for k in n.inputs.values()) for n in pending):
                             raise RuntimeError("no stage can run: the plan has a cycle")
@@ -191,7 +192,8 @@ class Executor:
     def run_node(self, node: Node, artifacts: dict[str, Artifact]) -> Outcome:
         inputs = {role: artifacts[key] for role, key in node.inputs.items()}
         return self._located(lambda: produce(self.store, node, inputs, lambda: self.why(node), self._forced(node),
-                                             self.plan.spec.name, self.show_progress, self.remote))
+                                             self.plan.spec.name, self.show_progress, self.remote,
+                                             stage_timeout(node, self.plan)))
 
     def write_record(self, artifacts: dict[str, Artifact]) -> None:
         stages_record = dict(self.record.get("stages", {}))
@@ -201,6 +203,16 @@ class Executor:
                 if key in artifacts:
                     stages_record[f"{variant}/{node.kind}"] = {"key": key, "parts": node.parts}
         self.store.write_run_record(self.plan.spec.name, {"stages": stages_record, "updated": time.time()})
+
+
+def stage_timeout(node: Node, plan: Plan) -> float | None:
+    """The time limit of a node's stage, `resources.<stage>.timeout` in seconds (none by default: an engine
+    build may rightly take hours). Like the rest of `resources` it is in no key: it changes no output."""
+    for variant in plan.spec.variants:
+        if variant.name in node.variants:
+            limit = ((variant.data.get("resources") or {}).get(node.kind) or {}).get("timeout")
+            return float(limit) if limit is not None else None
+    return None
 
 
 def forced_stages(plan: Plan, force: set[str]) -> dict[str, str]:
@@ -228,15 +240,17 @@ def _quiet_worker() -> None:
 
 
 def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason: str | Callable[[], str],
-            forced: bool, pipeline: str, progress: bool, remote: Remote | None = None) -> Outcome:
+            forced: bool, pipeline: str, progress: bool, remote: Remote | None = None,
+            timeout: float | None = None) -> Outcome:
     """Reuse the node's artifact or make it, once across processes (per-key lock, then re-check).
 
     With a remote cache, a key missing locally is first pulled from it, and what ran is pushed to it.
+    A stage that runs longer than `timeout` seconds is a crash (see _TimeLimit).
     """
     if isinstance(store, str):  # in a worker process
         store = Store(store)
         try:
-            return produce(store, node, inputs, reason, forced, pipeline, progress, remote)
+            return produce(store, node, inputs, reason, forced, pipeline, progress, remote, timeout)
         finally:
             store.save()
     if not forced:
@@ -265,7 +279,7 @@ def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason:
             why = f"rebuilt: artifact {damage}"
         else:
             why = reason() if callable(reason) else reason
-        outcome = _execute(store, node, inputs, why, forced, pipeline, progress)
+        outcome = _execute(store, node, inputs, why, forced, pipeline, progress, timeout)
         if remote is not None:
             failure = remote.try_push(outcome.artifact, replace=forced or remote_damaged)
             notes += [failure] if failure else []
@@ -280,7 +294,7 @@ def _reused(node: Node, artifact: Artifact, status: str) -> Outcome:
 
 
 def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str, forced: bool, pipeline: str,
-             progress: bool) -> Outcome:
+             progress: bool, timeout: float | None = None) -> Outcome:
     runner = stages.load(node.kind)
     started = time.time()
     clock = time.perf_counter()
@@ -289,15 +303,18 @@ def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str,
         call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update,
                                 shared_dir=store.root / "shared")
         watch = _InterruptWatch()
+        limit = _TimeLimit(timeout, node.kind)
         try:
             with spinner, watch:
-                result = runner(call)
+                with limit:
+                    result = runner(call)
+                limit.check()  # the stage's code caught the limit's exception and went on: still too late
         except UserError:
             raise
         except BaseException as exc:  # a bug, a tool failure, user code exiting: keep the traceback, say where
             if watch.arrived:
                 raise KeyboardInterrupt from None  # the user pressed Ctrl-C: the run ends as interrupted
-            raise _crashed(store, node, exc) from exc
+            raise _crashed(store, node, StageTimeout(limit.message) if limit.expired else exc) from exc
         elapsed = time.perf_counter() - clock
         if forced and store.get(node.kind, node.key) is not None:
             store.discard(node.kind, node.key)
@@ -318,12 +335,75 @@ def _crashed(store: Store, node: Node, error: BaseException) -> StageCrashed:
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(traceback.format_exc())
     text = None
-    if isinstance(error, SystemExit):
+    if isinstance(error, StageTimeout):
+        text = str(error)
+    elif isinstance(error, SystemExit):
         text = (f"SystemExit({error.code!r}) raised by the code it runs (sys.exit, or argparse reading "
                 "orchestrate's command line); a stage cannot end the run")
     elif isinstance(error, KeyboardInterrupt):
         text = "KeyboardInterrupt raised by the code it runs (no Ctrl-C arrived)"
     return StageCrashed(node.kind, node.short, text or error, log)
+
+
+class StageTimeout(BaseException):
+    """Raised inside a stage past its time limit. Not an Exception, so that `except Exception` in the
+    model's code does not swallow it."""
+
+
+class _TimeLimit:
+    """Ends a stage that runs past `seconds` by raising StageTimeout inside it.
+
+    In the main thread (the serial executor, and each -j worker process) SIGALRM does it, which also
+    wakes a sleep or a blocked system call, and again every second should the stage's code catch it.
+    Elsewhere (a stage run in a thread) a timer thread raises it asynchronously in the stage's thread.
+    Code inside one long C call (a TensorRT build) sees it once that call returns to Python.
+    """
+
+    def __init__(self, seconds: float | None, kind: str):
+        self.seconds, self.kind = seconds, kind
+        self.expired = False
+        self.previous: Any = None
+        self.armed = False
+        self.stop = threading.Event()
+
+    @property
+    def message(self) -> str:
+        return f"ran past its time limit of {self.seconds:g} s (resources.{self.kind}.timeout)"
+
+    def __enter__(self) -> _TimeLimit:
+        if self.seconds is None:
+            return self
+        if threading.current_thread() is threading.main_thread():
+            self.previous, self.armed = signal.getsignal(signal.SIGALRM), True
+            signal.signal(signal.SIGALRM, self._alarm)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds, 1.0)
+        else:
+            target = threading.get_ident()
+            threading.Thread(target=self._raise_in, args=(target,), daemon=True).start()
+        return self
+
+    def _alarm(self, signum: int, frame: FrameType | None) -> None:
+        self.expired = True
+        raise StageTimeout(self.message)
+
+    def _raise_in(self, thread: int) -> None:
+        import ctypes
+
+        wait = self.seconds
+        while not self.stop.wait(wait):
+            self.expired, wait = True, 1.0
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(StageTimeout))
+
+    def check(self) -> None:
+        if self.expired:
+            raise StageTimeout(self.message)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.armed = False
 
 
 class _InterruptWatch:

@@ -21,7 +21,7 @@ from typing import Any
 
 from orchestrator import environment
 from orchestrator.errors import UserError
-from orchestrator.executor import EXCLUSIVE, Executor, Outcome, RunReport, StageCrashed, _reused, produce
+from orchestrator.executor import EXCLUSIVE, Executor, Outcome, RunReport, StageCrashed, _reused, produce, stage_timeout
 from orchestrator.plan import Node, Plan
 from orchestrator.remote import Remote, localize
 from orchestrator.store import MANIFEST, Artifact, Store
@@ -60,7 +60,8 @@ def task_options(node: Node, plan: Plan) -> dict[str, Any]:
             options["accelerator_type"] = build["gpu_type"]
     for variant in plan.spec.variants:
         if variant.name in node.variants:
-            options.update((variant.data.get("resources") or {}).get(node.kind) or {})
+            asked = (variant.data.get("resources") or {}).get(node.kind) or {}
+            options.update({name: value for name, value in asked.items() if name != "timeout"})  # not Ray's
             break
     return options
 
@@ -83,7 +84,8 @@ def environment_mismatch(node: Node) -> str | None:
 
 
 def produce_on_worker(root: str, directory: str, node: Node, inputs: dict[str, Artifact], reason: str,
-                      forced: bool, pipeline: str, remote: Remote | None) -> tuple[str, Any]:
+                      forced: bool, pipeline: str, remote: Remote | None,
+                      timeout: float | None = None) -> tuple[str, Any]:
     """One stage inside a Ray worker; returns ('ok', Outcome) or ('error', the UserError or StageCrashed)."""
     if os.path.isdir(directory):  # relative paths in the plan are relative to the driver's directory
         os.chdir(directory)
@@ -97,7 +99,7 @@ def produce_on_worker(root: str, directory: str, node: Node, inputs: dict[str, A
                             hint="give the workers the driver's tool versions and GPU, or plan on a machine "
                                  "like the workers")
         local_inputs = localize(store, inputs, remote)
-        return "ok", produce(store, node, local_inputs, reason, forced, pipeline, False, remote)
+        return "ok", produce(store, node, local_inputs, reason, forced, pipeline, False, remote, timeout)
     except (UserError, StageCrashed) as exc:
         return "error", exc
     finally:
@@ -171,7 +173,7 @@ class RayExecutor(Executor):
         inputs = {role: artifacts[key] for role, key in node.inputs.items()}
         return self.task.options(name=f"{node.kind}-{node.short}", **options).remote(
             str(self.store.root), os.getcwd(), node, inputs, reason, self._forced(node), self.plan.spec.name,
-            self.remote)
+            self.remote, stage_timeout(node, self.plan))
 
     def _collect(self, reference: Any) -> Outcome:
         import ray

@@ -12,7 +12,8 @@ Layout:
 
 An artifact becomes visible only by renaming a finished directory whose manifest lists the digest
 of every file, so a run killed at any point leaves nothing a later run would trust. A manifest
-whose files do not match is treated as absent (and reported by fsck).
+whose files do not match is treated as absent (and reported by fsck), and so is one whose `parts`
+(what the key was computed from) do not hash to its key: a manifest says nothing the plan did not.
 """
 
 from __future__ import annotations
@@ -28,11 +29,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.digest import DigestCache, hash_file, vouching_signature
+from orchestrator.digest import DigestCache, digest_json, hash_file, vouching_signature
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 STAGE_KINDS = ("capture", "export", "surgery", "build", "verify", "bench", "timing_cache")
+
+
+def parts_match(parts: Any, key: str) -> bool:
+    """Whether a manifest's `parts` are what `key` was computed from (a key is the digest of its parts).
+
+    The plan makes every key here from the pipeline, so parts that hash to it are the plan's own:
+    the configuration, catalog paths and file digests a stage may act on, whoever wrote the manifest.
+    """
+    if not isinstance(parts, dict):
+        return False
+    try:
+        return digest_json(parts) == key
+    except (TypeError, ValueError):  # not plain JSON (NaN, a non-string key): no key was made from it
+        return False
 
 
 @dataclass
@@ -96,6 +111,8 @@ class Store:
             return None, "damaged: manifest.json is not a manifest"
         if manifest.get("format") != FORMAT or manifest.get("key") != key or manifest.get("stage", kind) != kind:
             return None, "damaged: manifest does not belong to this key"
+        if not parts_match(manifest.get("parts"), key):
+            return None, "damaged: manifest parts do not hash to its key"
         for relative, meta in manifest["files"].items():
             if not isinstance(meta, dict) or not isinstance(meta.get("size"), int) or ".." in Path(relative).parts:
                 return None, f"damaged: manifest entry for {relative} is malformed"

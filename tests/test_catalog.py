@@ -11,6 +11,7 @@ import pytest
 from conftest import Project, stage_status
 
 from orchestrator import plugins as catalog
+from orchestrator.backends import Trusted
 from orchestrator.backends import onnxruntime as ort_backend
 from orchestrator.errors import UserError
 
@@ -68,7 +69,10 @@ def test_users_own_catalog_entry_runs_end_to_end(project: Project) -> None:
     assert build["result"]["preflight"][0]["dtypes"] == ["float32", "int32"]
     runplan = json.loads(next((project.store / "build").glob("*/runplan.json")).read_text())
     plugin_step = next(s for s in runplan["steps"] if s["type"] == "plugin")
-    assert plugin_step["kernel"] == "examples.ops.scaled_gather:scaled_gather"
+    # The plan says which plugin the node is; the kernel is the catalog's, looked up when it runs.
+    assert (plugin_step["op"], plugin_step["domain"], plugin_step["version"]) == ("ScaledGatherPlugin",
+                                                                                   "user.plugins", "1")
+    assert "kernel" not in plugin_step
 
     again = project.run("run", str(pipeline))
     assert again.code == 0 and set(stage_status(again.out).values()) == {"cached"}, again.text
@@ -129,7 +133,7 @@ def test_partitioned_runner_and_single_session_agree(tmp_path: Path) -> None:
     indices = np.array([3, 3, 0, 5, 1], dtype=np.int64)
     expected = np.maximum(table[indices] * 2.0, 0)
 
-    runner = ort_backend.Runner(tmp_path)
+    runner = ort_backend.Runner(tmp_path, trusted=Trusted(tuple(declared)))
     partitioned = runner.run({"table": table, "indices": indices})["output"]
     entries = {"ScaledGatherPlugin": catalog.lookup("ScaledGatherPlugin", "examples.ops.scaled_gather:ENTRY")}
     session = ort_backend.single_session(model, entries)

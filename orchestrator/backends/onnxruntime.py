@@ -15,22 +15,32 @@ Initializers and Constant values belong to no segment: a segment that reads one 
 initializer, and those that plugin kernels, NumPy steps or the graph's outputs read are written to
 constants/ and held by the runner as read-only arrays, so any cut of a valid graph runs.
 
-Build writes segments/*.onnx, constants/*.npy and runplan.json; `Runner` executes that plan.
+Build writes segments/*.onnx, constants/*.npy and runplan.json; `Runner` executes that plan. The
+plan is data (a build artifact may come from a remote cache): a plugin step names its op, domain and
+plugin version, and the runner takes the kernel from the plugin catalog installed here, a built-in
+entry or the catalog path the pipeline declares for that op (`backends.Trusted`). A plan that is not
+what `build` writes, or names anything to import, is refused (`plan_problem`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator import plugins as catalog
+from orchestrator.backends import Trusted
 from orchestrator.errors import UserError
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 PRECISIONS = ("fp32", "fp16")
+SEGMENT_FILE = re.compile(r"segments/[A-Za-z0-9_-]+\.onnx")
+CONSTANT_FILE = re.compile(r"constants/[0-9]+\.npy")
+ARRAY_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+                "float32", "float64"}
 
 
 def is_plugin(node: Any, plugin_ops: set[str]) -> bool:
@@ -187,17 +197,20 @@ def _tensor_meta(info: Any) -> dict[str, Any]:
             "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim]}
 
 
-def _plugin_step(node: Any, entry: catalog.PluginEntry) -> dict[str, Any]:
+def _plugin_step(node: Any) -> dict[str, Any]:
+    """A plugin node as the runner needs it: which plugin it is (op, domain, version) and its attributes;
+    the kernel is looked up in the catalog when the plan runs, never written down here."""
     import onnx
 
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
-    return {"type": "plugin", "op": node.op_type, "name": node.name, "kernel": entry.kernel,
-            "inputs": list(node.input), "outputs": list(node.output), "attributes": attrs}
+    return {"type": "plugin", "op": node.op_type, "domain": node.domain,
+            "version": str(attrs.get("plugin_version", "1")), "name": node.name, "inputs": list(node.input),
+            "outputs": list(node.output), "attributes": attrs}
 
 
-def _plan_steps(model: Any, steps: list[dict[str, Any]], entries: dict[str, catalog.PluginEntry],
-                constants: dict[str, Any], folder: Path, progress: Any) -> list[dict[str, Any]]:
+def _plan_steps(model: Any, steps: list[dict[str, Any]], constants: dict[str, Any], folder: Path,
+                progress: Any) -> list[dict[str, Any]]:
     """The run plan's steps: ONNX Runtime segments (written to `folder`), NumPy steps and kernels.
 
     Plugin and NumPy steps list the constants they read among their inputs: the runner holds those
@@ -209,8 +222,7 @@ def _plan_steps(model: Any, steps: list[dict[str, Any]], entries: dict[str, cata
     plan_steps = []
     for index, step in enumerate(steps):
         if step["type"] == "plugin":
-            node = step["nodes"][0]
-            plan_steps.append(_plugin_step(node, entries.get(node.op_type) or catalog.lookup(node.op_type)))
+            plan_steps.append(_plugin_step(step["nodes"][0]))
         elif not step["outputs"]:
             continue
         elif (ops := _array_ops(step, infos)) is not None:
@@ -259,7 +271,7 @@ def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]],
     steps = partition(model, set(entries), constants)
     folder = out / "segments"
     folder.mkdir(parents=True, exist_ok=True)
-    plan_steps = _plan_steps(model, steps, entries, constants, folder, progress)
+    plan_steps = _plan_steps(model, steps, constants, folder, progress)
     graph_outputs = [o.name for o in model.graph.output]
     held = [n for s in plan_steps if s["type"] != "onnx" for n in s["inputs"] if n in constants]
     held = list(dict.fromkeys([*held, *(n for n in graph_outputs if n in constants)]))
@@ -272,15 +284,16 @@ def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]],
         "steps": plan_steps,
     }
     (out / "runplan.json").write_text(json.dumps(runplan, indent=1))
-    runner = Runner(out)  # load every segment once: a graph ONNX Runtime cannot run fails the build
-    runner.close()
-    return _summary(plan_steps)
+    runner = Runner(out, trusted=Trusted(tuple(declared)))  # load every segment once: a graph ONNX Runtime
+    runner.close()                                          # cannot run fails the build
+    kernels = {(entries.get(s["op"]) or catalog.lookup(s["op"])).kernel for s in plan_steps if s["type"] == "plugin"}
+    return _summary(plan_steps, kernels)
 
 
-def _summary(plan_steps: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(plan_steps: list[dict[str, Any]], kernel_paths: set[str]) -> dict[str, Any]:
     segments = sum(s["type"] == "onnx" for s in plan_steps)
     array_steps = sum(s["type"] == "arrays" for s in plan_steps)
-    kernels = sorted({s["kernel"].rsplit(":", 1)[-1] for s in plan_steps if s["type"] == "plugin"})
+    kernels = sorted({path.rsplit(":", 1)[-1] for path in kernel_paths})
     plugin_nodes = sum(s["type"] == "plugin" for s in plan_steps)
     arrays_text = f", {array_steps} reshape/cast step{'s' if array_steps != 1 else ''} in NumPy" if array_steps else ""
     return {"summary": f"{segments} ONNX Runtime segment{'s' if segments != 1 else ''}{arrays_text}, {plugin_nodes} "
@@ -296,13 +309,18 @@ class TensorSpec:
 
 
 class Runner:
-    """Executes a run plan: ONNX Runtime sessions and reference kernels, in order."""
+    """Executes a run plan: ONNX Runtime sessions and reference kernels, in order.
 
-    def __init__(self, artifact: Path, threads: int = 0):
+    The kernels are the catalog's (built-in entries, and the catalog paths `trusted` holds for the
+    pipeline's own plugins), looked up by the op each plugin step names.
+    """
+
+    def __init__(self, artifact: Path, threads: int = 0, trusted: Trusted | None = None):
         import numpy as np
         import onnxruntime as ort
 
-        self.plan = json.loads((artifact / "runplan.json").read_text())
+        self.plan = read_plan(artifact)
+        trusted = trusted or Trusted()
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -321,8 +339,7 @@ class Runner:
             elif step["type"] == "arrays":
                 self.steps.append((step, _array_function(step["ops"], step["outputs"])))
             else:
-                entry_kernel = _load_kernel(step["kernel"])
-                self.steps.append((step, entry_kernel))
+                self.steps.append((step, kernel(step, trusted)))
         self.half = self.plan.get("precision") == "fp16"
         self.constants = {c["name"]: _read_only(np.load(artifact / c["file"], allow_pickle=False))
                           for c in self.plan.get("constants", [])}
@@ -415,8 +432,104 @@ def _read_only(array: Any) -> Any:
     return array
 
 
-def _load_kernel(path: str) -> Any:
-    import importlib
+def kernel(step: dict[str, Any], trusted: Trusted) -> Callable[[list[Any], dict[str, Any]], list[Any]]:
+    """The catalog's kernel for a plugin step: the built-in entry for its op, or the user's entry at the
+    catalog path the pipeline declares for it, checked to run the step's plugin version."""
+    declared = trusted.plugin(step["op"]) or {}
+    entry = catalog.lookup(step["op"], declared.get("catalog"))
+    if step["version"] not in entry.versions:
+        raise UserError(f"plugin node '{step['name']}' ({step['op']}) has plugin_version {step['version']}; its "
+                        f"catalog entry runs {', '.join(entry.versions)}", field="export.plugins")
+    return entry.load_kernel()
 
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+
+def read_plan(artifact: Path) -> dict[str, Any]:
+    """The artifact's runplan.json, refused (a UserError) unless it is a plan `build` writes."""
+    try:
+        plan = json.loads((artifact / "runplan.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {artifact / 'runplan.json'}: {exc}", field="build") from None
+    problem = plan_problem(plan)
+    if problem:
+        raise UserError(f"{artifact / 'runplan.json'} is not a run plan the build writes ({problem}); it is not run",
+                        field="build", hint="build it again: --force build")
+    return plan  # type: ignore[no-any-return]
+
+
+def plan_problem(plan: Any) -> str:
+    """What makes `plan` other than a run plan `build` writes, or ''.
+
+    The runner acts on nothing else: each file it names is a segment or constant of the artifact,
+    each step has a known type, and a plugin step is an op, its version and plain attributes. A plan
+    that names a kernel to import is refused outright: kernels come from the catalog installed here.
+    """
+    if not isinstance(plan, dict):
+        return "not a mapping"
+    if plan.get("precision") not in PRECISIONS:
+        return f"precision {plan.get('precision')!r} is not one of {', '.join(PRECISIONS)}"
+    for part in ("inputs", "outputs"):
+        if not isinstance(plan.get(part), list) or not all(_tensor_meta_ok(m) for m in plan[part]):
+            return f"its {part} are not tensor descriptions"
+    constants = plan.get("constants", [])
+    if not isinstance(constants, list) or not all(_tensor_meta_ok(c, frozenset({"file"})) and isinstance(
+            c["file"], str) and CONSTANT_FILE.fullmatch(c["file"]) for c in constants):
+        return "its constants are not files constants/NNN.npy"
+    if not isinstance(plan.get("steps"), list):
+        return "it has no steps"
+    for index, step in enumerate(plan["steps"]):
+        problem = _step_problem(step)
+        if problem:
+            return f"step {index}: {problem}"
+    return ""
+
+
+def _tensor_meta_ok(meta: Any, extra: frozenset[str] = frozenset()) -> bool:
+    return isinstance(meta, dict) and set(meta) == {"name", "dtype", "shape", *extra} \
+        and isinstance(meta["name"], str) and isinstance(meta["dtype"], str) and isinstance(meta["shape"], list) \
+        and all(d is None or isinstance(d, int | str) for d in meta["shape"])
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+
+def _step_problem(step: Any) -> str:
+    """What is wrong with one step of a run plan, or ''."""
+    if not isinstance(step, dict) or not all(_names(step.get(k)) for k in ("inputs", "outputs", "free")):
+        return "not a step with lists of input, output and freed tensor names"
+    kind = step.get("type")
+    if kind == "onnx":
+        file = step.get("file")
+        return "" if isinstance(file, str) and SEGMENT_FILE.fullmatch(file) else "its file is not segments/NAME.onnx"
+    if kind == "arrays":
+        ops = step.get("ops")
+        return "" if isinstance(ops, list) and ops and all(_array_op_ok(op) for op in ops) else \
+            "its operations are not reshapes and casts"
+    if kind != "plugin":
+        return f"unknown step type {kind!r}"
+    if "kernel" in step:
+        return (f"it names a kernel to import ({str(step['kernel'])[:80]!r}); kernels come from the plugin "
+                "catalog installed here")
+    if not all(isinstance(step.get(k), str) for k in ("op", "domain", "version", "name")):
+        return "a plugin step names its op, domain, version and node name"
+    attributes = step.get("attributes")
+    if not isinstance(attributes, dict) or not all(_plain(v) for v in attributes.values()):
+        return "a plugin step's attributes are numbers, strings or lists of them"
+    return ""
+
+
+def _array_op_ok(op: Any) -> bool:
+    if not isinstance(op, dict) or not isinstance(op.get("input"), str) or not isinstance(op.get("output"), str):
+        return False
+    if op.get("op") == "cast":
+        return op.get("dtype") in ARRAY_DTYPES
+    shape = op.get("shape")
+    return op.get("op") == "reshape" and isinstance(shape, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+
+
+def _plain(value: Any) -> bool:
+    """An attribute value as build writes one: a number or a string, or a list of those."""
+    if isinstance(value, list):
+        return all(isinstance(v, int | float | str) for v in value)
+    return isinstance(value, int | float | str)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import environment
 from orchestrator import plugins as catalog
+from orchestrator.backends import Trusted
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -984,14 +985,16 @@ class TensorSpec:
 class Runner:
     """Runs engine.plan on the GPU: named-tensor I/O (bindings on releases without it), CUDA-event timing."""
 
-    def __init__(self, artifact_dir: Path, threads: int = 0) -> None:
+    def __init__(self, artifact_dir: Path, threads: int = 0, trusted: Trusted | None = None) -> None:
         self.description = json.loads((artifact_dir / "engine.json").read_text())
         require_tensorrt()
         import tensorrt as trt
 
         self.features = ApiFeatures.of_module(trt)
         self.logger = make_logger()
-        register_plugins(self.logger, self.description.get("libraries", []), self.description.get("namespaces", []))
+        # engine.json is data: a library it names is loaded only if its bytes are one the pipeline declares.
+        libraries = [(trusted or Trusted()).library(str(p)) for p in self.description.get("libraries", [])]
+        register_plugins(self.logger, libraries, self.description.get("namespaces", []))
         self.runtime = trt.Runtime(self.logger)
         engine = self.runtime.deserialize_cuda_engine((artifact_dir / "engine.plan").read_bytes())
         if engine is None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import environment
+from orchestrator.backends import Trusted
 from orchestrator.backends.tensorrt import (
     ApiFeatures,
     PrecisionPlan,
@@ -523,11 +524,13 @@ def build(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str,
 class Runner:
     """Runs engine.plan through `trtexec --loadEngine`: inputs from raw files, outputs from --exportOutput."""
 
-    def __init__(self, artifact_dir: Path, threads: int = 0) -> None:
+    def __init__(self, artifact_dir: Path, threads: int = 0, trusted: Trusted | None = None) -> None:
         self.binary = require_trtexec()
         self.artifact = artifact_dir
         self.description = json.loads((artifact_dir / "engine.json").read_text())
         self.version: str | None = self.description.get("tensorrt")
+        # engine.json is data: trtexec loads a library it names only if its bytes are one the pipeline declares.
+        self.libraries = [(trusted or Trusted()).library(str(p)) for p in self.description.get("libraries", [])]
         self.last_summary: dict[str, Any] = {}
 
     @property
@@ -547,7 +550,7 @@ class Runner:
     def _command(self, folder: Path, feeds: Mapping[str, Any], extra: Sequence[str]) -> list[str]:
         files = write_inputs(folder / "inputs", feeds, self.inputs)
         command = [self.binary, f"--loadEngine={self.artifact / 'engine.plan'}", load_inputs_option(files)]
-        command += plugin_options(self.description.get("libraries", []), self.version)
+        command += plugin_options(self.libraries, self.version)
         dynamic = [s for s in self.inputs if None in s.shape]
         if dynamic:
             shapes = ",".join(f"{_spec_name(s.name)}:{dims_text(feeds[s.name].shape)}" for s in self.inputs)

@@ -27,7 +27,7 @@ def run(call: StageCall) -> StageResult:
     settings = call.config["bench"]
     build, capture = call.inputs["build"], call.inputs["capture"]
     backend = build.manifest["result"]["backend"]
-    runner = backends.open_runner(build.path, backend, call.paths.get("threads", 0))
+    runner = backends.open_built(build, call.paths.get("threads", 0))
     feeds = feeds_for(runner, capture)
     if hasattr(runner, "bench"):  # backends with their own timer (CUDA events, trtexec)
         timings = runner.bench(feeds, settings["warmup"], settings["iterations"], settings["max_seconds"])

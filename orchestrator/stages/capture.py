@@ -85,14 +85,15 @@ def _load_file(path: Path) -> Any:
     return to_numpy(value)
 
 
-def check_contract(tensors: dict[str, Any], expect: list[dict[str, Any]], origin: str, field: str,
-                   rules: dict[str, Any] | None = None) -> None:
-    """Refuse tensors the plugin cannot take: wrong rank, or a float where an integer belongs (and back);
-    then, with `rules`, tensors that do not fit together by the plugin's catalog entry (for MSDA a
-    level_start_index that is not the running sum of H·W, a level of size <= 0, S != sum of H·W).
-    The plugin checks none of that and reads out of bounds, so it is bad input here, not a crash later.
+def check_contract(tensors: dict[str, Any], settings: dict[str, Any], origin: str, field: str) -> None:
+    """Refuse tensors the plugin cannot take (the capture's `expect`): wrong rank, or a float where an
+    integer belongs (and back); then tensors that do not fit together by the rules of the plugin's catalog
+    entry (`rules`; for MSDA a level_start_index that is not the running sum of H·W, a level of size
+    <= 0, S != sum of H·W). The plugin checks none of that and reads out of bounds, so it is bad input
+    here, not a crash later.
     """
-    for rule in expect:
+    rules = settings.get("rules")
+    for rule in settings["expect"]:
         name = rule["name"]
         if name not in tensors:
             raise UserError(f"the capture has no tensor '{name}' (it has {', '.join(tensors) or 'none'})",
@@ -148,7 +149,7 @@ def _from_dir(call: StageCall, settings: dict[str, Any]) -> StageResult:
         tensors[name] = _load_file(folder / file)
     outputs = settings["outputs"]
     inputs = {n: t for n, t in tensors.items() if n not in outputs}
-    check_contract(inputs, settings["expect"], f"{folder.name}/", "capture.from_dir", settings.get("rules"))
+    check_contract(inputs, settings, f"{folder.name}/", "capture.from_dir")
     notes = [f"ignored {name} (no tensor asks for it)" for name in call.paths["ignored"]]
     args = [{"name": n, "kind": "tensor"} for n in inputs]
     return _write(call, inputs, {n: tensors[n] for n in outputs}, args, {}, notes, f"from {folder.name}/")
@@ -286,8 +287,7 @@ def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     while len(output_names) < len(results):
         output_names.append(f"output_{len(output_names)}")
     outputs = {name: to_numpy(r) for name, r in zip(output_names, results, strict=False) if hasattr(r, "detach")}
-    check_contract(tensors, settings["expect"], "the call", "capture.call" if call_path else "capture.module",
-                   settings.get("rules"))
+    check_contract(tensors, settings, "the call", "capture.call" if call_path else "capture.module")
     where = settings.get("module") or type(model).__name__
     return _write(call, tensors, outputs, args, extras, [], f"from {where}")
 

@@ -207,7 +207,7 @@ def run(call: StageCall) -> StageResult:
     settings = call.config["verify"]
     build, capture = call.inputs["build"], call.inputs["capture"]
     call.progress("loading the built artifact")
-    runner = backends.open_runner(build.path, build.manifest["result"]["backend"], call.paths.get("threads", 0))
+    runner = backends.open_built(build, call.paths.get("threads", 0))
     feeds = feeds_for(runner, capture)
     record = json.loads((capture.path / "capture.json").read_text())
     steps = plugin_steps(runner) if record.get("calls") else None

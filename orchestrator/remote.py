@@ -12,6 +12,13 @@ under a temporary name and renamed), so a reader never sees a manifest whose blo
 there. A reader downloads the blobs into a staging directory of the local store, checks every
 size and digest, and publishes locally with `Store.publish`; any mismatch rejects the remote copy.
 
+Whoever can write the remote can change results, so what it serves is data, checked before use:
+the manifest's `parts` must hash to the key this machine computed (so it carries only what the
+pipeline says), it may name only the files its stage writes (`stages.OUTPUTS`), at most MAX_FILES
+of them, and every blob must have the manifest's size before a byte of it is fetched (and is cut
+off at that size while it is). Nothing pulled is ever imported or run: kernels and plugin
+libraries come from the code and files installed here (see `backends.open_built`).
+
 The remote key is the local key, which already covers configs, input keys, file digests, tool
 versions and the GPU. Remote settings are in no key. Nothing here touches the network until an
 artifact is missing locally, so a fully cached run never contacts the remote.
@@ -28,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrator.digest import hash_file
+from orchestrator import stages
 from orchestrator.errors import UserError
-from orchestrator.store import FORMAT, MANIFEST, Artifact, Store
+from orchestrator.store import FORMAT, MANIFEST, Artifact, Store, parts_match
 
 ENVIRONMENT = "ORCHESTRATE_REMOTE"  # a URL, or "off": overrides the pipeline's cache.remote
 DISABLED = ("off", "none")
@@ -38,6 +45,9 @@ INSTALL_HINT = "pip install 'orchestrate[remote]' (s3fs; gcsfs for gs://, adlfs 
 # Filesystems on which an upload becomes visible only once complete; others get a temporary name.
 ATOMIC_UPLOADS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+MAX_FILES = 10_000  # files in one pulled artifact (a capture of a whole model holds one per plugin call)
+MAX_MANIFEST_BYTES = 64 << 20
+CHUNK = 1 << 20  # bytes read from a blob at a time
 _FILESYSTEMS: dict[str, tuple[Any, str]] = {}
 
 
@@ -97,8 +107,12 @@ class Remote:
     def read_manifest(self, kind: str, key: str) -> tuple[dict[str, Any] | None, str]:
         """The remote manifest of an artifact and '' ; or None and 'missing' or why it is unusable."""
         fs = self.filesystem()[0]
+        path = self.manifest_path(kind, key)
         try:
-            raw = fs.cat_file(self.manifest_path(kind, key))
+            size = fs.info(path)["size"]
+            if size is not None and size > MAX_MANIFEST_BYTES:
+                return None, f"manifest.json has {size} bytes, more than any manifest ({MAX_MANIFEST_BYTES})"
+            raw = fs.cat_file(path)
         except FileNotFoundError:
             return None, "missing"
         try:
@@ -112,32 +126,65 @@ class Remote:
         """Download an artifact into the local store, verified file by file.
 
         Returns (artifact, '') when pulled, (None, 'missing') when the remote does not have it, and
-        (None, why) when the remote copy is damaged or the remote cannot be read: the caller then
-        makes the artifact itself. The caller holds the key's lock.
+        (None, why) when the remote copy is damaged, holds what its stage never writes, or the remote
+        cannot be read: the caller then makes the artifact itself. The caller holds the key's lock.
         """
         try:
             manifest, problem = self.read_manifest(kind, key)
             if manifest is None:
                 return None, problem
-            fs = self.filesystem()[0]
+            problem = self._size_problem(manifest["files"])  # every blob, before any is fetched
+            if problem:
+                return None, problem
             with store.writer(kind, key) as staging:
                 for relative, meta in sorted(manifest["files"].items()):
-                    target = staging / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        fs.get_file(self.blob_path(meta["digest"]), str(target))
-                    except FileNotFoundError:
-                        return None, f"{relative}: its blob is missing"
-                    size = target.stat().st_size
-                    if size != meta["size"]:
-                        return None, f"{relative} has {size} bytes, manifest says {meta['size']}"
-                    if hash_file(target) != meta["digest"]:
-                        return None, f"{relative} does not match its digest"
+                    problem = self._fetch(relative, meta, staging / relative)
+                    if problem:
+                        return None, problem
+                problem = _content_problem(kind, staging)
+                if problem:
+                    return None, problem
                 kept = {k: v for k, v in manifest.items() if k not in ("format", "key", "stage", "files", "created")}
                 artifact = store.publish(staging, kind, key, kept)
         except Exception as exc:  # noqa: BLE001 - a remote that fails in any way must not fail the local run
             return None, f"cannot read the remote cache: {type(exc).__name__}: {exc}"
         return artifact, ""
+
+    def _size_problem(self, files: dict[str, dict[str, Any]]) -> str:
+        """Why the blobs do not have the sizes the manifest gives (or are missing), or '': asked of the
+        remote's listing, so that a blob of the wrong size is never downloaded."""
+        fs = self.filesystem()[0]
+        for relative, meta in sorted(files.items()):
+            try:
+                size = fs.info(self.blob_path(meta["digest"]))["size"]
+            except FileNotFoundError:
+                return f"{relative}: its blob is missing"
+            if size != meta["size"]:
+                return f"{relative}: its blob has {size} bytes, the manifest says {meta['size']}"
+        return ""
+
+    def _fetch(self, relative: str, meta: dict[str, Any], target: Path) -> str:
+        """Copy one blob to `target`, hashing it on the way and reading no more than its size allows;
+        why it does not match, or ''."""
+        import blake3
+
+        fs = self.filesystem()[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        hasher = blake3.blake3()
+        remaining = meta["size"]
+        try:
+            with fs.open(self.blob_path(meta["digest"]), "rb") as source, open(target, "wb") as sink:
+                while chunk := source.read(min(CHUNK, remaining + 1)):
+                    remaining -= len(chunk)
+                    if remaining < 0:
+                        return f"{relative}: its blob is larger than the {meta['size']} bytes the manifest says"
+                    hasher.update(chunk)
+                    sink.write(chunk)
+        except FileNotFoundError:
+            return f"{relative}: its blob is missing"
+        if remaining:
+            return f"{relative}: its blob is smaller than the {meta['size']} bytes the manifest says"
+        return "" if hasher.hexdigest() == meta["digest"] else f"{relative} does not match its digest"
 
     # ---------------------------------------------------------------- writing
     def push(self, artifact: Artifact, replace: bool = False) -> str:
@@ -184,23 +231,46 @@ class Remote:
 
 
 def _manifest_problem(manifest: Any, kind: str, key: str) -> str:
-    """Why a remote manifest cannot be trusted, or '' (it names only safe relative paths and digests)."""
+    """Why a remote manifest cannot be used, or '': it must describe this key (its parts hash to it) and
+    name only files its stage writes, by safe relative paths, each with a size and a digest."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return f"manifest.json is not an orchestrate manifest of format {FORMAT}"
     if manifest.get("key") != key or manifest.get("stage") != kind:
         return "manifest.json belongs to another artifact"
+    if not parts_match(manifest.get("parts"), key):
+        return "manifest.json's parts do not hash to its key: it claims a configuration the key does not"
     files = manifest.get("files")
     if not isinstance(files, dict):
         return "manifest.json lists no files"
+    if len(files) > MAX_FILES:
+        return f"manifest.json lists {len(files)} files, more than any {kind} artifact holds ({MAX_FILES})"
     for relative, meta in files.items():
         parts = PurePosixPath(relative).parts
         if (not relative or relative.startswith("/") or "\\" in relative or ".." in parts or relative == MANIFEST
                 or PurePosixPath(relative).as_posix() != relative):
             return f"manifest.json names an unsafe path {relative!r}"
-        if not isinstance(meta, dict) or not isinstance(meta.get("size"), int) \
+        if not stages.declares(kind, relative):
+            return f"it holds a file the {kind} stage never writes: {relative}"
+        size = meta.get("size") if isinstance(meta, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 \
                 or not _DIGEST.match(str(meta.get("digest", ""))):
             return f"manifest.json has no valid size and digest for {relative}"
     return ""
+
+
+def _content_problem(kind: str, staging: Path) -> str:
+    """Why a downloaded artifact's own records are not what its stage writes, or '' (checked before it is
+    published, so that a malformed one never reaches a stage): the embedded backend's run plan."""
+    plan = staging / "runplan.json"
+    if kind != "build" or not plan.is_file():
+        return ""
+    from orchestrator.backends.onnxruntime import plan_problem
+
+    try:
+        problem = plan_problem(json.loads(plan.read_text()))
+    except ValueError:
+        problem = "not valid JSON"
+    return f"runplan.json: {problem}" if problem else ""
 
 
 def configured(cache: dict[str, Any], base_dir: Path, override: str | None = None) -> Remote | None:

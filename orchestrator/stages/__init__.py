@@ -9,11 +9,36 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.store import Artifact
+
+
+# The files each stage writes into its artifact, as names or 'folder/*.suffix' patterns ('*' stays inside
+# one folder). An artifact from elsewhere (a remote cache) that holds any other file is refused before
+# a byte of it is fetched: an artifact is data, and a file no stage writes has no business in it.
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "capture": ("capture.json", "tensors/*.npy", "outputs/*.npy", "calls/*.npy"),
+    "export": ("model.onnx", "export.json"),
+    "surgery": ("model.onnx", "surgery.json"),
+    "build": ("trtexec.txt", "runplan.json", "segments/*.onnx", "constants/*.npy",  # onnxruntime
+              "model.fp16.onnx", "engine.plan", "engine.json", "build.log", "trtexec.log"),  # TensorRT, trtexec
+    "verify": ("verify.json",),
+    "bench": ("bench.json",),
+}
+
+
+def declares(kind: str, relative: str) -> bool:
+    """Whether stage `kind` writes a file at `relative` (a POSIX path inside its artifact)."""
+    parts = relative.split("/")
+    for pattern in OUTPUTS.get(kind, ()):
+        wanted = pattern.split("/")
+        if len(wanted) == len(parts) and all(fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=True)):
+            return True
+    return False
 
 
 @dataclass

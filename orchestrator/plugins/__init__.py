@@ -9,9 +9,10 @@ user's own plugin, an entry in the user's code that `export.plugins[].catalog` p
 Registration with ONNX Runtime, two ways, both driven by the entry alone:
 
 * partitioned (the embedded backend's default): the build cuts the graph at every node whose op
-  type is a declared plugin and records the entry's `kernel` import path for it in runplan.json;
-  the runner calls `kernel(arrays, attributes)` between ONNX Runtime sessions of the standard
-  parts, handing NumPy arrays over without copies.
+  type is a declared plugin and records the node's op, domain and plugin version in runplan.json;
+  the runner looks the entry up here (built in, or at the catalog path the pipeline declares for
+  that op: never an import path read from the artifact) and calls its `kernel(arrays, attributes)`
+  between ONNX Runtime sessions of the standard parts, handing NumPy arrays over without copies.
 * one session: `register_onnxruntime_extensions()` registers the kernel as an onnxruntime-extensions
   Python op (domain `ai.onnx.contrib`) typed from the contract; `backends.onnxruntime.single_session`
   moves the plugin nodes into that domain and opens one session for the whole graph. Simpler to

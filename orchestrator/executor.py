@@ -2,12 +2,14 @@
 
 Each stage runs under a per-key file lock, so concurrent `orchestrate run`s of the same pipeline
 produce every artifact once and the others wait and reuse it. A stage's `UserError` stops the run
-(exit 2), and what the run had published is withdrawn, so bad input leaves no artifact behind; a
-failed check (verify) is published and makes the exit code 1.
+(exit 2), and what the run had published is withdrawn, so bad input leaves no artifact behind (what
+was withdrawn and what the failing stage wrote are kept under .state/failed/ for inspection, never
+reused); a failed check (verify) is published and makes the exit code 1.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -103,15 +105,29 @@ class Executor:
         try:
             with self.store.in_use(list(self.plan.nodes)):
                 self._schedule(report, artifacts)
-        except UserError:
-            # A stage found bad input: take back what this run published, so that nothing it wrote
-            # stays in the store (artifacts another running process has registered are kept).
-            self.store.withdraw([(node.kind, node.key) for node in self.plan.order()], since=started)
+        except UserError as exc:
+            self._withdraw(exc, started)
             raise
         finally:
             self.store.save()
         self.write_record(artifacts)
         return report
+
+    def _withdraw(self, error: UserError, started: float) -> None:
+        """A stage found bad input: take back what this run published, so that a later run uses none of it
+        (artifacts another running process has registered are kept).
+
+        What was taken back, and what the failing stage had written, go to .state/failed/ rather than
+        away: the user can open the graph the stage refused. The error names that folder.
+        """
+        from orchestrator.report import shown_path
+
+        order = self.plan.order()
+        folder = self.store.failure({node.key for node in order}, started, error.message) or \
+            self.store.failed / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.store.withdraw([(node.kind, node.key) for node in order], since=started, keep_in=folder)
+        if self.store.settle_failure(folder, error.message):
+            error.message += f"\n  kept for inspection: {shown_path(folder)}{os.sep}"
 
     def _schedule(self, report: RunReport, artifacts: dict[str, Artifact]) -> None:
         """Run every node of the plan; other executors (Ray) replace this."""
@@ -309,7 +325,9 @@ def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str,
                 with limit:
                     result = runner(call)
                 limit.check()  # the stage's code caught the limit's exception and went on: still too late
-        except UserError:
+        except UserError as exc:  # kept outside the store, for the user to look at (see Executor._withdraw)
+            store.keep_failed(staging, node.kind, node.key, exc.message,
+                              {role: artifact.path for role, artifact in inputs.items()})
             raise
         except BaseException as exc:  # a bug, a tool failure, user code exiting: keep the traceback, say where
             if watch.arrived:

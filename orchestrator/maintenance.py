@@ -127,9 +127,25 @@ def gc(store: Store, specs: list[Any], older_than: str | None, dry_run: bool, ec
         for path in store.stale_staging():
             shutil.rmtree(path, ignore_errors=True)
         _forget_fast_records(store, gone)  # they could only decline now; do not keep them
+    failures = _old_failures(store, max_age, dry_run)
     verb = "would remove" if dry_run else "removed"
     echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB)" +
-         (f"; kept {kept_busy} in use by running processes" if kept_busy else ""))
+         (f"; kept {kept_busy} in use by running processes" if kept_busy else "") +
+         (f"; {verb} {failures} failed stage folder{'s' if failures != 1 else ''} kept for inspection"
+          if failures else ""))
+
+
+FAILED_KEPT_FOR = 7 * 86400.0  # seconds a failed stage's folder is kept when gc is given no age
+
+
+def _old_failures(store: Store, max_age: float | None, dry_run: bool) -> int:
+    """Remove (or count) the .state/failed folders older than `max_age` (default a week): each holds what
+    one failed run withdrew, for the user to look at, and nothing reads them again."""
+    old = store.old_failures(FAILED_KEPT_FOR if max_age is None else max_age)
+    if not dry_run:
+        for folder in old:
+            shutil.rmtree(folder, ignore_errors=True)
+    return len(old)
 
 
 def doctor(echo: Callable[[str], None]) -> None:

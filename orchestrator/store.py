@@ -9,6 +9,8 @@ Layout:
   <root>/.state/runs/<name>.json the keys of a pipeline's last run (for `plan --why`)
   <root>/.state/fast/            remembered plans for the no-op fast path
   <root>/.state/inuse/<pid>.*    keys a live process uses; gc leaves them alone
+  <root>/.state/failed/<stage>-<key[:8]>/   what a stage that stopped on bad input (exit 2) wrote, and what
+                                 its run withdrew: kept for inspection, never read as an artifact
 
 An artifact becomes visible only by renaming a finished directory whose manifest lists the digest
 of every file, so a run killed at any point leaves nothing a later run would trust. A manifest
@@ -34,6 +36,7 @@ from orchestrator.digest import DigestCache, digest_json, hash_file, vouching_si
 MANIFEST = "manifest.json"
 FORMAT = 1
 STAGE_KINDS = ("capture", "export", "surgery", "build", "verify", "bench", "timing_cache")
+FAILED_RECORD = "failed.json"
 
 
 def parts_match(parts: Any, key: str) -> bool:
@@ -188,12 +191,21 @@ class Store:
             self.digests.remember(final / relative, meta["digest"])
         return Artifact(kind, key, final, manifest)
 
-    def discard(self, kind: str, key: str) -> None:
-        """Remove an artifact: first move it out of sight, then delete it."""
+    def discard(self, kind: str, key: str, keep_in: Path | None = None) -> None:
+        """Remove an artifact: first move it out of sight, then delete it.
+
+        With `keep_in`, it is moved there as `<kind>-<key[:8]>` instead (outside the trusted store, for
+        the user to look at) and not deleted.
+        """
         path = self.path_of(kind, key)
         if not path.exists():
             return
         self.ensure()
+        if keep_in is not None:
+            keep_in.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, keep_in / f"{kind}-{key[:8]}")
+            return
         grave = self.root / ".tmp" / f"discard-{key[:16]}-{uuid.uuid4().hex[:8]}"
         with contextlib.suppress(FileNotFoundError):
             os.rename(path, grave)
@@ -269,8 +281,9 @@ class Store:
                 lock.release()
         return used
 
-    def remove_unless_busy(self, kind: str, key: str) -> bool:
-        """Discard an artifact unless another process holds its key's lock; call inside `registry()`."""
+    def remove_unless_busy(self, kind: str, key: str, keep_in: Path | None = None) -> bool:
+        """Discard an artifact (or move it into `keep_in`) unless another process holds its key's lock;
+        call inside `registry()`."""
         from filelock import Timeout
 
         lock = self.lock(key)
@@ -279,17 +292,20 @@ class Store:
         except Timeout:
             return False
         try:
-            self.discard(kind, key)
+            self.discard(kind, key, keep_in)
         finally:
             lock.release()
         return True
 
-    def withdraw(self, candidates: list[tuple[str, str]], since: float) -> list[tuple[str, str]]:
+    def withdraw(self, candidates: list[tuple[str, str]], since: float,
+                 keep_in: Path | None = None) -> list[tuple[str, str]]:
         """Remove the artifacts among `candidates` that this process (or a worker it started) published
-        since `since`: a run that stopped on bad input leaves nothing behind.
+        since `since`: a run that stopped on bad input leaves nothing behind that a later run would use.
 
-        An artifact another running process has registered (it may already be reading it) is kept:
-        it is sound, and that process needs it. Returns what was removed.
+        With `keep_in`, they are moved there rather than deleted, so that the user can open the graph
+        that failed; nothing reads that folder as an artifact. An artifact another running process
+        has registered (it may already be reading it) is kept: it is sound, and that process needs
+        it. Returns what was removed.
         """
         removed: list[tuple[str, str]] = []
         me = _writer()
@@ -303,9 +319,69 @@ class Store:
                 writer = manifest.get("writer") or {}
                 ours = writer.get("host") == me["host"] and me["pid"] in (writer.get("pid"), writer.get("parent"))
                 if ours and manifest.get("created", 0) >= since and key not in busy \
-                        and self.remove_unless_busy(kind, key):
+                        and self.remove_unless_busy(kind, key, keep_in):
                     removed.append((kind, key))
         return removed
+
+    # -------------------------------------------------------------- failures kept for inspection
+    @property
+    def failed(self) -> Path:
+        return self.state / "failed"
+
+    def keep_failed(self, staging: Path, kind: str, key: str, error: str, inputs: dict[str, Path]) -> Path:
+        """Move what a stage wrote before it stopped on bad input to `.state/failed/<kind>-<key[:8]>/written/`.
+
+        Without it, the user could not look at what the stage refused. The folder is outside every
+        artifact path, so nothing is ever reused from it; an older failure of the same key is replaced.
+        """
+        folder = self.failed / f"{kind}-{key[:8]}"
+        if folder.exists():
+            grave = self.root / ".tmp" / f"discard-failed-{uuid.uuid4().hex[:8]}"
+            os.rename(folder, grave)
+            shutil.rmtree(grave, ignore_errors=True)
+        folder.mkdir(parents=True)
+        if staging.is_dir() and any(staging.iterdir()):
+            os.rename(staging, folder / "written")
+        write_json_atomic(folder / FAILED_RECORD, {
+            "stage": kind, "key": key, "error": error, "created": time.time(), "writer": _writer(),
+            "inputs": {role: str(path) for role, path in sorted(inputs.items())}})
+        return folder
+
+    def failure(self, keys: set[str], since: float, error: str) -> Path | None:
+        """The folder `keep_failed` made since `since` for one of `keys`; the one of `error` first."""
+        found: list[tuple[bool, str]] = []
+        for record in self.failed.glob(f"*/{FAILED_RECORD}") if self.failed.is_dir() else []:
+            try:
+                data = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("key") in keys and data.get("created", 0) >= since:
+                found.append((data.get("error") != error, str(record.parent)))
+        return Path(min(found)[1]) if found else None
+
+    def settle_failure(self, folder: Path, error: str) -> bool:
+        """Keep a failure folder that holds something to look at (and say what failed); drop an empty one."""
+        if not folder.is_dir():
+            return False
+        if not any(entry.name != FAILED_RECORD for entry in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+            return False
+        if not (folder / FAILED_RECORD).exists():
+            write_json_atomic(folder / FAILED_RECORD, {"error": error, "created": time.time(), "writer": _writer()})
+        return True
+
+    def old_failures(self, min_age: float) -> list[Path]:
+        """Failure folders kept for inspection longer than `min_age` seconds (for gc)."""
+        now = time.time()
+        found = []
+        for folder in sorted(self.failed.iterdir()) if self.failed.is_dir() else []:
+            try:
+                age = now - folder.stat().st_mtime
+            except OSError:
+                continue
+            if folder.is_dir() and age >= min_age:
+                found.append(folder)
+        return found
 
     def stale_staging(self, min_age: float = 3600.0) -> list[Path]:
         """Unfinished staging directories older than `min_age` whose writing process is gone.

@@ -8,7 +8,8 @@ Each corpus file starts with comments that say what must happen:
 "Nothing written to the store" means: for a mistake found while reading or planning the pipeline,
 the store directory is not even created; for one found by a stage, no artifact, staging directory,
 run record, fast-path record or report is left, only the store's bookkeeping (its lock files and
-the digest cache), and the artifacts the run published before the stage failed are withdrawn.
+the digest cache), and the artifacts the run published before the stage failed are withdrawn. What
+was withdrawn is kept for inspection under .state/failed/, which no run reads as an artifact.
 
 The tensor folders and ONNX models the corpus points at, and the 50 MB file, are made by the
 `corpus` fixture in a copy of the corpus (no binary files in the repository).
@@ -31,7 +32,7 @@ from conftest import ROOT
 
 CORPUS = Path(__file__).resolve().parent / "bad_pipelines"
 GENERATED = {"huge_50mb.yaml": ("a pipeline file may be at most", None)}
-BOOKKEEPING = re.compile(r"^(\.gitignore|\.locks/[^/]+\.lock|\.state/digests\.json)$")
+BOOKKEEPING = re.compile(r"^(\.gitignore|\.locks/[^/]+\.lock|\.state/digests\.json|\.state/failed/.+)$")
 
 
 @dataclass

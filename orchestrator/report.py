@@ -197,8 +197,10 @@ def _box(x: float, y: float, colour: str) -> Any:
 
 
 def error_histogram(stats: dict[str, Any]) -> str | None:
+    """Bars of log10 |error|; None when no element has a nonzero finite error to draw (all exact, or a
+    reference NaN throughout), where a log-scaled axis would have nothing to scale."""
     histogram = stats.get("histogram")
-    if not histogram:
+    if not histogram or not any(histogram["counts"]):
         return None
     figure, axes = _figure(4.2, 2.4)
     edges, counts = histogram["log10_edges"], histogram["counts"]
@@ -223,11 +225,16 @@ def _log10(value: float) -> float:
 
 
 def scatter(stats: dict[str, Any]) -> str | None:
+    """Sampled (reference, result) pairs around the diagonal; None when no pair has two numbers."""
+    import math
+
     sample = stats.get("sample")
-    if not sample:
+    pairs = [(r, g) for r, g in zip(sample["reference"], sample["result"], strict=True)
+             if math.isfinite(r) and math.isfinite(g)] if sample else []
+    if not pairs:
         return None
     figure, axes = _figure(2.8, 2.6)
-    reference, result = sample["reference"], sample["result"]
+    reference, result = [r for r, _ in pairs], [g for _, g in pairs]
     low, high = min(reference + result), max(reference + result)
     axes.plot([low, high], [low, high], color="#c0392b", linewidth=0.6, linestyle="--", zorder=1)
     axes.scatter(reference, result, s=4, alpha=0.6, color="#4a78c2", linewidths=0, zorder=2)
@@ -288,6 +295,9 @@ def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None =
 
 
 def _fmt(value: Any) -> str:
+    """A figure for a table cell; None (a statistic over no element) is 'n/a', NaN and Inf as such."""
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.3e}" if value and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.4g}"
     return str(value)

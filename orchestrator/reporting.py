@@ -181,14 +181,19 @@ def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
             cells.append([name, *[""] * 8, "shape mismatch"])
             continue
         relative = "no |ref|>atol" if stats.get("max_rel") is None else f"{stats['max_rel']:.2e}"
-        cells.append([name, f"{stats['max_abs']:.2e}", f"{stats['mean_abs']:.2e}", relative,
-                      f"{stats['outside']}/{stats['elements']}", f"{stats['min_atol_to_pass']:.2e}",
+        cells.append([name, _number(stats["max_abs"]), _number(stats["mean_abs"]), relative,
+                      f"{stats['outside']}/{stats['elements']}", _number(stats["min_atol_to_pass"]),
                       str(stats["nan"]), str(stats["inf"]), "yes" if stats["all_zero"] else "no",
                       "failed" if stats["failed"] else "passed"])
         reasons += [f"{name}: {reason}" for reason in stats["failed"]]
     _statistics(console, f"verify {node.short}{f' [{label}]' if label else ''}", list(VERIFY_COLUMNS), cells)
     for reason in reasons:
         console.print(f"[red]{escape(reason)}[/red]", soft_wrap=True)
+
+
+def _number(value: float | None) -> str:
+    """A statistic for the verify table: 'n/a' where it was taken over no element."""
+    return "n/a" if value is None else f"{value:.2e}"
 
 
 def _bench_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:

@@ -167,7 +167,8 @@ VERIFY_COLUMNS = ("output", "max abs", "mean abs", "max rel (|ref|>atol)", "outs
 
 
 def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
-    """Statistics per output and plugin node; the reasons a check failed follow the table in full."""
+    """Statistics per output and plugin node; the reasons a check failed follow the table in full. A
+    vacuous check that was allowed says so."""
     from rich.markup import escape
 
     label = variant_label(node, plan)
@@ -181,10 +182,10 @@ def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
             cells.append([name, *[""] * 8, "shape mismatch"])
             continue
         relative = "no |ref|>atol" if stats.get("max_rel") is None else f"{stats['max_rel']:.2e}"
+        verdict = "failed" if stats["failed"] else ("vacuous" if stats.get("vacuous") else "passed")
         cells.append([name, _number(stats["max_abs"]), _number(stats["mean_abs"]), relative,
                       f"{stats['outside']}/{stats['elements']}", _number(stats["min_atol_to_pass"]),
-                      str(stats["nan"]), str(stats["inf"]), "yes" if stats["all_zero"] else "no",
-                      "failed" if stats["failed"] else "passed"])
+                      str(stats["nan"]), str(stats["inf"]), "yes" if stats["all_zero"] else "no", verdict])
         reasons += [f"{name}: {reason}" for reason in stats["failed"]]
     _statistics(console, f"verify {node.short}{f' [{label}]' if label else ''}", list(VERIFY_COLUMNS), cells)
     for reason in reasons:
@@ -208,7 +209,7 @@ def _bench_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
     _statistics(console, title, headers, [row])
 
 
-COLOURS = {"passed": "green", "failed": "red", "shape mismatch": "red"}
+COLOURS = {"passed": "green", "failed": "red", "shape mismatch": "red", "vacuous": "yellow"}
 
 
 def _statistics(console: Any, title: str, headers: list[str], rows: list[list[str]]) -> None:

@@ -7,10 +7,18 @@ smallest atol that would pass at this rtol; NaN/Inf counts; and whether the resu
 constant (the classic sign of int64 indices read as int32). Writes verify.json; any failed check
 marks the stage failed (exit code 1), naming the check.
 
+Every check is held against the reference. Where both sides are NaN, or both the same infinity
+(masked logits are -inf in both), the element matches; NaN or Inf on one side only fails it at any
+tolerance (a NaN reference makes `atol + rtol*|ref|` NaN, which no error exceeds). `fail_on`
+counts NaN and Inf in the result only where the reference has none there, and a constant result
+only when the reference is not that constant. A reference that is NaN everywhere fails: nothing
+can be compared with it. A check that an all-zero result would pass as well (no |reference| above
+the tolerance) is vacuous and fails unless `verify.allow_vacuous`.
+
 When the capture recorded the plugin calls of a whole model (`capture.calls`), every plugin node's
 output is compared as well with the call it stands for (the k-th node of an op with the k-th call
-of its callable), so an error is traced to the layer where it starts. This needs a backend that
-can return intermediate tensors (the embedded ONNX Runtime one).
+of its callable), so an error is traced to the layer where it starts. This needs a backend
+that can return intermediate tensors (the embedded ONNX Runtime one).
 """
 
 from __future__ import annotations
@@ -66,30 +74,51 @@ HISTOGRAM_EDGES = [x / 4 for x in range(-48, 9)]  # log10 |error| from 1e-12 to 
 SAMPLE_SIZE = 2000
 
 
-def distribution(got: Any, ref: Any, diff: Any) -> dict[str, Any]:
-    """What the report draws: a histogram of log10 |error| and a sample of (reference, result) pairs."""
+def agreement(got: Any, ref: Any) -> tuple[Any, Any, Any]:
+    """Masks (both finite, equal non-finite, non-finite on one side or different infinities).
+
+    Equal non-finite elements match: a -inf logit masked in the model is -inf in the engine too, and a
+    NaN the model itself computed is not the engine's fault (fail_on and the NaN-reference check see to
+    a capture that is broken). Any other NaN or Inf is an element no tolerance can pass."""
     import numpy as np
 
-    finite = diff[np.isfinite(diff)]
+    both = np.isfinite(got) & np.isfinite(ref)
+    same = (np.isnan(got) & np.isnan(ref)) | (np.isinf(got) & (got == ref))
+    return both, same, ~(both | same)
+
+
+def distribution(got: Any, ref: Any, diff: Any, counted: Any) -> dict[str, Any]:
+    """What the report draws: a histogram of log10 |error| and a sample of (reference, result) pairs.
+
+    Only elements with a number on both sides are drawn; `non_finite` counts those NaN or Inf on one
+    side only and `matched_non_finite` those equal non-finite on both, so that no bar hides them."""
+    import numpy as np
+
+    both = np.isfinite(got) & np.isfinite(ref)
+    finite = diff[both]
     exact = int((finite == 0).sum())
     logs = np.log10(finite[finite > 0])
     counts, _ = np.histogram(np.clip(logs, HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1]), bins=HISTOGRAM_EDGES)
     flat_ref, flat_got, flat_diff = ref.reshape(-1), got.reshape(-1), diff.reshape(-1)
     step = max(1, flat_ref.size // SAMPLE_SIZE)
     picked = np.arange(0, flat_ref.size, step)[:SAMPLE_SIZE]
-    if flat_diff.size:
-        picked = np.unique(np.append(picked, int(np.argmax(np.where(np.isfinite(flat_diff), flat_diff, -1)))))
-    keep = np.isfinite(flat_ref[picked]) & np.isfinite(flat_got[picked])
-    picked = picked[keep]
+    if both.any():
+        picked = np.unique(np.append(picked, int(np.argmax(np.where(both.reshape(-1), flat_diff, -1)))))
+    picked = picked[both.reshape(-1)[picked]]
     return {
         "histogram": {"log10_edges": HISTOGRAM_EDGES, "counts": counts.tolist(), "exact": exact,
-                      "non_finite": int(diff.size - finite.size)},
+                      "non_finite": int((~counted).sum()), "matched_non_finite": int((counted & ~both).sum())},
         "sample": {"reference": flat_ref[picked].tolist(), "result": flat_got[picked].tolist()},
     }
 
 
 def compare(result: Any, reference: Any, atol: float, rtol: float,
             with_distribution: bool = False) -> dict[str, Any]:
+    """Statistics of `result` against `reference`; `failures` turns them into verdicts.
+
+    Errors are taken over the elements that match or have a number on both sides (None when there is
+    none); NaN or Inf on one side only counts in `outside` and `non_finite_mismatch`, never in max_abs,
+    so that a figure such as `max|err| inf` cannot stand beside a check that passed."""
     import numpy as np
 
     ref = np.asarray(reference, dtype=np.float64)
@@ -100,34 +129,55 @@ def compare(result: Any, reference: Any, atol: float, rtol: float,
         reshaped = True
     if got.shape != ref.shape:
         return {"shape_mismatch": True, "result_shape": list(got.shape), "reference_shape": list(ref.shape)}
-    nan = int(np.isnan(got).sum())
-    inf = int(np.isinf(got).sum())
-    finite = np.isfinite(got) & np.isfinite(ref)
-    diff = np.where(finite, np.abs(got - ref), np.inf)
-    magnitude = np.abs(ref)
+    both, same, mismatch = agreement(got, ref)
+    counted = both | same
+    with np.errstate(invalid="ignore"):
+        diff = np.where(both, np.abs(got - ref), np.where(same, 0.0, np.inf))
+    magnitude = np.where(np.isfinite(ref), np.abs(ref), 0.0)  # no NaN limit, which nothing exceeds
     limit = atol + rtol * magnitude
-    outside = int((diff > limit).sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(magnitude > 0, diff / magnitude, np.where(diff > 0, np.inf, 0.0))
     significant = np.isfinite(ref) & (magnitude > atol)
-    needed = np.maximum(diff - rtol * magnitude, 0.0)
-    finite_got = got[np.isfinite(got)]
+    needed = np.maximum(diff - rtol * magnitude, 0.0)[counted]
     return {
         "shape": list(ref.shape), "elements": int(ref.size), "reshaped": reshaped,
-        "max_abs": float(diff.max()) if diff.size else 0.0,
-        "mean_abs": float(diff[np.isfinite(diff)].mean()) if np.isfinite(diff).any() else float("inf"),
+        "max_abs": float(diff[counted].max()) if counted.any() else None,
+        "mean_abs": float(diff[counted].mean()) if counted.any() else None,
         "max_rel": float(rel[significant].max()) if significant.any() else None,
         "rel_elements": int(significant.sum()),
-        "max_rel_all": float(rel.max()) if rel.size else 0.0,
-        "outside": outside, "atol": atol, "rtol": rtol,
-        "min_atol_to_pass": float(needed.max()) if needed.size else 0.0,
-        "nan": nan, "inf": inf,
-        "all_zero": bool(got.size and not np.any(got)),
-        "constant": bool(finite_got.size > 1 and finite_got.min() == finite_got.max()),
-        "reference_all_zero": bool(ref.size and not np.any(ref)),
-        "reference_abs_max": float(magnitude.max()) if magnitude.size else 0.0,
-        **(distribution(got, ref, diff) if with_distribution else {}),
+        "max_rel_all": float(rel[counted].max()) if counted.any() else None,
+        "outside": int((diff > limit).sum()), "atol": atol, "rtol": rtol,
+        "min_atol_to_pass": float(needed.max()) if needed.size else None,
+        "non_finite_mismatch": int(mismatch.sum()), "non_finite_matched": int(same.sum()),
+        "vacuous": bool(np.isfinite(ref).any() and not (magnitude > limit).any()),
+        **_special_values(got, ref, magnitude),
+        **(distribution(got, ref, diff, counted) if with_distribution else {}),
     }
+
+
+def _special_values(got: Any, ref: Any, magnitude: Any) -> dict[str, Any]:
+    """NaN/Inf counts (in the result where the reference has none there: those fail_on counts) and
+    whether each side is all zero or one constant, so that `failures` can hold them against each other."""
+    import numpy as np
+
+    finite_got, finite_ref = got[np.isfinite(got)], ref[np.isfinite(ref)]
+    constant = bool(finite_got.size > 1 and finite_got.min() == finite_got.max())
+    ref_constant = bool(finite_ref.size and finite_ref.min() == finite_ref.max())
+    return {
+        "nan": int((np.isnan(got) & ~np.isnan(ref)).sum()),
+        "inf": int((np.isinf(got) & (got != ref)).sum()),
+        "reference_nan": int(np.isnan(ref).sum()), "reference_inf": int(np.isinf(ref).sum()),
+        "all_zero": bool(got.size and not np.any(got)),
+        "constant": constant, "constant_value": float(finite_got[0]) if constant else None,
+        "reference_all_zero": bool(ref.size and not np.any(ref)),
+        "reference_constant_value": float(finite_ref[0]) if ref_constant else None,
+        "reference_abs_max": float(magnitude.max()) if finite_ref.size else None,
+    }
+
+
+def number(value: float | None, spec: str = ".1e") -> str:
+    """A statistic as text; 'n/a' where there is none (no element to take it over)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def relative_text(stats: dict[str, Any], digits: int = 1) -> str:
@@ -139,23 +189,57 @@ def relative_text(stats: dict[str, Any], digits: int = 1) -> str:
     return f"max rel {value:.{digits}e} (|ref|>atol)"
 
 
-def failures(stats: dict[str, Any], fail_on: list[str], max_mismatch: int) -> list[str]:
+def failures(stats: dict[str, Any], fail_on: list[str], max_mismatch: int, allow_vacuous: bool = False,
+             atol_field: str = "verify.atol") -> list[str]:
+    """Why an output (or plugin node) fails, each check held against the reference: a result may be
+    NaN, Inf, all zero or constant where the reference is so too. `atol_field` is the setting the
+    message of a vacuous check points at."""
     if stats.get("shape_mismatch"):
         return [f"shape {stats['result_shape']} differs from the captured {stats['reference_shape']}"]
+    if stats["elements"] and stats["reference_nan"] == stats["elements"]:
+        return ["reference is NaN everywhere: the capture is broken (did the model compute NaN on these inputs?)"]
     found = []
     if "nan" in fail_on and stats["nan"]:
-        found.append(f"{stats['nan']} NaN")
+        found.append(f"{stats['nan']} NaN where the reference has a number")
     if "inf" in fail_on and stats["inf"]:
-        found.append(f"{stats['inf']} Inf")
+        found.append(f"{stats['inf']} Inf where the reference has none (or the other sign)")
     if "all_zero" in fail_on and stats["all_zero"] and not stats["reference_all_zero"]:
         found.append("all-zero output (are int64 index tensors read as int32?)")
-    elif "constant" in fail_on and stats["constant"]:
-        found.append("constant output")
+    elif "constant" in fail_on and stats["constant"] and not _same_constant(stats):
+        found.append(f"constant output ({stats['constant_value']:g}) where the reference is not that constant")
     if stats["outside"] > max_mismatch:
-        found.append(f"{stats['outside']} of {stats['elements']} elements outside atol {stats['atol']:g} + "
-                     f"rtol {stats['rtol']:g}·|ref| (max|err| {stats['max_abs']:.2e}; passes with atol >= "
-                     f"{stats['min_atol_to_pass']:.2e})")
+        found.append(_outside_text(stats))
+    if stats["vacuous"] and not allow_vacuous:
+        found.append(vacuous_text(stats, atol_field))
     return found
+
+
+def _same_constant(stats: dict[str, Any]) -> bool:
+    """The reference is one constant too, and the result's constant is within the tolerance of it."""
+    mine, theirs = stats["constant_value"], stats["reference_constant_value"]
+    return theirs is not None and abs(mine - theirs) <= stats["atol"] + stats["rtol"] * abs(theirs)
+
+
+def _outside_text(stats: dict[str, Any]) -> str:
+    """How many elements fail and why: beyond the tolerance, or NaN/Inf on one side only."""
+    odd = stats["non_finite_mismatch"]
+    beyond = (f"outside atol {stats['atol']:g} + rtol {stats['rtol']:g}·|ref| (max|err| "
+              f"{number(stats['max_abs'], '.2e')}; passes with atol >= {number(stats['min_atol_to_pass'], '.2e')})")
+    if not odd:
+        return f"{stats['outside']} of {stats['elements']} elements {beyond}"
+    text = (f"{stats['outside']} of {stats['elements']} elements fail: {odd} NaN or Inf on one side only "
+            f"(the reference has {stats['reference_nan']} NaN, {stats['reference_inf']} Inf), which no "
+            "tolerance passes")
+    rest = stats["outside"] - odd
+    return text + (f"; {rest} {beyond}" if rest else "")
+
+
+def vacuous_text(stats: dict[str, Any], atol_field: str = "verify.atol") -> str:
+    """Why a check that cannot fail is one, and the three ways out."""
+    return (f"vacuous check: max |reference| {number(stats['reference_abs_max'], '.1e')} is within the tolerance "
+            f"(atol {stats['atol']:g}), so an all-zero result would pass as well; lower {atol_field} well below "
+            "the reference's magnitude, re-draw the model's weights so its activations are not near zero, or "
+            "set verify.allow_vacuous: true")
 
 
 def as_call_result(output: Any, entry: catalog.PluginEntry) -> Any:
@@ -217,27 +301,37 @@ def run(call: StageCall) -> StageResult:
     results = runner.run(feeds, keep=keep) if keep else runner.run(feeds)
     runner.close()
     report: dict[str, Any] = {"outputs": {}, "plugin_nodes": {}, "passed": True, "failed_checks": [], "notes": []}
-    lines = []
-    for name, produced, reference in reference_outputs(runner, capture):
-        tolerance = settings["per_output"].get(name, {})
-        atol, rtol = tolerance.get("atol", settings["atol"]), tolerance.get("rtol", settings["rtol"])
-        stats = compare(results[produced], reference, atol, rtol, with_distribution=True)
-        problems = failures(stats, settings["fail_on"], settings["max_mismatch"])
-        stats["failed"] = problems
-        report["outputs"][name] = stats
-        if problems:
-            report["passed"] = False
-            report["failed_checks"] += [f"{name}: {p}" for p in problems]
-            lines.append(f"{name}: FAILED {'; '.join(problems)}")
-        else:
-            lines.append(f"{name} max|err| {stats['max_abs']:.1e} <= atol {atol:g}, {relative_text(stats)}, "
-                         f"{stats['nan']} NaN, {'all-zero' if stats['all_zero'] else 'not all-zero'}")
+    lines = [_compare_output(name, results[produced], reference, settings, report)
+             for name, produced, reference in reference_outputs(runner, capture)]
     if record.get("calls"):
         lines.append(_compare_plugin_nodes(call, settings, record, steps, pairs, pairing_problems, results, report))
     (call.out / "verify.json").write_text(json.dumps(report, indent=1))
     slim = {**report, "outputs": {name: {k: v for k, v in stats.items() if k not in ("histogram", "sample")}
                                   for name, stats in report["outputs"].items()}}
     return StageResult("; ".join(lines), slim, passed=report["passed"])
+
+
+def _compare_output(name: str, result: Any, reference: Any, settings: dict[str, Any], report: dict[str, Any]) -> str:
+    """One output against its reference, recorded in `report`; its part of the summary line."""
+    tolerance = settings["per_output"].get(name, {})
+    atol, rtol = tolerance.get("atol", settings["atol"]), tolerance.get("rtol", settings["rtol"])
+    stats = compare(result, reference, atol, rtol, with_distribution=True)
+    field = f"verify.per_output.{name}.atol" if "atol" in tolerance else "verify.atol"
+    problems = failures(stats, settings["fail_on"], settings["max_mismatch"], settings.get("allow_vacuous", False),
+                        field)
+    stats["failed"] = problems
+    report["outputs"][name] = stats
+    if problems:
+        report["passed"] = False
+        report["failed_checks"] += [f"{name}: {p}" for p in problems]
+        return f"{name}: FAILED {'; '.join(problems)}"
+    line = (f"{name} max|err| {number(stats['max_abs'])} <= atol {atol:g}, {relative_text(stats)}, "
+            f"{stats['nan']} NaN, {'all-zero' if stats['all_zero'] else 'not all-zero'}")
+    if stats["non_finite_matched"]:
+        line += f", {stats['non_finite_matched']} NaN/Inf as in the reference"
+    if stats["vacuous"]:
+        line += f", vacuous (max|ref| {number(stats['reference_abs_max'])} within atol; allowed)"
+    return line
 
 
 def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
@@ -253,14 +347,13 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
     for problem in problems:
         report["passed"] = False
         report["failed_checks"].append(f"plugin nodes: {problem}")
-    worst = 0.0
-    failed = 0
+    worst, failed, vacuous = 0.0, 0, 0
     declared = {p["op"]: p.get("catalog") for p in call.inputs["build"].manifest["parts"]["config"]["plugins"]}
     for node, entry in pairs:
         reference = np.load(call.inputs["capture"].path / entry["output"]["file"])
         result = as_call_result(results[node["outputs"][0]], catalog.lookup(node["op"], declared.get(node["op"])))
         stats = compare(result, reference, settings["atol"], settings["rtol"])
-        found = failures(stats, settings["fail_on"], settings["max_mismatch"])
+        found = failures(stats, settings["fail_on"], settings["max_mismatch"], settings.get("allow_vacuous", False))
         stats.update(failed=found, op=node["op"], module=entry["module"], call=entry["sequence"])
         report["plugin_nodes"][node["name"] or node["outputs"][0]] = stats
         if found:
@@ -268,9 +361,11 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
             report["passed"] = False
             report["failed_checks"] += [f"plugin node {node['name']} ({entry['module']}): {p}" for p in found]
         elif not stats.get("shape_mismatch"):
-            worst = max(worst, stats["max_abs"])
+            worst = max(worst, stats["max_abs"] or 0.0)
+            vacuous += stats["vacuous"]
     if problems:
         return f"plugin nodes: FAILED {problems[0]}"
     if failed:
         return f"plugin nodes: FAILED {failed} of {len(pairs)} differ from their calls"
-    return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}"
+    allowed = f", {vacuous} vacuous (allowed)" if vacuous else ""
+    return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}{allowed}"

@@ -401,6 +401,8 @@ def _verify_html(record: dict[str, Any]) -> list[str]:
                          f"{stats['outside']} / {stats['elements']}", _fmt(stats["min_atol_to_pass"]),
                          f"{_fmt(stats['atol'])} / {_fmt(stats['rtol'])}", stats["nan"], stats["inf"],
                          "yes" if stats["all_zero"] else "no"])
+        rows += [[name, "not compared (verify.skip)", "", "", "", "", "", "", "", ""]
+                 for name in data.get("skipped", [])]
         parts.append(_table(["output", "max abs", "mean abs", "max rel (|ref|>atol)", "outside tol",
                              "smallest passing atol", "atol / rtol", "NaN", "Inf", "all-zero"], rows,
                             {1, 2, 3, 5, 7, 8}))

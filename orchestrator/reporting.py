@@ -167,8 +167,8 @@ VERIFY_COLUMNS = ("output", "max abs", "mean abs", "max rel (|ref|>atol)", "outs
 
 
 def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
-    """Statistics per output and plugin node; the reasons a check failed follow the table in full. A
-    vacuous check that was allowed says so."""
+    """Statistics per output and plugin node; the reasons a check failed follow the table in full. An
+    output left out by verify.skip is a row that says so; a vacuous check that was allowed says so."""
     from rich.markup import escape
 
     label = variant_label(node, plan)
@@ -187,6 +187,7 @@ def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
                       f"{stats['outside']}/{stats['elements']}", _number(stats["min_atol_to_pass"]),
                       str(stats["nan"]), str(stats["inf"]), "yes" if stats["all_zero"] else "no", verdict])
         reasons += [f"{name}: {reason}" for reason in stats["failed"]]
+    cells += [[name, *[""] * 8, "skipped"] for name in artifact.result.get("skipped", [])]
     _statistics(console, f"verify {node.short}{f' [{label}]' if label else ''}", list(VERIFY_COLUMNS), cells)
     for reason in reasons:
         console.print(f"[red]{escape(reason)}[/red]", soft_wrap=True)
@@ -209,7 +210,7 @@ def _bench_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
     _statistics(console, title, headers, [row])
 
 
-COLOURS = {"passed": "green", "failed": "red", "shape mismatch": "red", "vacuous": "yellow"}
+COLOURS = {"passed": "green", "failed": "red", "shape mismatch": "red", "vacuous": "yellow", "skipped": "yellow"}
 
 
 def _statistics(console: Any, title: str, headers: list[str], rows: list[list[str]]) -> None:

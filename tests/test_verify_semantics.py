@@ -1,7 +1,7 @@
 """What verify holds against the reference: equal infinities and NaN in the same place match, NaN or
 Inf on one side only fails at any tolerance, fail_on counts only what the reference does not have, a
-reference NaN throughout fails, a check that an all-zero result would pass is vacuous; the report and
-`show` survive all of it."""
+reference NaN throughout fails, a check that an all-zero result would pass is vacuous; outputs can be
+left out, plugin nodes have their own tolerance; the report and `show` survive all of it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from conftest import Project, stage_status
 from onnx import TensorProto, helper
 from test_bad_input import make_tensors
+from test_export_model import whole_model
 from test_plugin_graphs import HEADS, LEVELS, MSDA_INPUTS, STARTS, TOKENS, info, model_of, msda, query_inputs
 
 from orchestrator.report import render_html
@@ -122,11 +123,12 @@ def test_the_report_page_is_drawn_from_nan_and_exact_outputs() -> None:
         "stages": [{"kind": "verify", "key": "0" * 64, "label": "", "variants": [""], "inputs": {},
                     "status": "failed", "passed": False, "seconds": 0.1, "ran_now": True, "summary": "",
                     "path": None}],
-        "verify": {"": {"outputs": outputs, "passed": False,
+        "verify": {"": {"outputs": outputs, "skipped": ["left"], "passed": False,
                         "failed_checks": [f"broken: {p}" for p in outputs["broken"]["failed"]]}},
     }
     page = render_html(record)
     assert NAN_EVERYWHERE in page and "n/a" in page and "nan" in page
+    assert "left" in page and "not compared (verify.skip)" in page
 
 
 # ---------------------------------------------------------------------- through `orchestrate run`
@@ -208,6 +210,58 @@ def test_a_reference_nan_everywhere_fails_and_the_report_and_show_survive(projec
     shown = project.run("show", str(pipeline), env={"COLUMNS": "200"})
     assert shown.code == 0 and "Traceback" not in shown.text, shown.text
     assert NAN_EVERYWHERE in shown.out and "n/a" in shown.out
+
+
+def test_skip_leaves_an_output_out_and_an_unknown_name_is_refused(project: Project) -> None:
+    both = masked_project(project, np.zeros((1, 3, 8)), outputs="[output, extra]")
+    failed = project.run("run", str(both))  # extra is twice what was captured
+    assert failed.code == 1 and "extra: FAILED" in failed.out, failed.text
+
+    skip = project.write("skip.yaml", both.read_text().replace("atol: 1.0e-5", "atol: 1.0e-5\n  skip: [extra]"))
+    passed = project.run("run", str(skip))
+    assert passed.code == 0, passed.text
+    assert "not compared (verify.skip): extra" in passed.out and "extra max|err|" not in passed.out
+    record = next(json.loads((f / "verify.json").read_text()) for f in (project.store / "verify").iterdir()
+                  if json.loads((f / "verify.json").read_text())["passed"])
+    assert record["skipped"] == ["extra"] and list(record["outputs"]) == ["output"]
+    shown = project.run("show", str(skip), "--stage", "verify", env={"COLUMNS": "200"})
+    assert shown.code == 0 and "skipped" in shown.out, shown.text
+
+    typo = project.write("typo.yaml", both.read_text().replace("atol: 1.0e-5", "atol: 1.0e-5\n  skip: [extras]"))
+    line = typo.read_text().splitlines().index("  skip: [extras]") + 1
+    refused = project.run("run", str(typo))
+    assert refused.code == 2 and "Traceback" not in refused.text, refused.text
+    assert f"error: {typo}:{line}: verify.skip: 'extras': no such output; the outputs are output, extra" \
+        in refused.err
+
+    everything = project.write("all.yaml", both.read_text().replace("atol: 1.0e-5",
+                                                                    "atol: 1.0e-5\n  skip: [output, extra]"))
+    nothing = project.run("run", str(everything))
+    assert nothing.code == 2 and "verify would check nothing" in nothing.err, nothing.text
+
+
+def test_plugin_nodes_have_their_own_tolerance_and_vacuous_checks_fail(project: Project) -> None:
+    pipeline = whole_model(project, layers=2, **{"bench:": "verify:\n  plugin_nodes: {atol: 1.0e-12, rtol: 0.0}\n"
+                                                           "bench:"})
+    result = project.run("run", str(pipeline))
+    assert result.code == 1, result.text
+    assert "output max|err|" in result.out and "plugin nodes: FAILED 2 of 2 differ from their calls" in result.out
+    report = the_verify(project)
+    assert report["outputs"]["output"]["atol"] == 1e-4 and not report["outputs"]["output"]["failed"]
+    assert all(s["atol"] == 1e-12 and s["rtol"] == 0.0 and "outside atol 1e-12" in s["failed"][0]
+               for s in report["plugin_nodes"].values())
+
+    loose = pipeline.read_text().replace("plugin_nodes: {atol: 1.0e-12, rtol: 0.0}", "plugin_nodes: {atol: 1.0}")
+    result = project.run("run", str(project.write("whole.yaml", loose)))  # every |call result| is below 1
+    assert result.code == 1 and "plugin nodes: FAILED 2 of 2" in result.out, result.text
+    assert "output max|err|" in result.out  # the output keeps the global atol, and passes
+    shown = project.run("show", str(pipeline), "--stage", "verify", env={"COLUMNS": "250"})
+    assert "vacuous check: max |reference|" in shown.out and "lower verify.plugin_nodes.atol" in shown.out
+
+    allowed = loose.replace("plugin_nodes: {atol: 1.0}", "plugin_nodes: {atol: 1.0}\n  allow_vacuous: true")
+    result = project.run("run", str(project.write("whole.yaml", allowed)))
+    assert result.code == 0, result.text
+    assert "2 plugin nodes vs their calls" in result.out and "<= atol 1, 2 vacuous (allowed)" in result.out
 
 
 def test_a_vacuous_output_fails_unless_allowed(project: Project) -> None:

@@ -13,12 +13,13 @@ tolerance (a NaN reference makes `atol + rtol*|ref|` NaN, which no error exceeds
 counts NaN and Inf in the result only where the reference has none there, and a constant result
 only when the reference is not that constant. A reference that is NaN everywhere fails: nothing
 can be compared with it. A check that an all-zero result would pass as well (no |reference| above
-the tolerance) is vacuous and fails unless `verify.allow_vacuous`.
+the tolerance) is vacuous and fails unless `verify.allow_vacuous`. `verify.skip` leaves outputs out.
 
 When the capture recorded the plugin calls of a whole model (`capture.calls`), every plugin node's
 output is compared as well with the call it stands for (the k-th node of an op with the k-th call
-of its callable), so an error is traced to the layer where it starts. This needs a backend
-that can return intermediate tensors (the embedded ONNX Runtime one).
+of its callable), so an error is traced to the layer where it starts, with the tolerances of
+`verify.plugin_nodes` (default: the global ones). This needs a backend that can return
+intermediate tensors (the embedded ONNX Runtime one).
 """
 
 from __future__ import annotations
@@ -296,19 +297,42 @@ def run(call: StageCall) -> StageResult:
     record = json.loads((capture.path / "capture.json").read_text())
     steps = plugin_steps(runner) if record.get("calls") else None
     pairs, pairing_problems = pair_plugin_calls(steps, record) if steps is not None else ([], [])
+    references = reference_outputs(runner, capture)
+    skipped = left_out(settings, references, bool(pairs))
     call.progress("running")
     keep = [node["outputs"][0] for node, _ in pairs]
     results = runner.run(feeds, keep=keep) if keep else runner.run(feeds)
     runner.close()
-    report: dict[str, Any] = {"outputs": {}, "plugin_nodes": {}, "passed": True, "failed_checks": [], "notes": []}
+    report: dict[str, Any] = {"outputs": {}, "plugin_nodes": {}, "skipped": skipped, "passed": True,
+                              "failed_checks": [], "notes": []}
     lines = [_compare_output(name, results[produced], reference, settings, report)
-             for name, produced, reference in reference_outputs(runner, capture)]
+             for name, produced, reference in references if name not in skipped]
+    if skipped:
+        lines.append(f"not compared (verify.skip): {', '.join(skipped)}")
     if record.get("calls"):
         lines.append(_compare_plugin_nodes(call, settings, record, steps, pairs, pairing_problems, results, report))
     (call.out / "verify.json").write_text(json.dumps(report, indent=1))
     slim = {**report, "outputs": {name: {k: v for k, v in stats.items() if k not in ("histogram", "sample")}
                                   for name, stats in report["outputs"].items()}}
     return StageResult("; ".join(lines), slim, passed=report["passed"])
+
+
+def left_out(settings: dict[str, Any], references: list[tuple[str, str, Any]], plugin_nodes: bool) -> list[str]:
+    """The captured outputs `verify.skip` leaves out, by captured or graph output name.
+
+    Checked before anything runs: a misspelt name would otherwise compare the very output the user
+    meant to leave out, and a skip of every output would leave a verify that checks nothing."""
+    skip = settings.get("skip", [])
+    known = [name for name, _, _ in references]
+    unknown = [name for name in skip if name not in known and name not in {p for _, p, _ in references}]
+    if unknown:
+        raise UserError(f"{', '.join(repr(n) for n in unknown)}: no such output; the outputs are {', '.join(known)}",
+                        field="verify.skip")
+    skipped = [name for name, produced, _ in references if name in skip or produced in skip]
+    if len(skipped) == len(references) and not plugin_nodes:
+        raise UserError("every output is skipped and no plugin node is compared with its call, so verify "
+                        "would check nothing; skip fewer outputs", field="verify.skip")
+    return skipped
 
 
 def _compare_output(name: str, result: Any, reference: Any, settings: dict[str, Any], report: dict[str, Any]) -> str:
@@ -334,6 +358,15 @@ def _compare_output(name: str, result: Any, reference: Any, settings: dict[str, 
     return line
 
 
+def plugin_tolerance(settings: dict[str, Any]) -> tuple[float, float]:
+    """atol, rtol for plugin nodes against their calls: `verify.plugin_nodes`, else the global ones.
+
+    A single layer's output is often far smaller, or far larger, than the model's, so one tolerance
+    rarely suits both."""
+    own = settings.get("plugin_nodes") or {}
+    return own.get("atol", settings["atol"]), own.get("rtol", settings["rtol"])
+
+
 def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
                           steps: list[dict[str, Any]] | None, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
                           problems: list[str], results: dict[str, Any], report: dict[str, Any]) -> str:
@@ -347,13 +380,16 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
     for problem in problems:
         report["passed"] = False
         report["failed_checks"].append(f"plugin nodes: {problem}")
+    atol, rtol = plugin_tolerance(settings)
+    field = "verify.plugin_nodes.atol" if "atol" in (settings.get("plugin_nodes") or {}) else "verify.atol"
     worst, failed, vacuous = 0.0, 0, 0
     declared = {p["op"]: p.get("catalog") for p in call.inputs["build"].manifest["parts"]["config"]["plugins"]}
     for node, entry in pairs:
         reference = np.load(call.inputs["capture"].path / entry["output"]["file"])
         result = as_call_result(results[node["outputs"][0]], catalog.lookup(node["op"], declared.get(node["op"])))
-        stats = compare(result, reference, settings["atol"], settings["rtol"])
-        found = failures(stats, settings["fail_on"], settings["max_mismatch"], settings.get("allow_vacuous", False))
+        stats = compare(result, reference, atol, rtol)
+        found = failures(stats, settings["fail_on"], settings["max_mismatch"], settings.get("allow_vacuous", False),
+                         field)
         stats.update(failed=found, op=node["op"], module=entry["module"], call=entry["sequence"])
         report["plugin_nodes"][node["name"] or node["outputs"][0]] = stats
         if found:
@@ -367,5 +403,6 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
         return f"plugin nodes: FAILED {problems[0]}"
     if failed:
         return f"plugin nodes: FAILED {failed} of {len(pairs)} differ from their calls"
+    own = f" <= atol {atol:g}" if (atol, rtol) != (settings["atol"], settings["rtol"]) else ""
     allowed = f", {vacuous} vacuous (allowed)" if vacuous else ""
-    return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}{allowed}"
+    return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}{own}{allowed}"

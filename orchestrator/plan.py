@@ -434,6 +434,8 @@ def capture_contract(export: dict[str, Any], plugins: list[dict[str, Any]]) -> t
     rules the tensors must meet together (MSDA: S = sum of H·W, level starts); none for scope model.
 
     Checked by the capture, so that tensors the plugin would read out of bounds are bad input there.
+    A given graph (export.onnx) decides itself what feeds its plugin (it may fix spatial_shapes as an
+    initializer), so its tensors are held to ranks and dtypes only; the build checks what it fixes.
     """
     if export["scope"] != "call" or not plugins:
         return [], {}
@@ -441,8 +443,8 @@ def capture_contract(export: dict[str, Any], plugins: list[dict[str, Any]]) -> t
     expect = [{"name": name, "rank": contract["rank"], "dtypes": contract["dtypes"]}
               for name, contract in zip(plugin["inputs"], plugin["contract"], strict=True)
               if name not in plugin.get("derive", {})]
-    rules = {"op": plugin["op"], "inputs": plugin["inputs"],
-             **({"catalog": plugin["catalog"]} if plugin.get("catalog") else {})}
+    rules = {} if export.get("onnx") else {"op": plugin["op"], "inputs": plugin["inputs"],
+                                           **({"catalog": plugin["catalog"]} if plugin.get("catalog") else {})}
     return expect, rules
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from orchestrator import plan as planning
 from orchestrator import stages, ui
+from orchestrator.digest import digest_json
 from orchestrator.errors import UserError
 from orchestrator.plan import Node, Plan
 from orchestrator.remote import Remote
@@ -295,11 +296,51 @@ def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason:
             why = f"rebuilt: artifact {damage}"
         else:
             why = reason() if callable(reason) else reason
-        outcome = _execute(store, node, inputs, why, forced, pipeline, progress, timeout)
+        content = content_key(node, inputs)
+        with store.lock(f"content-{content}"):  # a twin with the same inputs waits, then reuses this one's
+            outcome = None if forced else _cutoff(store, node, content, why, pipeline)
+            if outcome is None:
+                outcome = _execute(store, node, inputs, why, forced, pipeline, progress, timeout, content)
+                store.remember_inputs(content, node.kind, node.key)
         if remote is not None:
             failure = remote.try_push(outcome.artifact, replace=forced or remote_damaged)
             notes += [failure] if failure else []
     outcome.notes = notes
+    return outcome
+
+
+def content_key(node: Node, inputs: dict[str, Artifact]) -> str:
+    """The node's key parts with each input's key replaced by that input's content: its files' digests,
+    its result, and how it was made except from which artifacts (its parts without their input keys).
+    Two nodes with equal content keys make the same artifact (early cutoff, as in Bazel and Nix): the
+    one-call ONNX of two layers with the same shapes is the same file made the same way, so their engines
+    are too, though the exports' keys differ by the captures they came from.
+
+    The way an input was made counts, not its bytes alone: verify runs a build with the build's runtime
+    (the onnxruntime version, the reference kernel's source in its key), which no file of it holds."""
+    readable = {role: {"files": {name: meta["digest"] for name, meta in artifact.manifest["files"].items()},
+                       "result": artifact.manifest.get("result"),
+                       "made": {k: v for k, v in (artifact.manifest.get("parts") or {}).items() if k != "inputs"}}
+                for role, artifact in sorted(inputs.items())}
+    return digest_json({**node.parts, "inputs": readable})
+
+
+def _cutoff(store: Store, node: Node, content: str, reason: str, pipeline: str) -> Outcome | None:
+    """The artifact of another key made from inputs identical in content, published under this key
+    (its files hard-linked), so the stage does not run again; None when there is none."""
+    source = store.same_inputs(node.kind, content)
+    if source is None or source.key == node.key:
+        return None
+    clock = time.perf_counter()
+    made = {name: value for name, value in source.manifest.items()
+            if name not in ("format", "key", "stage", "files", "created", "writer")}
+    artifact = store.adopt(source, node.kind, node.key, {  # what the run recorded, as made from these inputs
+        **made, "parts": node.parts, "started": time.time(), "reason": reason, "pipeline": pipeline,
+        "variants": node.variants, "paths": node.paths, "inputs_content": content,
+        "cutoff": {"key": source.key, "seconds": made.get("seconds")}, "seconds": time.perf_counter() - clock,
+    })
+    outcome = _reused(node, artifact, "cached")
+    outcome.reason = f"same inputs as {node.kind} {source.key[:8]} (early cutoff)"
     return outcome
 
 
@@ -310,7 +351,7 @@ def _reused(node: Node, artifact: Artifact, status: str) -> Outcome:
 
 
 def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str, forced: bool, pipeline: str,
-             progress: bool, timeout: float | None = None) -> Outcome:
+             progress: bool, timeout: float | None = None, content: str | None = None) -> Outcome:
     runner = stages.load(node.kind)
     started = time.time()
     clock = time.perf_counter()
@@ -339,7 +380,7 @@ def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str,
         artifact = store.publish(staging, node.kind, node.key, {
             "parts": node.parts, "summary": result.summary, "result": result.result, "passed": result.passed,
             "seconds": elapsed, "started": started, "reason": reason, "pipeline": pipeline,
-            "variants": node.variants, "paths": node.paths,
+            "variants": node.variants, "paths": node.paths, "inputs_content": content,
         })
     status = "ran" if result.passed else "failed"
     if node.kind == "verify" and result.passed:

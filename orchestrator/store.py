@@ -8,6 +8,7 @@ Layout:
   <root>/.state/digests.json     file digests by stat signature (no rehash on a no-op run)
   <root>/.state/runs/<name>.json the keys of a pipeline's last run (for `plan --why`)
   <root>/.state/fast/            remembered plans for the no-op fast path
+  <root>/.state/inputs/<c>.json  the artifact a stage made from inputs whose content key is <c> (early cutoff)
   <root>/.state/inuse/<pid>.*    keys a live process uses; gc leaves them alone
   <root>/.state/failed/<stage>-<key[:8]>/   what a stage that stopped on bad input (exit 2) wrote, and what
                                  its run withdrew: kept for inspection, never read as an artifact
@@ -191,6 +192,44 @@ class Store:
             self.digests.remember(final / relative, meta["digest"])
         return Artifact(kind, key, final, manifest)
 
+    def adopt(self, source: Artifact, kind: str, key: str, manifest: dict[str, Any]) -> Artifact:
+        """Publish `source`'s files under `key` with a manifest of its own: for a stage whose inputs are
+        identical in content to those `source` was made from. Files are hard-linked (copied where links
+        cannot be made); publishing hashes them again, so a damaged source is never passed on."""
+        with self.writer(kind, key) as staging:
+            for relative in source.manifest["files"]:
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(source.path / relative, target)
+                except OSError:
+                    shutil.copy2(source.path / relative, target)
+            return self.publish(staging, kind, key, manifest)
+
+    def same_inputs(self, kind: str, content: str) -> Artifact | None:
+        """The intact artifact of this stage last made from inputs with this content key, if any."""
+        try:
+            entry = json.loads((self.state / "inputs" / f"{content}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("stage") != kind or not isinstance(entry.get("key"), str):
+            return None
+        artifact, _ = self.check(kind, entry["key"])
+        return artifact
+
+    def remember_inputs(self, content: str, kind: str, key: str) -> None:
+        """Note that `key` was made from inputs with this content key (see executor.content_key)."""
+        write_json_atomic(self.state / "inputs" / f"{content}.json", {"stage": kind, "key": key})
+
+    def _forget_inputs(self, path: Path, kind: str, key: str) -> None:
+        """Drop the content-key entry that points at an artifact about to go, so that a withdrawn run
+        leaves no index entry behind (a stale one would only be ignored)."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            content = json.loads((path / MANIFEST).read_text()).get("inputs_content")
+            entry = self.state / "inputs" / f"{content}.json"
+            if content and json.loads(entry.read_text()) == {"stage": kind, "key": key}:
+                entry.unlink()
+
     def discard(self, kind: str, key: str, keep_in: Path | None = None) -> None:
         """Remove an artifact: first move it out of sight, then delete it.
 
@@ -200,6 +239,7 @@ class Store:
         path = self.path_of(kind, key)
         if not path.exists():
             return
+        self._forget_inputs(path, kind, key)
         self.ensure()
         if keep_in is not None:
             keep_in.mkdir(parents=True, exist_ok=True)

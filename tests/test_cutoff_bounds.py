@@ -4,12 +4,16 @@ the report of many variants stays proportional to what a person reads."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Project
+from conftest import SMALL_CALL, SMALL_MODEL, Project
 from test_bad_input import leftovers, make_tensors
 
 FROM_DIR = """\
@@ -82,3 +86,64 @@ def test_a_time_limit_the_stage_keeps_to_changes_nothing(project: Project) -> No
                                                "{timeout: 600, num_cpus: 1}}\n"})
     second = project.run("run", str(limited))
     assert second.code == 0 and "nothing to do" in second.out, second.text
+
+
+TWO_LAYERS = f"""\
+version: 1
+name: layers
+{SMALL_MODEL}
+{SMALL_CALL}verify: {{atol: 1.0e-3, rtol: 1.0e-3}}
+bench: {{warmup: 1, iterations: 3}}
+matrix:
+  capture.module: [encoder.layers.0.self_attn, encoder.layers.1.self_attn]
+"""
+
+
+def stage_lines(output: str) -> dict[str, list[list[str]]]:
+    """{stage: [its lines split in words]}, with the why line under a stage line appended to it."""
+    found: dict[str, list[list[str]]] = {}
+    last: list[str] | None = None
+    for line in output.splitlines():
+        words = line.split()
+        if words and words[0] in ("capture", "export", "build", "verify", "bench"):
+            last = words
+            found.setdefault(words[0], []).append(words)
+        elif words[:1] == ["why:"] and last is not None:
+            last += words
+    return found
+
+
+def manifest(store: Path, kind: str, short: str) -> dict[str, Any]:
+    folder = next(store.glob(f"{kind}/{short}*"))
+    return json.loads((folder / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_a_build_from_an_identical_onnx_does_not_run_again(project: Project) -> None:
+    pipeline = project.write("layers.yaml", TWO_LAYERS)
+    result = project.run("run", str(pipeline))
+    assert result.code == 0, result.text
+    lines = stage_lines(result.out)
+    exports = [manifest(project.store, "export", line[1]) for line in lines["export"]]
+    assert [line[2] for line in lines["export"]] == ["ran", "ran"]  # their captures differ
+    assert exports[0]["files"]["model.onnx"] == exports[1]["files"]["model.onnx"]  # the premise: one ONNX
+    assert sorted(line[2] for line in lines["build"]) == ["cached", "ran"], result.out
+    ran = next(line for line in lines["build"] if line[2] == "ran")
+    reused = next(line for line in lines["build"] if line[2] == "cached")
+    assert f"why: same inputs as build {ran[1]} (early cutoff)" in " ".join(reused), result.out
+    assert [line[2] for line in lines["verify"]] == ["passed", "passed"]  # the captures they compare differ
+    assert [line[2] for line in lines["bench"]] == ["ran", "ran"]
+    assert "9 of 10 stages ran" in result.out
+
+    made, adopted = manifest(project.store, "build", ran[1]), manifest(project.store, "build", reused[1])
+    assert adopted["key"].startswith(reused[1]) and adopted["cutoff"]["key"] == made["key"]
+    assert adopted["parts"]["inputs"]["graph"] != made["parts"]["inputs"]["graph"]  # its own export, its own key
+    assert adopted["files"] == made["files"]
+    folders = {m["key"]: project.store / "build" / m["key"] for m in (made, adopted)}
+    assert os.path.samefile(*(folders[m["key"]] / "runplan.json" for m in (made, adopted)))  # linked, not copied
+
+    again = project.run("run", str(pipeline))
+    assert again.code == 0 and "nothing to do" in again.out, again.text
+    assert project.run("fsck").code == 0
+    forced = project.run("run", str(pipeline), "--force", "build")  # a forced build really builds
+    assert [line[2] for line in stage_lines(forced.out)["build"]] == ["ran", "ran"], forced.text
+

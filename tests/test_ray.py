@@ -23,7 +23,8 @@ def test_matrix_on_a_local_ray_instance_equals_the_local_executor(project: Proje
                          env={"ORCHESTRATE_REMOTE": str(remote)})
     assert on_ray.code == 0, on_ray.text
     ran = [line for line in lines(on_ray.out) if line[2] in RAN]
-    assert len(ran) == len({(line[0], line[1]) for line in ran}) == 16, on_ray.out
+    # 16 distinct stages; the second layer's two builds reuse the first's identical ONNX (early cutoff)
+    assert len(ran) == len({(line[0], line[1]) for line in ran}) == 14, on_ray.out
 
     local_store = tmp_path / "local"
     local = project.run("run", str(pipeline), "-j", "2", env={"ORCHESTRATE_STORE": str(local_store)})

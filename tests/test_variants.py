@@ -38,7 +38,9 @@ def test_matrix_runs_each_distinct_stage_once_and_parallel_equals_serial(project
     assert serial.code == 0, serial.text
     ran = [line for line in lines(serial.out) if line[2] in RAN]
     keys = {(line[0], line[1]) for line in ran}
-    assert len(ran) == len(keys) == 2 + 2 + 4 + 4 + 4  # captures and exports are shared by precisions
+    # Captures and exports are shared by precisions; the two layers' one-call ONNX are one file, so the
+    # second layer's builds reuse the first's (early cutoff): one build per precision.
+    assert len(ran) == len(keys) == 2 + 2 + 2 + 4 + 4
     assert all("[" in " ".join(line) for line in ran)  # every line names its variant
 
     parallel_store = tmp_path / "parallel"

@@ -5,6 +5,11 @@ and cached/ran, verify statistics per variant and output (with the error histogr
 reference/result pairs recorded by verify), bench figures, the equivalent trtexec command and tool
 versions. The HTML renders the same record with inline SVG pictures (matplotlib), so it opens with
 no network and no other file.
+
+Both stay proportional to what a person reads, not to the size of the matrix: only the variants
+`figured` picks (those that failed verify, and the first few; ORCHESTRATE_REPORT_FIGURES, default
+FIGURES) are drawn in full and keep their reference/result sample in report.json; every other variant
+is a row of a compact table (its verify.json, in its stage folder, holds the rest).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from orchestrator.plan import Node, Plan
 from orchestrator.store import Artifact, Store, write_json_atomic
 
 STAGE_COLUMNS = ("capture", "export", "surgery", "build", "verify", "bench")
+FIGURES = 4  # variants drawn in full: the first failing ones, and the first ones of the matrix
+FIGURES_ENV = "ORCHESTRATE_REPORT_FIGURES"  # a count, or 'all'
 
 
 def report_dir(store: Store, pipeline: str) -> Path:
@@ -60,7 +67,7 @@ def collect(plan: Plan, store: Store, outcomes: list[Outcome] | None = None,
             _gather(plan, store, node, artifact, shown, found)
     variants = [{"name": v.name, "choices": v.choices, "config": v.data} for v in plan.spec.variants
                 if v.name in plan.by_variant]
-    return {
+    record = {
         "format": 1,
         "generated": time.time(),
         "pipeline": {"name": plan.spec.name, "file": str(plan.spec.path), "cwd": os.getcwd()},
@@ -70,6 +77,49 @@ def collect(plan: Plan, store: Store, outcomes: list[Outcome] | None = None,
         **found,
         "tools": dict(sorted(tools.items())),
     }
+    record["figures"] = figured(record)
+    _restore_samples(record)
+    return record
+
+
+def figure_budget() -> int | None:
+    """How many variants (failing ones, and the first ones) are drawn in full; None: every variant."""
+    text = os.environ.get(FIGURES_ENV, "").strip().lower()
+    if text == "all":
+        return None
+    return int(text) if text.isdigit() else FIGURES
+
+
+def figured(record: dict[str, Any]) -> list[str]:
+    """The variants drawn in full, in matrix order: the first `figure_budget()` that failed verify (what a
+    person opens the report for) and the first `figure_budget()` of the matrix (what passing looks like)."""
+    names = [v["name"] for v in record["variants"]] or list(record["verify"])
+    budget = figure_budget()
+    if budget is None:
+        return names
+    failing = [name for name in names if record["verify"].get(name, {}).get("passed") is False]
+    chosen = set(failing[:budget]) | set(names[:budget])
+    return [name for name in names if name in chosen]
+
+
+def _without_samples(data: dict[str, Any]) -> dict[str, Any]:
+    """verify.json without its reference/result samples, which only the pictures of a figured variant use
+    (a sample is most of the file: 500 of them would make the record some 40 MB)."""
+    for group in ("outputs", "plugin_nodes"):
+        for stats in (data.get(group) or {}).values():
+            if isinstance(stats, dict):
+                stats.pop("sample", None)
+    return data
+
+
+def _restore_samples(record: dict[str, Any]) -> None:
+    """Read the samples back, for the figured variants only, from the verify.json they came from."""
+    wanted = set(record["figures"])
+    for stage in record["stages"]:
+        if stage["kind"] == "verify" and stage.get("path") and wanted & set(stage["variants"]):
+            data = json.loads((Path(stage["path"]) / "verify.json").read_text())
+            for variant in wanted & set(stage["variants"]) & set(record["verify"]):
+                record["verify"][variant] = data
 
 
 def _gather(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Callable[[Path], str],
@@ -77,7 +127,7 @@ def _gather(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Cal
     """Per variant, what this stage's artifact adds to the record: verify.json, bench.json, the trtexec command."""
     for variant in node.variants:
         if node.kind == "verify":
-            found["verify"][variant] = json.loads((artifact.path / "verify.json").read_text())
+            found["verify"][variant] = _without_samples(json.loads((artifact.path / "verify.json").read_text()))
         elif node.kind == "bench":
             found["bench"][variant] = json.loads((artifact.path / "bench.json").read_text())
         elif node.kind == "build" and (artifact.path / "trtexec.txt").exists():
@@ -148,9 +198,12 @@ def _figure(width: float, height: float) -> Any:
     return plt.subplots(figsize=(width, height))
 
 
-def dag_picture(record: dict[str, Any]) -> str:
-    """Stages as boxes in columns (capture → … → bench), arrows from inputs; colour = ran/cached/failed."""
-    stages = record["stages"]
+def dag_picture(record: dict[str, Any], variants: set[str] | None = None) -> str:
+    """Stages as boxes in columns (capture → … → bench), arrows from inputs; colour = ran/cached/failed.
+
+    With `variants`, only their stages: a picture of every stage of 500 variants is 2500 boxes that
+    take a minute to draw and that nobody can read (the stage table lists them all)."""
+    stages = [s for s in record["stages"] if variants is None or variants & set(s["variants"])]
     columns = [c for c in STAGE_COLUMNS if any(s["kind"] == c for s in stages)]
     rows = max(sum(s["kind"] == c for s in stages) for c in columns)
     figure, axes = _figure(2.3 * len(columns) + 0.5, 0.8 * rows + 0.8)
@@ -202,6 +255,8 @@ def error_histogram(stats: dict[str, Any]) -> str | None:
     histogram = stats.get("histogram")
     if not histogram or not any(histogram["counts"]):
         return None
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
     figure, axes = _figure(4.2, 2.4)
     edges, counts = histogram["log10_edges"], histogram["counts"]
     axes.bar(edges[:-1], counts, width=[b - a for a, b in itertools.pairwise(edges)],
@@ -212,6 +267,9 @@ def error_histogram(stats: dict[str, Any]) -> str | None:
         axes.set_title("|error| (log10)", fontsize=9)
     axes.axvline(_log10(stats["atol"]), color="#c0392b", linestyle="--", linewidth=1, label="atol")
     axes.set_yscale("log")
+    # Counts as plain numbers, no minor ticks: laying out 10^k labels and minor ticks was most of the drawing time.
+    axes.yaxis.set_minor_locator(NullLocator())
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axes.set_xlabel("log10 |result - reference|")
     axes.set_ylabel("elements")
     axes.legend(loc="upper left", fontsize=7)
@@ -319,23 +377,16 @@ def render_html(record: dict[str, Any]) -> str:
         rows = [[v["choices"][k] for k in keys] + [_variant_verdict(record, v["name"])] for v in variants]
         parts.append("<h2>Variants</h2>" + _table([*keys, "verify"], rows))
 
-    parts.append("<h2>Stages</h2><div class='figs'>" + dag_picture(record) + "</div>")
+    shown = record["figures"] if "figures" in record else figured(record)
+    everyone = [v["name"] for v in variants] or list(record["verify"])
+    partial = set(shown) if len(shown) < len(everyone) else None
+    note = (f"<p class='muted'>Drawn: the stages of the {len(shown)} variants shown in full below (failing ones "
+            f"first; {FIGURES_ENV}=all draws every one). The table lists all {len(record['stages'])} stages."
+            "</p>") if partial is not None else ""
+    parts.append("<h2>Stages</h2>" + note + "<div class='figs'>" + dag_picture(record, partial) + "</div>")
     parts.append(_stages_html(record))
-    parts += _verify_html(record)
-
-    if record["bench"]:
-        parts.append("<h2>Benchmark</h2>")
-        rows = []
-        for variant, figures in record["bench"].items():
-            rows.append([variant or "-", figures.get("backend"), figures.get("timer"), _fmt(figures["min_ms"]),
-                         _fmt(figures["median_ms"]), _fmt(figures["p90_ms"]), _fmt(figures["p99_ms"]),
-                         figures["iterations"], _fmt(figures["throughput_per_s"]),
-                         _fmt((figures["bytes_in"] + figures["bytes_out"]) / 1e6), _fmt(figures["bandwidth_gb_s"])])
-        parts.append(_table(["variant", "backend", "timer", "min ms", "median ms", "p90 ms", "p99 ms", "runs",
-                             "per s", "MB moved", "GB/s"], rows, set(range(3, 11))))
-        picture = bench_picture(record["bench"])
-        if picture:
-            parts.append("<div class='figs'>" + picture + "</div>")
+    parts += _verify_html(record, shown)
+    parts += _bench_html(record, partial)
 
     if record["trtexec"]:
         parts.append("<h2>Equivalent trtexec command</h2>")
@@ -350,6 +401,25 @@ def render_html(record: dict[str, Any]) -> str:
                      "</pre></details>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _bench_html(record: dict[str, Any], drawn: set[str] | None) -> list[str]:
+    """The bench table, every variant a row; the latency chart for the `drawn` variants (None: all), since
+    500 lines in one chart are a smear."""
+    if not record["bench"]:
+        return []
+    rows = []
+    for variant, figures in record["bench"].items():
+        rows.append([variant or "-", figures.get("backend"), figures.get("timer"), _fmt(figures["min_ms"]),
+                     _fmt(figures["median_ms"]), _fmt(figures["p90_ms"]), _fmt(figures["p99_ms"]),
+                     figures["iterations"], _fmt(figures["throughput_per_s"]),
+                     _fmt((figures["bytes_in"] + figures["bytes_out"]) / 1e6), _fmt(figures["bandwidth_gb_s"])])
+    parts = ["<h2>Benchmark</h2>", _table(["variant", "backend", "timer", "min ms", "median ms", "p90 ms", "p99 ms",
+                                           "runs", "per s", "MB moved", "GB/s"], rows, set(range(3, 11)))]
+    picture = bench_picture({v: f for v, f in record["bench"].items() if drawn is None or v in drawn})
+    if picture:
+        parts.append("<div class='figs'>" + picture + "</div>")
+    return parts
 
 
 def _relative_note(record: dict[str, Any]) -> str:
@@ -384,10 +454,11 @@ def relative_cell(stats: dict[str, Any]) -> str:
     return "no |ref|>atol" if value is None else _fmt(value)
 
 
-def _verify_html(record: dict[str, Any]) -> list[str]:
-    """Per variant: the verify verdict, a row of statistics per output, failed checks, and the pictures."""
+def _verify_html(record: dict[str, Any], shown: list[str]) -> list[str]:
+    """Per `shown` variant: the verify verdict, a row of statistics per output, failed checks, and the
+    pictures; then the other variants in one compact table."""
     parts = ["<h2>Verification</h2>"] if record["verify"] else []
-    for variant, data in record["verify"].items():
+    for variant, data in ((v, d) for v, d in record["verify"].items() if v in shown):
         title = variant or "result"
         verdict = "<span class='badge ok'>passed</span>" if data.get("passed") else \
             "<span class='badge bad'>failed</span>"
@@ -413,7 +484,31 @@ def _verify_html(record: dict[str, Any]) -> list[str]:
             pictures += [p for p in (error_histogram(stats), scatter(stats)) if p]
         if pictures:
             parts.append("<div class='figs'>" + "".join(pictures) + "</div>")
-    return parts
+    return parts + _compact_verify_html(record, [v for v in record["verify"] if v not in shown])
+
+
+def _compact_verify_html(record: dict[str, Any], names: list[str]) -> list[str]:
+    """The variants not drawn in full, in one table: per output what decides its verdict (max abs, max rel,
+    how many elements fall outside, the smallest atol that passes), and the variant's failed checks."""
+    if not names:
+        return []
+    rows = []
+    for variant in names:
+        data = record["verify"][variant]
+        state = "passed" if data.get("passed") else "failed"
+        verdict = f"<span class='badge {'ok' if state == 'passed' else 'bad'}'>{state}</span>"
+        checks = "; ".join(data.get("failed_checks", []))
+        for index, (name, stats) in enumerate(data.get("outputs", {}).items()):
+            cells = ["shape mismatch", "", "", "", ""] if stats.get("shape_mismatch") else [
+                _fmt(stats.get("max_abs")), relative_cell(stats), f"{stats.get('outside')} / {stats.get('elements')}",
+                _fmt(stats.get("min_atol_to_pass")), f"{_fmt(stats.get('atol'))} / {_fmt(stats.get('rtol'))}"]
+            rows.append([variant or "-", verdict, name, *cells, "" if index else checks])
+        rows += [[variant or "-", verdict, name, "not compared (verify.skip)", "", "", "", "", ""]
+                 for name in data.get("skipped", [])]
+    return [f"<h3>The other {len(names)} variants</h3><div class='muted'>Not drawn; the histogram and sample "
+            "of each are in the verify.json of its stage folder.</div>",
+            _table(["variant", "verify", "output", "max abs", "max rel (|ref|>atol)", "outside tol",
+                    "smallest passing atol", "atol / rtol", "failed checks"], rows, {3, 4, 6})]
 
 
 def _variant_verdict(record: dict[str, Any], variant: str) -> str:

@@ -4,6 +4,7 @@ the report of many variants stays proportional to what a person reads."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -147,3 +148,61 @@ def test_a_build_from_an_identical_onnx_does_not_run_again(project: Project) -> 
     forced = project.run("run", str(pipeline), "--force", "build")  # a forced build really builds
     assert [line[2] for line in stage_lines(forced.out)["build"]] == ["ran", "ran"], forced.text
 
+
+SWEEP = """\
+version: 1
+name: sweep
+capture: {from_dir: a}
+export:
+  plugins:
+    - op: MultiscaleDeformableAttnPlugin_TRT
+      dtypes: {spatial_shapes: int32, level_start_index: int32}
+verify: {rtol: 1.0e-6}
+bench: {enabled: false}
+matrix:
+  capture.from_dir: [a, b]
+  verify.atol: [1.0e-3, 2.0e-3, 3.0e-3, 1.0e-7]   # the last is tighter than the references' noise: it fails
+"""
+
+
+def noisy_capture(folder: Path, seed: int) -> None:
+    """A valid capture whose reference output carries noise of 1e-5, so every error histogram has bars."""
+    make_tensors(folder, seed=seed)
+    output = np.load(folder / "output.npy")
+    np.save(folder / "output.npy", output + np.random.default_rng(seed).normal(0, 1e-5, output.shape).astype(
+        np.float32))
+
+
+def test_the_report_draws_failing_and_first_variants_and_tabulates_the_rest(project: Project) -> None:
+    noisy_capture(project.root / "a", 0)
+    noisy_capture(project.root / "b", 1)
+    pipeline = project.write("sweep.yaml", SWEEP)
+    result = project.run("run", str(pipeline), env={"ORCHESTRATE_REPORT_FIGURES": "1"})
+    assert result.code == 1, result.text  # the tight tolerance fails for both captures
+    folder = project.store / "reports" / "sweep"
+    record = json.loads((folder / "report.json").read_text())
+    names = [v["name"] for v in record["variants"]]
+    assert len(names) == 8 and record["verify"][names[3]]["passed"] is False
+    assert record["figures"] == [names[0], names[3]]  # the first variant, and the first failing one
+    for name, data in record["verify"].items():  # samples only where they are drawn; statistics for all
+        assert ("sample" in data["outputs"]["output"]) == (name in record["figures"]), name
+        assert data["outputs"]["output"]["max_abs"] > 0 and data["outputs"]["output"]["histogram"]["counts"]
+    page = (folder / "report.html").read_text()
+    assert page.count("<svg") == 1 + 2 * 2  # the stage picture, and a histogram and a scatter per drawn variant
+    assert "Drawn: the stages of the 2 variants" in page and "The other 6 variants" in page
+    undrawn_failure = record["verify"][names[7]]
+    assert undrawn_failure["passed"] is False and html.escape(undrawn_failure["failed_checks"][0]) in page
+
+    from orchestrator import imports, report, spec
+    from orchestrator.plan import make_plan
+    from orchestrator.store import Store
+
+    store = Store(project.store)
+    with imports.search_path([project.root]):
+        plan = make_plan(spec.load(pipeline), store.digests)
+    os.environ[report.FIGURES_ENV] = "all"
+    try:
+        every = report.render_html(report.collect(plan, store))
+    finally:
+        del os.environ[report.FIGURES_ENV]
+    assert every.count("<svg") == 1 + 2 * 8 and "The other" not in every and "Drawn:" not in every

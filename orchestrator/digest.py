@@ -1,7 +1,9 @@
 """Content digests: canonical JSON for configs, BLAKE3 for files, and a stat cache.
 
-A file is hashed once; later runs trust the digest while (size, mtime_ns, inode) are unchanged,
-which is what keeps a no-op run from re-reading hundreds of megabytes.
+A file is hashed once; later runs trust the digest while (size, mtime_ns, inode, ctime_ns) are
+unchanged, which is what keeps a no-op run from re-reading hundreds of megabytes. The ctime is there
+because user space can set a file's mtime back (`os.utime`, `touch -d`, `cp -p`, `rsync -t`) but not its
+ctime: a byte flipped in place with size and mtime restored still changes the signature.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def hash_file(path: str | os.PathLike[str]) -> str:
 
 
 def stat_signature(path: str | os.PathLike[str]) -> list[int]:
-    """What must stay equal for a recorded digest to be trusted without rehashing."""
+    """What must stay equal for a recorded digest to be trusted without rehashing (fastpath.py keeps its own
+    copy of this rule, to stay free of imports)."""
     st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 # A file modified twice within one tick of the filesystem clock keeps its mtime (ext4 ticks are a few
@@ -85,9 +88,10 @@ class DigestCache:
         real = os.path.realpath(path)
         signature = vouching_signature(real)
         known = self.entries.get(real)
-        if signature is not None and isinstance(known, list) and known[:3] == signature and len(known) == 4:
+        if signature is not None and isinstance(known, list) and len(known) == len(signature) + 1 \
+                and known[:-1] == signature:
             self.vouched[real] = signature
-            return str(known[3])
+            return str(known[-1])
         value = hash_file(real)
         self.vouched[real] = signature
         if signature is not None:

@@ -2,7 +2,7 @@
 
 A full run remembers, under the digest of the pipeline file's bytes (and its folder, the current
 directory and the store), what its answer depended on, each as a stat signature (size, mtime_ns,
-inode) taken when it was read:
+inode, ctime_ns) taken when it was read:
 
   * every file and folder the keys were computed from (model sources, capture files and folder,
     plugin libraries, the folders an import path was resolved in);
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FORMAT = 4
+FORMAT = 5
 TOOLS = ("torch", "onnx", "onnxruntime", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "tensorrt")
 GPU_TOOLS = ("gpu", "tensorrt", "trtexec")  # a key with one of these depends on the machine's GPUs
 GPU_ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PATH", "LD_LIBRARY_PATH")
@@ -38,11 +38,13 @@ MAX_PIPELINE_BYTES = 1 << 20  # spec.MAX_FILE_BYTES, not imported: spec is not r
 
 
 def _signature(path: str) -> list[int] | None:
+    """digest.stat_signature, or None for a path that is gone: the ctime is in it because an mtime can be
+    set back (a byte flipped with size and mtime restored) and a ctime cannot."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def record_path(store_root: Path, pipeline: Path, pipeline_bytes: bytes) -> Path:

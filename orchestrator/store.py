@@ -204,7 +204,18 @@ class Store:
                     os.link(source.path / relative, target)
                 except OSError:
                     shutil.copy2(source.path / relative, target)
-            return self.publish(staging, kind, key, manifest)
+            adopted = self.publish(staging, kind, key, manifest)
+        self._relinked(source, adopted)
+        return adopted
+
+    def _relinked(self, source: Artifact, adopted: Artifact) -> None:
+        """A hard link changes the ctime of the file linked, so the signature `source`'s files are remembered
+        by no longer holds (the next check would rehash them): where the adopted file is the same inode,
+        publishing just hashed that content, so remember it under the new signature."""
+        for relative, meta in adopted.manifest.get("files", {}).items():
+            with contextlib.suppress(OSError):
+                if os.stat(source.path / relative).st_ino == os.stat(adopted.path / relative).st_ino:
+                    self.digests.remember(source.path / relative, meta["digest"])
 
     def same_inputs(self, kind: str, content: str) -> Artifact | None:
         """The intact artifact of this stage last made from inputs with this content key, if any."""

@@ -1,0 +1,162 @@
+"""Cache inputs: stat signatures that cannot be faked back (the ctime).
+
+The project is a live model whose factory (`lib/tinymodel.py`, on python_path) reaches its weights
+through a helper module it imports (`lib/helper.py`) and an installed distribution (`lib/fakedist`,
+with its `.dist-info` beside it). Every test starts from a copy of the project run once, so it pays
+only for the stages its change makes run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SMALL_PIPELINE, stage_status
+from test_store import TracedProject, age
+
+from orchestrator import digest
+from orchestrator.digest import DigestCache
+
+FACTORY = '''\
+"""A factory whose weights depend on a helper module and on an installed distribution."""
+import fakedist
+import helper
+from examples.maskdino_encoder import build_encoder as build
+
+
+def build_encoder(**kwargs):
+    return helper.adjust(build(**kwargs), fakedist.SCALE)
+'''
+HELPER = '''\
+import torch
+
+FACTOR = 1.0
+
+
+def adjust(model, scale):
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(FACTOR * scale)
+    return model
+'''
+METADATA = "Metadata-Version: 2.1\nName: fakedist\nVersion: {version}\n"
+MODEL = """\
+python_path: [lib]
+model:
+  factory: tinymodel:build_encoder
+  kwargs: {num_layers: 2, d_model: 32, heads: 2, levels: 3, points: 2, ffn_dim: 64, seed: 0}
+  inputs: examples.maskdino_encoder:example_inputs
+  inputs_kwargs: {shapes: [[8, 10], [4, 5], [2, 3]], d_model: 32}
+"""
+FIVE = ("capture", "export", "build", "verify", "bench")
+
+
+def write_library(lib: Path, factor: str = "1.0") -> None:
+    lib.mkdir(parents=True, exist_ok=True)
+    (lib / "tinymodel.py").write_text(FACTORY)
+    (lib / "helper.py").write_text(HELPER.replace("FACTOR = 1.0", f"FACTOR = {factor}"))
+    (lib / "fakedist").mkdir(exist_ok=True)
+    (lib / "fakedist" / "__init__.py").write_text("SCALE = 1.0\n")
+    info = lib / "fakedist-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(METADATA.format(version="1.0"))
+    (info / "top_level.txt").write_text("fakedist\n")
+
+
+def pipeline_text(**replace: str) -> str:
+    text = SMALL_PIPELINE.format(model=MODEL)
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    write_library(root / "lib")
+    (root / "tiny.yaml").write_text(pipeline_text())
+    age(*root.rglob("*"), root)
+    environment = {**os.environ, "ORCHESTRATE_STORE": str(root / "store"), "NO_COLOR": "1"}
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(root / "tiny.yaml")], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root
+
+
+@pytest.fixture
+def project(template: Path, tmp_path: Path) -> TracedProject:
+    shutil.copytree(template, tmp_path / "p", symlinks=True)
+    return TracedProject(tmp_path / "p")
+
+
+def line(out: str, stage: str) -> str:
+    return next((text for text in out.splitlines() if text.startswith(stage)), "")
+
+
+def why(out: str, stage: str) -> str:
+    """The 'why:' line under a stage's line of `run`."""
+    lines = out.splitlines()
+    for index, text in enumerate(lines):
+        if text.startswith(stage) and index + 1 < len(lines) and lines[index + 1].strip().startswith("why:"):
+            return lines[index + 1].strip()
+    return ""
+
+
+# ------------------------------------------------------------------------------ stat signatures
+
+def flip_keeping_mtime(path: Path, old: bytes, new: bytes) -> None:
+    """Change bytes in place, keeping the size, then set the mtime back: only the ctime tells."""
+    assert len(old) == len(new)
+    time.sleep(0.02)  # a later edit: past the tick of a coarse filesystem clock (kernels before multigrain ctime)
+    before = path.stat()
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_a_source_edited_with_its_mtime_restored_is_seen_by_the_full_path(project: TracedProject) -> None:
+    project.prime()
+    flip_keeping_mtime(project.root / "lib" / "tinymodel.py", b"A factory", b"a factory")
+    planned = project.orchestrate("plan", str(project.pipeline), "--why")  # plan never takes the fast path
+    assert re.search(r"^capture .* run .*file changed: \S*tinymodel\.py", planned.out, re.MULTILINE), planned.text
+
+
+def test_a_source_edited_with_its_mtime_restored_is_seen_by_the_fast_path(project: TracedProject) -> None:
+    project.prime()
+    flip_keeping_mtime(project.root / "lib" / "tinymodel.py", b"A factory", b"a factory")
+    result = project.run()  # the remembered signature's ctime differs: the full path answers
+    assert result.code == 0 and not result.answered_fast, result.text
+    assert stage_status(result.out)["capture"] == "ran", result.out
+
+
+def test_an_artifact_flipped_with_its_mtime_restored_is_rebuilt_by_both_paths(project: TracedProject) -> None:
+    project.prime()
+    folder = next((project.store / "build").iterdir())
+    victim = next(p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json")
+    data = victim.read_bytes()
+    flip_keeping_mtime(victim, data[len(data) // 2:len(data) // 2 + 1], bytes([data[len(data) // 2] ^ 1]))
+    planned = project.orchestrate("plan", str(project.pipeline), "--why")
+    assert re.search(r"^build .* run .*does not match its digest", planned.out, re.MULTILINE), planned.text
+    result = project.run()
+    assert result.code == 0 and not result.answered_fast, result.text
+    assert stage_status(result.out)["build"] == "ran" and "does not match its digest" in why(result.out, "build")
+
+
+def test_the_digest_cache_rehashes_a_file_whose_ctime_moved(tmp_path: Path) -> None:
+    file = tmp_path / "weights.bin"
+    file.write_bytes(b"a" * 4096)
+    age(file)
+    cache = DigestCache(tmp_path / "digests.json")
+    first = cache.file(file)
+    flip_keeping_mtime(file, b"a", b"b")
+    assert cache.file(file) == digest.hash_file(file) != first

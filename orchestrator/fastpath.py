@@ -9,7 +9,8 @@ inode, ctime_ns) taken when it was read:
   * orchestrate's own code and schema, the Python interpreter, sys.path and its folders (a package
     installed or upgraded changes its site-packages folder), where each tool's metadata lives and
     whether TensorRT is importable; for GPU builds, the visible GPUs, CUDA_VISIBLE_DEVICES and PATH;
-  * every file of every artifact the run used.
+  * every file of every artifact the run used;
+  * the values (hashed) of the environment variables the pipeline declares in model.env.
 
 `replay` re-checks all of it with stat calls; if anything differs it returns None and the full path
 (YAML, schema validation, planning, digests) runs instead. It can decline, never answer wrongly:
@@ -153,13 +154,20 @@ def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts
             artifact_files[real] = store.digests.vouched.get(real) or _signature(real)
     if any(signature is None for signature in artifact_files.values()):
         return False
+    declared = sorted({name for node in plan.order() for name in node.parts.get("env", {})})
     record = {**before, "format": FORMAT, "watched": watched, "artifacts": artifact_files, "machine": machine,
-              "lines": lines, "exit_code": exit_code}
+              "env": {name: _env_digest(name) for name in declared}, "lines": lines, "exit_code": exit_code}
     try:
         write_json_atomic(record_path(store.root, spec.path, spec.source), record)
     except OSError:
         return False
     return True
+
+
+def _env_digest(name: str) -> str | None:
+    """A declared environment variable's value, hashed (the record never holds the value itself)."""
+    value = os.environ.get(name)
+    return None if value is None else hashlib.blake2b(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _unchanged(signatures: dict[str, list[int] | None]) -> bool:
@@ -180,6 +188,8 @@ def _still_valid(record: dict[str, Any]) -> bool:
     for group in ("folders", "code", "watched", "artifacts"):
         if not _unchanged(record[group]):
             return False
+    if any(_env_digest(name) != value for name, value in record["env"].items()):
+        return False  # a variable the pipeline declares in model.env (in the capture and export keys)
     return record["machine"] is None or record["machine"] == _gpu_fingerprint()
 
 

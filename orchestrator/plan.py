@@ -7,7 +7,9 @@ A key covers exactly what can change a stage's output:
     files of the model factory, the inputs callable and the replaced callables, `model.sources`);
   * the keys of its input artifacts;
   * the versions of the tools that produce it (torch, onnx, onnxruntime, tensorrt + GPU);
-  * the stage implementation's version (STAGE_VERSIONS, bumped when a stage's output changes).
+  * the stage implementation's version (STAGE_VERSIONS, bumped when a stage's output changes);
+  * for the stages that import user code (capture, export): python_path as written, and the values
+    (hashed) of the environment variables declared in model.env; no other variable.
 The pipeline's name and file path are in no key. Variants whose stages coincide share nodes.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import environment, imports
-from orchestrator.digest import DigestCache, digest_json, vouching_signature
+from orchestrator.digest import DigestCache, digest_bytes, digest_json, vouching_signature
 from orchestrator.errors import UserError
 from orchestrator.signatures import Accepts
 from orchestrator.spec import Spec, Variant
@@ -178,8 +180,31 @@ class Planner:
         return [self.spec.resolve_path(p) for p in self.spec.data.get("python_path", [])]
 
     # ------------------------------------------------------------------ nodes
+    def keyed_model(self, model: dict[str, Any]) -> dict[str, Any]:
+        """The model section as keyed config: its sources are keyed by content, its env by value (`env_digests`)."""
+        return {k: v for k, v in model.items() if k not in ("sources", "env")}
+
+    def env_digests(self, model: dict[str, Any] | None) -> dict[str, str | None]:
+        """The digest of each environment variable the pipeline declares in model.env (None: unset).
+
+        Values are hashed, so that the run record and `plan --why` name the variable and never show its
+        value. A variable not declared is in no key, whatever the model's code reads.
+        """
+        found: dict[str, str | None] = {}
+        for name in (model or {}).get("env") or []:
+            value = os.environ.get(name)
+            found[name] = None if value is None else digest_bytes(value.encode("utf-8", "surrogateescape"))
+        return found
+
+    def keyed_python_path(self, config: dict[str, Any]) -> None:
+        """python_path as written (normalised) goes into the keys of the stages that import user code: which
+        folders come first decides which helper module an import finds."""
+        entries = [os.path.normpath(entry) for entry in self.spec.data.get("python_path") or []]
+        if entries:
+            config["python_path"] = entries
+
     def make(self, kind: str, config: dict[str, Any], paths: dict[str, Any], inputs: dict[str, Node],
-             files: dict[str, str], tools: dict[str, str]) -> Node:
+             files: dict[str, str], tools: dict[str, str], env: dict[str, str | None] | None = None) -> Node:
         parts: dict[str, Any] = {
             "stage": kind,
             "stage_version": STAGE_VERSIONS[kind],
@@ -188,6 +213,8 @@ class Planner:
             "files": dict(sorted(files.items())),
             "tools": dict(sorted(tools.items())),
         }
+        if env:  # only when declared, so that the keys of pipelines without model.env stay as they were
+            parts["env"] = dict(sorted(env.items()))
         origins = {label: self.origins[label] for label in files if label in self.origins}
         return Node(kind, digest_json(parts), config, paths, parts["inputs"], parts, origins=origins)
 
@@ -267,7 +294,7 @@ class Planner:
             paths.update(folder=str(folder), files=matched, ignored=ignored)
         else:
             model = data["model"]
-            config = {"model": {k: v for k, v in model.items() if k != "sources"},
+            config = {"model": self.keyed_model(model),
                       "capture": {**{k: v for k, v in capture.items() if k not in ("files", "from_dir")},
                                   "source": "model", "expect": expect}}
             if whole:
@@ -288,12 +315,15 @@ class Planner:
                 label, digest = self.source_digest(rules["catalog"], "export.plugins[0].catalog")
                 files[label] = digest
         tools = environment.tools("numpy") | (environment.tools("torch"))
-        return self.make("capture", config, paths, {}, files, tools)
+        self.keyed_python_path(config)
+        env = self.env_digests(data.get("model")) if not capture.get("from_dir") else {}
+        return self.make("capture", config, paths, {}, files, tools, env)
 
     def export(self, data: dict[str, Any], plugins: list[dict[str, Any]], capture: Node) -> Node:
         export = {k: v for k, v in data["export"].items() if k not in ("plugins", "onnx")}
         config: dict[str, Any] = {"export": {**export, "plugins": plugins}}
         files: dict[str, str] = {}
+        env: dict[str, str | None] = {}
         paths: dict[str, Any] = {"python_path": [str(p) for p in self.python_path]}
         for index, plugin in enumerate(plugins):
             if plugin.get("replace"):
@@ -322,13 +352,15 @@ class Planner:
             self.check_onnx(onnx_path, data["export"]["onnx"])
         if data.get("model") and not data["capture"].get("from_dir"):  # scope call: a method's `self` is rebuilt
             model = data["model"]
-            config["model"] = {k: v for k, v in model.items() if k != "sources"}
+            config["model"] = self.keyed_model(model)
+            env = self.env_digests(model)
             files.update(self.model_sources(model))
             files.update(self.paths_digests(model.get("sources", []), "model.sources"))
         tools = environment.tools("onnx") if data["export"].get("onnx") else environment.tools("torch", "onnx")
         if data["export"]["exporter"] == "dynamo":
             tools |= environment.tools("onnxscript")
-        return self.make("export", config, paths, {"capture": capture}, files, tools)
+        self.keyed_python_path(config)
+        return self.make("export", config, paths, {"capture": capture}, files, tools, env)
 
     def surgery_edits(self, data: dict[str, Any], plugins: list[dict[str, Any]]) -> tuple[list[Any], list[str]]:
         """The edits of the surgery stage, and the field each comes from.
@@ -665,6 +697,20 @@ def _file_label(label: str, origin: str | None) -> str:
     return f"{shown} ({described})"
 
 
+def _env_difference(old: dict[str, str | None], new: dict[str, str | None]) -> str | None:
+    """The first declared environment variable whose value differs, by name only (values are hashed)."""
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            return f"environment variable added to model.env: {name}"
+        if name not in new:
+            return f"environment variable no longer in model.env: {name}"
+        if old[name] != new[name]:
+            before, after = ("unset" if value is None else "set" for value in (old[name], new[name]))
+            change = "value changed" if before == after else f"{before} -> {after}"
+            return f"environment variable changed: {name} ({change})"
+    return None
+
+
 def explain(node: Node, previous: dict[str, Any] | None) -> str:
     """Why `node` must run, compared with the parts of the artifact of the last run (if any)."""
     if previous is None:
@@ -684,6 +730,9 @@ def explain(node: Node, previous: dict[str, Any] | None) -> str:
             if label not in new_files:
                 return f"file no longer used: {what}"
             return f"file changed: {what} (content {old_files[label][:8]} -> {new_files[label][:8]})"
+    changed = _env_difference(previous.get("env", {}), node.parts.get("env", {}))
+    if changed:
+        return changed
     found = _first_difference(previous.get("tools", {}), node.parts["tools"])
     if found:
         return f"tool changed: {found[0]} {_show(found[1])} -> {_show(found[2])}"

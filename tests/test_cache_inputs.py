@@ -1,4 +1,5 @@
-"""Cache inputs: stat signatures that cannot be faked back (the ctime).
+"""Cache inputs: python_path and declared environment variables in the keys, and stat signatures
+that cannot be faked back (the ctime).
 
 The project is a live model whose factory (`lib/tinymodel.py`, on python_path) reaches its weights
 through a helper module it imports (`lib/helper.py`) and an installed distribution (`lib/fakedist`,
@@ -20,8 +21,9 @@ import pytest
 from conftest import ROOT, SMALL_PIPELINE, stage_status
 from test_store import TracedProject, age
 
-from orchestrator import digest
+from orchestrator import digest, imports, spec
 from orchestrator.digest import DigestCache
+from orchestrator.plan import make_plan
 
 FACTORY = '''\
 """A factory whose weights depend on a helper module and on an installed distribution."""
@@ -107,6 +109,49 @@ def why(out: str, stage: str) -> str:
         if text.startswith(stage) and index + 1 < len(lines) and lines[index + 1].strip().startswith("why:"):
             return lines[index + 1].strip()
     return ""
+
+
+# ------------------------------------------------------------------------------ keys
+
+def keys_of(path: Path) -> dict[str, str]:
+    with imports.search_path([ROOT]):
+        planned = make_plan(spec.load(path), DigestCache(None))
+    return {node.kind: node.key for node in planned.order()}
+
+
+def test_pipelines_that_differ_only_in_python_path_have_other_keys(tmp_path: Path) -> None:
+    write_library(tmp_path / "lib")
+    write_library(tmp_path / "other", factor="0.5")  # the same factory file, another helper
+    first = tmp_path / "first.yaml"
+    first.write_text(pipeline_text())
+    second = tmp_path / "second.yaml"
+    second.write_text(pipeline_text(**{"python_path: [lib]": "python_path: [other]"}))
+    a, b = keys_of(first), keys_of(second)
+    assert a["capture"] != b["capture"] and a["export"] != b["export"]
+    layout = tmp_path / "third.yaml"
+    layout.write_text(pipeline_text(**{"python_path: [lib]": "python_path: [./lib/]"}))
+    assert keys_of(layout) == a  # the same folder, written another way
+
+
+def test_declared_environment_variables_are_keyed_and_others_are_not(project: TracedProject) -> None:
+    project.pipeline.write_text(pipeline_text(**{"  inputs: examples": "  env: [ORCHESTRATE_TEST_MODE]\n"
+                                                                       "  inputs: examples"}))
+    age(project.pipeline)
+    declared = {"ORCHESTRATE_TEST_MODE": "fast", "ORCHESTRATE_UNDECLARED": "one"}
+    project.prime(env=declared)
+    undeclared = project.run(env={**declared, "ORCHESTRATE_UNDECLARED": "two"})
+    assert undeclared.code == 0 and undeclared.answered_fast, undeclared.text
+    assert set(stage_status(undeclared.out).values()) == {"cached"}, undeclared.out
+    changed = {**declared, "ORCHESTRATE_TEST_MODE": "accurate"}
+    planned = project.orchestrate("plan", str(project.pipeline), "--why", env=changed)
+    assert re.search(r"^capture .* environment variable changed: ORCHESTRATE_TEST_MODE \(value changed\)",
+                     planned.out, re.MULTILINE), planned.text
+    assert "accurate" not in planned.out and "fast" not in planned.out  # the value is never shown
+    result = project.run(env=changed)
+    assert result.code == 0 and not result.answered_fast, result.text
+    assert stage_status(result.out)["capture"] == "ran" and stage_status(result.out)["export"] == "ran"
+    unset = project.orchestrate("plan", str(project.pipeline), "--why")
+    assert "environment variable changed: ORCHESTRATE_TEST_MODE (set -> unset)" in line(unset.out, "capture")
 
 
 # ------------------------------------------------------------------------------ stat signatures

@@ -24,6 +24,43 @@ def tools(*distributions: str) -> dict[str, str]:
 
 
 @functools.cache
+def distribution(name: str, search: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(version, metadata file) of the distribution `name` that the import system finds first on `search`.
+
+    A stage's discovered inputs name the distributions its modules came from; this is how their versions
+    are re-read before its artifact is reused (on the python_path the stage ran with), and which file the
+    no-op fast path watches for an upgrade. (None, None) when it is not installed there.
+    """
+    from importlib import metadata
+    from pathlib import Path
+
+    found = next(iter(metadata.distributions(name=name, path=list(search))), None)
+    if found is None:
+        return None, None
+    location = getattr(found, "_path", None)
+    info = None
+    if location is not None:
+        folder = Path(location)
+        info = next((str(f) for f in (folder / "METADATA", folder / "PKG-INFO", folder) if f.is_file()), None)
+    return found.version, info
+
+
+@functools.cache
+def package_distributions(search: tuple[str, ...]) -> dict[str, list[str]]:
+    """Top-level import name -> the distributions that provide it, as installed on `search` (read once:
+    it opens the metadata of every installed distribution, ~0.3 s with a hundred of them)."""
+    import sys
+    from importlib import metadata
+
+    saved = sys.path[:]
+    sys.path[:] = list(search)  # packages_distributions() reads sys.path and takes no other
+    try:
+        return {top: list(dict.fromkeys(names)) for top, names in metadata.packages_distributions().items()}
+    finally:
+        sys.path[:] = saved
+
+
+@functools.cache
 def importable(module: str) -> bool:
     """Whether `import module` would load real code (a stubs-only namespace package does not count)."""
     try:

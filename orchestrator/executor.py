@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from orchestrator import discovered, stages, ui
 from orchestrator import plan as planning
-from orchestrator import stages, ui
 from orchestrator.digest import digest_json
 from orchestrator.errors import UserError
 from orchestrator.plan import Node, Plan
@@ -271,7 +271,7 @@ def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason:
         finally:
             store.save()
     if not forced:
-        existing, damage = store.check(node.kind, node.key)
+        existing, damage = discovered.current(store, node, inputs)
         if existing is not None:
             return _reused(node, existing, "cached")
     else:
@@ -280,22 +280,20 @@ def produce(store: Store | str, node: Node, inputs: dict[str, Artifact], reason:
     remote_damaged = False
     with store.lock(node.key):
         if not forced:
-            existing, damage = store.check(node.kind, node.key)
+            existing, damage = discovered.current(store, node, inputs)
             if existing is not None:
                 return _reused(node, existing, "waited")
             if damage and damage != "missing":
                 store.discard(node.kind, node.key)
             if remote is not None:
-                pulled, problem = remote.pull(store, node.kind, node.key)
+                pulled, problem = _pull(store, node, inputs, remote)
                 if pulled is not None:
                     return _reused(node, pulled, "pulled")
                 if problem != "missing":
                     notes.append(f"remote copy in {remote.url} ignored, running here: {problem}")
-                    remote_damaged = not problem.startswith("cannot read")
-        if damage and damage not in ("missing", "forced"):
-            why = f"rebuilt: artifact {damage}"
-        else:
-            why = reason() if callable(reason) else reason
+                    remote_damaged = not problem.startswith(("cannot read", discovered.STALE))
+        stated = discovered.describe(damage, "rebuilt: artifact ") if damage != "forced" else None
+        why = stated or (reason() if callable(reason) else reason)
         content = content_key(node, inputs)
         with store.lock(f"content-{content}"):  # a twin with the same inputs waits, then reuses this one's
             outcome = None if forced else _cutoff(store, node, content, why, pipeline)
@@ -329,8 +327,8 @@ def _cutoff(store: Store, node: Node, content: str, reason: str, pipeline: str) 
     """The artifact of another key made from inputs identical in content, published under this key
     (its files hard-linked), so the stage does not run again; None when there is none."""
     source = store.same_inputs(node.kind, content)
-    if source is None or source.key == node.key:
-        return None
+    if source is None or source.key == node.key or discovered.stale(node, source, {}, store.digests):
+        return None  # a source whose imported modules or libraries changed since made other content
     clock = time.perf_counter()
     made = {name: value for name, value in source.manifest.items()
             if name not in ("format", "key", "stage", "files", "created", "writer")}
@@ -344,6 +342,19 @@ def _cutoff(store: Store, node: Node, content: str, reason: str, pipeline: str) 
     return outcome
 
 
+def _pull(store: Store, node: Node, inputs: dict[str, Artifact], remote: Remote) -> tuple[Artifact | None, str]:
+    """The remote copy of the node's artifact where it is current here too: one made from other discovered
+    inputs (another helper module, another library version) is taken out again and the stage runs here."""
+    pulled, problem = remote.pull(store, node.kind, node.key)
+    if pulled is None:
+        return None, problem
+    reason = discovered.stale(node, pulled, inputs, store.digests)
+    if reason is None:
+        return pulled, ""
+    store.discard(node.kind, node.key)
+    return None, reason
+
+
 def _reused(node: Node, artifact: Artifact, status: str) -> Outcome:
     manifest = artifact.manifest
     shown = "failed" if not manifest.get("passed", True) else status
@@ -353,6 +364,7 @@ def _reused(node: Node, artifact: Artifact, status: str) -> Outcome:
 def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str, forced: bool, pipeline: str,
              progress: bool, timeout: float | None = None, content: str | None = None) -> Outcome:
     runner = stages.load(node.kind)
+    loaded = set(sys.modules)  # what the stage finds loaded (discovered.observe)
     started = time.time()
     clock = time.perf_counter()
     spinner = _Progress(node, progress)
@@ -375,12 +387,13 @@ def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str,
                 raise KeyboardInterrupt from None  # the user pressed Ctrl-C: the run ends as interrupted
             raise _crashed(store, node, StageTimeout(limit.message) if limit.expired else exc) from exc
         elapsed = time.perf_counter() - clock
+        found = discovered.observe(node, inputs, store.digests, loaded)  # what it imported, was made from
         if forced and store.get(node.kind, node.key) is not None:
             store.discard(node.kind, node.key)
         artifact = store.publish(staging, node.kind, node.key, {
             "parts": node.parts, "summary": result.summary, "result": result.result, "passed": result.passed,
             "seconds": elapsed, "started": started, "reason": reason, "pipeline": pipeline,
-            "variants": node.variants, "paths": node.paths, "inputs_content": content,
+            "variants": node.variants, "paths": node.paths, **found, "inputs_content": content,
         })
     status = "ran" if result.passed else "failed"
     if node.kind == "verify" and result.passed:

@@ -9,7 +9,8 @@ inode, ctime_ns) taken when it was read:
   * orchestrate's own code and schema, the Python interpreter, sys.path and its folders (a package
     installed or upgraded changes its site-packages folder), where each tool's metadata lives and
     whether TensorRT is importable; for GPU builds, the visible GPUs, CUDA_VISIBLE_DEVICES and PATH;
-  * every file of every artifact the run used;
+  * every file of every artifact the run used, and the discovered inputs of each (the module files its
+    stage imported, the metadata files of the distributions they came from: discovered.py);
   * the values (hashed) of the environment variables the pipeline declares in model.env.
 
 `replay` re-checks all of it with stat calls; if anything differs it returns None and the full path
@@ -133,7 +134,7 @@ def snapshot() -> dict[str, Any]:
 def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts: list[Any],
              lines: list[dict[str, Any]], exit_code: int) -> bool:
     """Write the fast-path record for the bytes the spec was read from; False when none can be written."""
-    from orchestrator.store import MANIFEST, write_json_atomic
+    from orchestrator.store import write_json_atomic
 
     watched: dict[str, list[int] | None] = dict(plan.watched)
     if any(signature is None for signature in [*watched.values(), *before["code"].values(),
@@ -146,13 +147,8 @@ def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts
         machine = _gpu_fingerprint()
         if machine is None or (not machine["proc"] and environment.gpus()):
             return False  # GPUs this process sees cannot be re-identified without nvidia-smi
-    artifact_files: dict[str, list[int] | None] = {}
-    for artifact in artifacts:
-        folder = Path(artifact.path)
-        for relative in [*artifact.manifest.get("files", {}), MANIFEST]:
-            real = os.path.realpath(folder / relative)
-            artifact_files[real] = store.digests.vouched.get(real) or _signature(real)
-    if any(signature is None for signature in artifact_files.values()):
+    artifact_files = _artifact_signatures(store, plan, artifacts)
+    if artifact_files is None:
         return False
     declared = sorted({name for node in plan.order() for name in node.parts.get("env", {})})
     record = {**before, "format": FORMAT, "watched": watched, "artifacts": artifact_files, "machine": machine,
@@ -162,6 +158,25 @@ def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts
     except OSError:
         return False
     return True
+
+
+def _artifact_signatures(store: Any, plan: Any, artifacts: list[Any]) -> dict[str, list[int] | None] | None:
+    """Every file of every artifact, and each artifact's discovered inputs (the modules its stage imported,
+    the metadata of the distributions they came from); None if one of them cannot vouch."""
+    from orchestrator import discovered
+    from orchestrator.store import MANIFEST
+
+    found: dict[str, list[int] | None] = {}
+    for artifact in artifacts:
+        folder = Path(artifact.path)
+        for relative in [*artifact.manifest.get("files", {}), MANIFEST]:
+            real = os.path.realpath(folder / relative)
+            found[real] = store.digests.vouched.get(real) or _signature(real)
+    inputs = discovered.signatures(store.digests, [(a, plan.nodes[a.key].paths) for a in artifacts])
+    if inputs is None:
+        return None
+    found.update(inputs)
+    return None if any(signature is None for signature in found.values()) else found
 
 
 def _env_digest(name: str) -> str | None:

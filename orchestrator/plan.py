@@ -11,6 +11,10 @@ A key covers exactly what can change a stage's output:
   * for the stages that import user code (capture, export): python_path as written, and the values
     (hashed) of the environment variables declared in model.env; no other variable.
 The pipeline's name and file path are in no key. Variants whose stages coincide share nodes.
+
+What a stage's code imports beyond the files named here (a helper module the factory imports, the
+library a model comes from) is known only once it has run: discovered.py records it in the
+artifact's manifest and re-checks it before the artifact is reused.
 """
 
 from __future__ import annotations
@@ -198,7 +202,8 @@ class Planner:
 
     def keyed_python_path(self, config: dict[str, Any]) -> None:
         """python_path as written (normalised) goes into the keys of the stages that import user code: which
-        folders come first decides which helper module an import finds."""
+        folders come first decides which helper module an import finds. Their content is checked through
+        the stage's discovered inputs."""
         entries = [os.path.normpath(entry) for entry in self.spec.data.get("python_path") or []]
         if entries:
             config["python_path"] = entries
@@ -215,6 +220,8 @@ class Planner:
         }
         if env:  # only when declared, so that the keys of pipelines without model.env stay as they were
             parts["env"] = dict(sorted(env.items()))
+        # Not keyed: where the import system looks, for re-checking the modules any stage's run imported.
+        paths = {"python_path": [str(p) for p in self.python_path], **paths}
         origins = {label: self.origins[label] for label in files if label in self.origins}
         return Node(kind, digest_json(parts), config, paths, parts["inputs"], parts, origins=origins)
 

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from orchestrator import environment
+from orchestrator import discovered, environment
 from orchestrator.errors import UserError
 from orchestrator.executor import EXCLUSIVE, Executor, Outcome, RunReport, StageCrashed, _reused, produce, stage_timeout
 from orchestrator.plan import Node, Plan
@@ -205,7 +205,8 @@ class RayExecutor(Executor):
             while pending or running:
                 for node in [n for n in pending if all(k in artifacts for k in n.inputs.values())]:
                     if not self._forced(node):
-                        existing, _ = self.store.check(node.kind, node.key)
+                        inputs = {role: artifacts[key] for role, key in node.inputs.items()}
+                        existing, _ = discovered.current(self.store, node, inputs)
                         if existing is not None:
                             pending.remove(node)
                             self._finished(_reused(node, existing, "cached"), report, artifacts)

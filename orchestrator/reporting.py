@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator import discovered, ui
 from orchestrator import plan as planning
-from orchestrator import ui
 from orchestrator.executor import variant_label
 from orchestrator.plan import Node, Plan
 from orchestrator.store import Artifact, Store
@@ -36,15 +36,16 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
         console.print(table)
     colour = ui.colour_enabled()
     stale = 0
+    reviewed = discovered.review(plan, store)  # intact, and its discovered inputs as recorded
     for node in plan.order():
-        artifact, damage = store.check(node.kind, node.key)
+        artifact, damage = reviewed[node.key]
         if artifact is not None:
             state = "failed" if not artifact.manifest.get("passed", True) else "cached"
             detail = ""
         else:
             stale += 1
             state = "run"
-            detail = explainer.why(node, None if damage == "missing" else f"artifact {damage}")
+            detail = explainer.why(node, discovered.describe(damage, "artifact "))
         if not why:
             detail = " ".join(f"{role}={key[:8]}" for role, key in node.inputs.items())
         print(ui.stage_line(node.kind, node.short, state, None, detail, variant_label(node, plan), colour))

@@ -1,10 +1,10 @@
-"""Cache inputs: python_path and declared environment variables in the keys, and stat signatures
-that cannot be faked back (the ctime).
+"""What a stage's output depends on beyond its key, and stat signatures that cannot be faked back.
 
 The project is a live model whose factory (`lib/tinymodel.py`, on python_path) reaches its weights
 through a helper module it imports (`lib/helper.py`) and an installed distribution (`lib/fakedist`,
-with its `.dist-info` beside it). Every test starts from a copy of the project run once, so it pays
-only for the stages its change makes run.
+with its `.dist-info` beside it). None of these but the factory's own file is named in the capture key;
+the stage's run records them, and they are re-checked before its artifact is reused. Every test starts
+from a copy of the project run once, so it pays only for the stages its change makes run.
 """
 
 from __future__ import annotations
@@ -109,6 +109,37 @@ def why(out: str, stage: str) -> str:
         if text.startswith(stage) and index + 1 < len(lines) and lines[index + 1].strip().startswith("why:"):
             return lines[index + 1].strip()
     return ""
+
+
+# ------------------------------------------------------------------------------ discovered inputs
+
+def test_an_edit_of_a_module_the_factory_imports_reruns_capture_and_names_it(project: TracedProject) -> None:
+    project.prime()
+    helper = project.root / "lib" / "helper.py"
+    helper.write_text(helper.read_text().replace("FACTOR = 1.0", "FACTOR = 0.5"))
+    planned = project.orchestrate("plan", str(project.pipeline), "--why")
+    assert planned.code == 0, planned.text
+    assert re.search(r"^capture .* run .*discovered input changed: \S*lib/helper\.py", planned.out, re.MULTILINE), \
+        planned.out
+    result = project.run()  # no --force: the record made by the last run says the helper changed
+    assert result.code == 0, result.text
+    statuses = stage_status(result.out)
+    assert (statuses["capture"], statuses["export"], statuses["verify"], statuses["bench"]) == \
+        ("ran", "ran", "passed", "ran"), result.out  # verify compares with the new capture
+    assert re.search(r"discovered input changed: \S*lib/helper\.py", why(result.out, "capture")), result.out
+    assert why(result.out, "export").startswith("why: input changed: capture"), result.out
+    again = project.run()
+    assert again.code == 0 and "nothing to do: all 5 stages cached" in again.out, again.text
+
+
+def test_the_version_of_a_distribution_the_model_imports_is_checked(project: TracedProject) -> None:
+    project.prime()
+    (project.root / "lib" / "fakedist-1.0.dist-info" / "METADATA").write_text(METADATA.format(version="2.0"))
+    result = project.run()
+    assert result.code == 0, result.text
+    assert not result.answered_fast
+    assert stage_status(result.out)["capture"] == "ran", result.out
+    assert "distribution changed: fakedist 1.0 -> 2.0" in why(result.out, "capture"), result.out
 
 
 # ------------------------------------------------------------------------------ keys

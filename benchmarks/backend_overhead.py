@@ -79,9 +79,9 @@ def built(pipeline: Path, store: Path) -> tuple[Path, Any, Path]:
     print(done.stdout.rstrip())
     if done.returncode != 0:
         raise SystemExit(f"orchestrate run {pipeline.name} failed ({done.returncode}):\n{done.stderr}")
-    from orchestrator import spec as spec_module
-    from orchestrator.plan import make_plan
-    from orchestrator.store import Store
+    from orchestrator.config import spec as spec_module
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.store.store import Store
 
     artifacts = Store(store)
     plan = make_plan(spec_module.load(pipeline), artifacts.digests)

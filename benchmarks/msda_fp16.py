@@ -72,7 +72,7 @@ def float64_reference(arrays: list[Any]) -> Any:
 
 
 def kernel(arrays: list[Any]) -> Any:
-    from orchestrator.plugins.msda_kernel import msda
+    from orchestrator.plugins.msda.kernel import msda
 
     return msda(arrays)[0]
 

@@ -137,7 +137,7 @@ def grid_sample_call(arrays: list[Any], dtype: Any = None) -> Any:
 
 
 def kernel_call(arrays: list[Any]) -> Any:
-    from orchestrator.plugins.msda_kernel import msda
+    from orchestrator.plugins.msda.kernel import msda
 
     return msda(arrays)[0]
 
@@ -197,7 +197,7 @@ def first_call_seconds(threads: int) -> dict[str, float]:
     import tempfile
 
     script = ("import time; t = time.perf_counter(); import numpy as np; "
-              "from orchestrator.plugins.msda_kernel import msda; "
+              "from orchestrator.plugins.msda.kernel import msda; "
               "a = [np.zeros((1, 4, 1, 2), np.float32), np.array([[2, 2]], np.int32), np.zeros(1, np.int32), "
               "np.zeros((1, 3, 1, 1, 1, 2), np.float32), np.zeros((1, 3, 1, 1, 1), np.float32)]; "
               "msda(a); print(time.perf_counter() - t)")

@@ -131,7 +131,7 @@ def size_mb(folder: Path) -> float:
 
 def hashing_speed(folder: Path) -> float:
     """GB/s of hashing files the digest cache has never seen (they are in the page cache)."""
-    from orchestrator.digest import DigestCache
+    from orchestrator.store.digest import DigestCache
 
     files = [p for p in folder.rglob("*") if p.is_file()]
     for file in files:

@@ -54,9 +54,9 @@ def write_tensors(folder: Path) -> None:
 
 
 def plan_files(folder: Path, count: int) -> tuple[float, int]:
-    from orchestrator import spec
-    from orchestrator.digest import DigestCache
-    from orchestrator.plan import make_plan
+    from orchestrator.config import spec
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.store.digest import DigestCache
 
     paths = []
     for index in range(count):
@@ -72,9 +72,9 @@ def plan_files(folder: Path, count: int) -> tuple[float, int]:
 
 
 def plan_matrix(folder: Path, count: int) -> tuple[float, int]:
-    from orchestrator import spec
-    from orchestrator.digest import DigestCache
-    from orchestrator.plan import make_plan
+    from orchestrator.config import spec
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.store.digest import DigestCache
 
     path = folder / f"matrix_{count}.yaml"
     values = ", ".join(str(tolerance(index)) for index in range(count))

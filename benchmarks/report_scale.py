@@ -43,9 +43,10 @@ matrix:
 
 WRITE = """\
 import json, resource, sys, time
-from orchestrator import report, spec
-from orchestrator.plan import make_plan
-from orchestrator.store import Store
+from orchestrator.reports import html as report
+from orchestrator.config import spec
+from orchestrator.planning.plan import make_plan
+from orchestrator.store.store import Store
 store = Store(sys.argv[2])
 plan = make_plan(spec.load(sys.argv[1]), store.digests)
 started = time.perf_counter()

@@ -32,7 +32,7 @@ def _click_main(arguments: list[str]) -> int:
     import click
 
     from orchestrator.errors import UserError
-    from orchestrator.executor import StageCrashed
+    from orchestrator.run.executor import StageCrashed
 
     try:
         _make_app().main(args=arguments, prog_name="orchestrate", standalone_mode=False)
@@ -66,21 +66,21 @@ _RESULT: dict[str, int] = {}
 
 
 def _load(path: str) -> Any:
-    from orchestrator import spec as spec_module
+    from orchestrator.config import spec as spec_module
 
     return spec_module.load(path)
 
 
 def _store(ctx_store: str | None) -> Any:
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
     return Store(ctx_store or os.environ.get("ORCHESTRATE_STORE", "artifacts"))
 
 
 def _remote(spec: Any, override: str | None) -> Any:
     """The remote cache for this pipeline (--remote / ORCHESTRATE_REMOTE, else cache.remote), or None."""
-    from orchestrator import remote
     from orchestrator.errors import UserError
+    from orchestrator.store import remote
 
     try:
         return remote.configured(spec.data.get("cache") or {}, spec.base_dir, override)
@@ -157,13 +157,13 @@ def _make_app() -> Any:
         """
         from orchestrator import fastpath
         from orchestrator.errors import UserError
-        from orchestrator.executor import Executor, variant_label
-        from orchestrator.plan import make_plan
+        from orchestrator.planning.plan import make_plan
+        from orchestrator.run.executor import Executor, variant_label
 
         started = time.perf_counter()
         before = fastpath.snapshot()  # before anything is read, so that edits made during the run are seen
         if executor_name == "ray":
-            from orchestrator.ray_executor import require_ray
+            from orchestrator.run.ray import require_ray
 
             require_ray()
         elif click.get_current_context().get_parameter_source("address") == click.core.ParameterSource.COMMANDLINE:
@@ -173,7 +173,7 @@ def _make_app() -> Any:
         cache = _remote(spec, remote)
         plan = make_plan(spec, artifacts.digests, _only(only))
         if executor_name == "ray":
-            from orchestrator.ray_executor import RayExecutor
+            from orchestrator.run.ray import RayExecutor
 
             executor: Executor = RayExecutor(plan, artifacts, set(force), jobs=jobs, address=address, remote=cache)
         else:
@@ -192,7 +192,7 @@ def _make_app() -> Any:
         for failure in report.failed_checks:
             click.echo(f"FAILED {failure}", err=True)
         if executed or pulled:
-            from orchestrator import report as reports
+            from orchestrator.reports import html as reports
 
             folder = reports.write(plan, artifacts, report.outcomes)
             click.echo(f"report: {folder / 'report.html'}")
@@ -211,11 +211,11 @@ def _make_app() -> Any:
     @click.option("--why", is_flag=True, help="For each stage that would run, the first difference from the last run.")
     def plan(file: str, store: str, only: tuple[str, ...], why: bool) -> None:
         """Show the stages of FILE, their keys, and whether each is cached or would run."""
-        from orchestrator import reporting
+        from orchestrator.reports import terminal as reporting
 
         spec = _load(file)
         artifacts = _store(store)
-        from orchestrator.plan import make_plan
+        from orchestrator.planning.plan import make_plan
 
         planned = make_plan(spec, artifacts.digests, _only(only))
         reporting.print_plan(planned, artifacts, why)
@@ -228,8 +228,8 @@ def _make_app() -> Any:
 
         Everything `run` would refuse before its first stage is found here, with file, line and field.
         """
-        from orchestrator.digest import DigestCache
-        from orchestrator.plan import make_plan
+        from orchestrator.planning.plan import make_plan
+        from orchestrator.store.digest import DigestCache
 
         spec = _load(file)
         planned = make_plan(spec, DigestCache(None))  # resolves imports and files; writes nothing
@@ -252,9 +252,9 @@ def _make_app() -> Any:
         With --path STAGE, print that stage's artifact folder and nothing else (exit 2 when the stage is
         not built yet, or when the variants of a matrix have different ones: choose with --only).
         """
-        from orchestrator import reporting
         from orchestrator.errors import UserError
-        from orchestrator.plan import make_plan
+        from orchestrator.planning.plan import make_plan
+        from orchestrator.reports import terminal as reporting
 
         if path_of and stage:
             raise UserError("--path and --stage do not combine: --path prints one folder only")
@@ -268,7 +268,7 @@ def _make_app() -> Any:
 
     def _remote_plan(file: str, store: str, only: tuple[str, ...], remote: str | None) -> tuple[Any, Any, Any]:
         from orchestrator.errors import UserError
-        from orchestrator.plan import make_plan
+        from orchestrator.planning.plan import make_plan
 
         spec = _load(file)
         artifacts = _store(store)
@@ -287,7 +287,7 @@ def _make_app() -> Any:
                   help="Upload every file and manifest again, even where the remote has them (repairs it).")
     def push(file: str, store: str, only: tuple[str, ...], remote: str | None, replace: bool) -> None:
         """Upload the artifacts of FILE that are in the local store to the remote cache."""
-        from orchestrator.remote import push_pipeline
+        from orchestrator.store.remote import push_pipeline
 
         planned, artifacts, cache = _remote_plan(file, store, only, remote)
         push_pipeline(artifacts, cache, planned.order(), replace, click.echo)
@@ -303,7 +303,7 @@ def _make_app() -> Any:
 
         A remote copy whose files do not match their digests is ignored and reported (exit 1).
         """
-        from orchestrator.remote import pull_pipeline
+        from orchestrator.store.remote import pull_pipeline
 
         planned, artifacts, cache = _remote_plan(file, store, only, remote)
         artifacts.ensure()

@@ -59,7 +59,7 @@ def record_path(store_root: Path, pipeline: Path, pipeline_bytes: bytes) -> Path
 
 def _code_paths() -> list[str]:
     """orchestrate's own modules, the folders holding them, and the schema."""
-    from orchestrator.spec import schema_path
+    from orchestrator.config.spec import schema_path
 
     found = [str(PACKAGE)]
     for path in PACKAGE.rglob("*"):
@@ -110,7 +110,7 @@ def _gpu_fingerprint() -> dict[str, Any] | None:
 
 def snapshot() -> dict[str, Any]:
     """The state of this installation, taken before the full path reads the pipeline or any file."""
-    from orchestrator.digest import vouching_signature
+    from orchestrator.store.digest import vouching_signature
 
     def vouched(path: str) -> list[int] | None:
         try:
@@ -134,7 +134,7 @@ def snapshot() -> dict[str, Any]:
 def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts: list[Any],
              lines: list[dict[str, Any]], exit_code: int) -> bool:
     """Write the fast-path record for the bytes the spec was read from; False when none can be written."""
-    from orchestrator.store import write_json_atomic
+    from orchestrator.store.store import write_json_atomic
 
     watched: dict[str, list[int] | None] = dict(plan.watched)
     if any(signature is None for signature in [*watched.values(), *before["code"].values(),
@@ -163,8 +163,8 @@ def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts
 def _artifact_signatures(store: Any, plan: Any, artifacts: list[Any]) -> dict[str, list[int] | None] | None:
     """Every file of every artifact, and each artifact's discovered inputs (the modules its stage imported,
     the metadata of the distributions they came from); None if one of them cannot vouch."""
-    from orchestrator import discovered
-    from orchestrator.store import MANIFEST
+    from orchestrator.planning import discovered
+    from orchestrator.store.store import MANIFEST
 
     found: dict[str, list[int] | None] = {}
     for artifact in artifacts:

@@ -13,7 +13,7 @@ from typing import Any
 
 from orchestrator import environment
 from orchestrator.errors import UserError
-from orchestrator.store import MANIFEST, Store
+from orchestrator.store.store import MANIFEST, Store
 
 
 def fsck(store: Store, repair: bool, echo: Callable[[str], None]) -> int:
@@ -82,7 +82,7 @@ def gc(store: Store, specs: list[Any], older_than: str | None, dry_run: bool, ec
     Never one a running process uses: runs register their keys under the store's registry lock,
     and the sweep holds that lock from reading the registrations to its last removal.
     """
-    from orchestrator.plan import make_plan
+    from orchestrator.planning.plan import make_plan
 
     if not specs and older_than is None:
         raise UserError("name the pipelines whose artifacts to keep, or give --older-than")

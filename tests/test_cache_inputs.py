@@ -21,9 +21,11 @@ import pytest
 from conftest import ROOT, SMALL_PIPELINE, stage_status
 from test_store import TracedProject, age
 
-from orchestrator import digest, imports, spec
-from orchestrator.digest import DigestCache
-from orchestrator.plan import make_plan
+from orchestrator import imports
+from orchestrator.config import spec
+from orchestrator.planning.plan import make_plan
+from orchestrator.store import digest
+from orchestrator.store.digest import DigestCache
 
 FACTORY = '''\
 """A factory whose weights depend on a helper module and on an installed distribution."""

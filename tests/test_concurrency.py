@@ -19,7 +19,7 @@ from pathlib import Path
 from conftest import ROOT, stage_status
 from test_bad_input import make_tensors
 
-from orchestrator.store import Store
+from orchestrator.store.store import Store
 
 PIPELINE = """\
 version: 1

@@ -193,9 +193,11 @@ def test_the_report_draws_failing_and_first_variants_and_tabulates_the_rest(proj
     undrawn_failure = record["verify"][names[7]]
     assert undrawn_failure["passed"] is False and html.escape(undrawn_failure["failed_checks"][0]) in page
 
-    from orchestrator import imports, report, spec
-    from orchestrator.plan import make_plan
-    from orchestrator.store import Store
+    from orchestrator import imports
+    from orchestrator.config import spec
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.reports import html as report
+    from orchestrator.store.store import Store
 
     store = Store(project.store)
     with imports.search_path([project.root]):

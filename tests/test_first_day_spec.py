@@ -18,7 +18,8 @@ from textwrap import dedent
 import pytest
 from conftest import ROOT, SMALL_CALL, SMALL_MODEL, Project, Result
 
-from orchestrator import fastpath, spec
+from orchestrator import fastpath
+from orchestrator.config import spec
 
 FROM_DIR = """\
 version: 1

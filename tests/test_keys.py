@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT, Project
 
-from orchestrator import imports, spec
-from orchestrator.digest import DigestCache
-from orchestrator.plan import make_plan
+from orchestrator import imports
+from orchestrator.config import spec
+from orchestrator.planning.plan import make_plan
+from orchestrator.store.digest import DigestCache
 
 ALL = {"capture", "export", "build", "verify", "bench"}
 FROM_EXPORT = {"export", "build", "verify", "bench"}

@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from examples.ops.msda import ms_deform_attn
 from orchestrator.backends import onnxruntime as backend
-from orchestrator.plugins import msda_kernel
-from orchestrator.plugins.msda_kernel import msda
+from orchestrator.plugins.msda import kernel as msda_kernel
+from orchestrator.plugins.msda.kernel import msda
 
 OP = "MultiscaleDeformableAttnPlugin_TRT"
 # NVIDIA's kernel (plugin/multiscaleDeformableAttnPlugin of NVIDIA/TensorRT at a892d22, the forward

@@ -8,8 +8,8 @@ import torch
 
 from examples.ops.msda import ms_deform_attn
 from orchestrator.plugins import msda as entry_module
-from orchestrator.plugins import msda_kernel
-from orchestrator.plugins.msda_kernel import msda
+from orchestrator.plugins.msda import kernel as msda_kernel
+from orchestrator.plugins.msda.kernel import msda
 
 
 def make_case(batch: int, queries: int, heads: int, dim: int, shapes: list[tuple[int, int]], points: int,

@@ -57,7 +57,7 @@ def handmade_model(index_type: int = TensorProto.INT64, version: str = "1", name
 
 
 def write_tensors(folder: Path) -> None:
-    from orchestrator.plugins.msda_kernel import msda
+    from orchestrator.plugins.msda.kernel import msda
 
     rng = np.random.default_rng(0)
     spatial = np.array(LEVELS, dtype=np.int64)

@@ -12,10 +12,10 @@ import onnx
 import pytest
 from conftest import ROOT, Project, stage_status
 
-from orchestrator import spec
-from orchestrator.executor import Executor, StageCrashed
-from orchestrator.plan import make_plan
-from orchestrator.store import Store
+from orchestrator.config import spec
+from orchestrator.planning.plan import make_plan
+from orchestrator.run.executor import Executor, StageCrashed
+from orchestrator.store.store import Store
 
 MSDA = "MultiscaleDeformableAttnPlugin_TRT"
 LIBRARY = ROOT / "examples" / "thirdparty_detr"

@@ -69,11 +69,11 @@ matrix:
 
 def test_stage_resources_and_gpu_type_pinning(project: Project) -> None:
     """Planned, not run: which resources each stage asks Ray for, and that each GPU type has its own build."""
-    from orchestrator import spec as spec_module
-    from orchestrator.digest import DigestCache
-    from orchestrator.plan import make_plan
-    from orchestrator.ray_executor import RayExecutor, environment_mismatch, task_options
-    from orchestrator.store import Store
+    from orchestrator.config import spec as spec_module
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.run.ray import RayExecutor, environment_mismatch, task_options
+    from orchestrator.store.digest import DigestCache
+    from orchestrator.store.store import Store
 
     pipeline = project.write("gpus.yaml", GPU_PIPELINE)
     plan = make_plan(spec_module.load(pipeline), DigestCache(None))

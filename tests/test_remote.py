@@ -194,8 +194,8 @@ def test_a_half_uploaded_artifact_is_invisible(s3: dict[str, str], built: dict[s
 
 def _push_rounds(store: str, url: str, options: dict[str, str], barrier: Any, rounds: int) -> None:
     """One of two racing pushers: every artifact of `store`, uploading every file each time."""
-    from orchestrator.remote import Remote
-    from orchestrator.store import Store
+    from orchestrator.store.remote import Remote
+    from orchestrator.store.store import Store
 
     local = Store(store)
     remote = Remote(url, options)
@@ -267,8 +267,8 @@ def test_push_and_pull_by_pipeline_through_a_shared_directory(project: Project, 
 
     # A stage's inputs that a worker's store lacks come from the remote cache.
     from orchestrator.errors import UserError
-    from orchestrator.remote import Remote, configured, localize
-    from orchestrator.store import Store
+    from orchestrator.store.remote import Remote, configured, localize
+    from orchestrator.store.store import Store
 
     source = Store(project.store)
     verify_key = next(key for kind, key, _ in source.artifacts() if kind == "verify")

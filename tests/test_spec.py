@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT, Project
 
-from orchestrator import spec
+from orchestrator.config import spec
 from orchestrator.errors import UserError
 
 PLUGIN = "  plugins: [{op: MultiscaleDeformableAttnPlugin_TRT}]\n"

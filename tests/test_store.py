@@ -20,8 +20,9 @@ from conftest import ROOT, stage_status
 from test_bad_input import make_tensors
 from test_concurrency import PIPELINE, STAGES, tiny_project
 
-from orchestrator import digest, fastpath
-from orchestrator.store import Store
+from orchestrator import fastpath
+from orchestrator.store import digest
+from orchestrator.store.store import Store
 
 HEAVY = ("torch", "onnx", "onnxruntime", "numpy", "yaml", "jsonschema", "click", "rich", "numba", "blake3")
 ENGINE = (ROOT / "examples" / "ops" / "msda.py").read_text()

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from orchestrator.errors import UserError
 from orchestrator.stages import StageCall, surgery
-from orchestrator.store import Artifact
+from orchestrator.store.store import Artifact
 
 MSDA = "MultiscaleDeformableAttnPlugin_TRT"
 PLUGIN = {"op": MSDA, "domain": "trt.plugins", "version": "1", "namespace": "", "attributes": {},

@@ -28,10 +28,10 @@ from test_catalog import toy_graph
 from orchestrator import stages
 from orchestrator.backends import Trusted
 from orchestrator.backends import onnxruntime as ort_backend
-from orchestrator.digest import digest_bytes
 from orchestrator.errors import UserError
-from orchestrator.remote import Remote
-from orchestrator.store import Store
+from orchestrator.store.digest import digest_bytes
+from orchestrator.store.remote import Remote
+from orchestrator.store.store import Store
 
 # A module a hostile remote adds to a build: it marks that it ran, then computes the right answer.
 EVIL_MODULE = """\

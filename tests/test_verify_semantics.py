@@ -16,7 +16,7 @@ from test_bad_input import make_tensors
 from test_export_model import whole_model
 from test_plugin_graphs import HEADS, LEVELS, MSDA_INPUTS, STARTS, TOKENS, info, model_of, msda, query_inputs
 
-from orchestrator.report import render_html
+from orchestrator.reports.html import render_html
 from orchestrator.stages.verify import compare, failures
 
 ALL = ["nan", "inf", "all_zero", "constant"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from orchestrator.store import Artifact
+    from orchestrator.store.store import Artifact
 
 BACKENDS = ("onnxruntime", "tensorrt", "trtexec")
 LIBRARY_LABEL = "library:"  # how a plugin library's digest is named in a build key's files
@@ -44,7 +44,7 @@ class Trusted:
 
     def library(self, path: str) -> str:
         """`path` if its bytes are a library the pipeline declares; else a UserError naming it."""
-        from orchestrator.digest import hash_file
+        from orchestrator.store.digest import hash_file
 
         try:
             digest = hash_file(path)
@@ -76,7 +76,7 @@ def open_built(build: Artifact, threads: int = 0) -> Any:
     refuse a manifest whose parts do not; this checks again). The run plan or engine description
     in the artifact only says which declared plugin each node is.
     """
-    from orchestrator.store import parts_match
+    from orchestrator.store.store import parts_match
 
     parts = build.manifest.get("parts")
     if not isinstance(parts, dict) or not parts_match(parts, build.key):

@@ -33,7 +33,7 @@ from orchestrator.errors import UserError
 from orchestrator.plugins.derive import Derivation
 
 if TYPE_CHECKING:
-    from orchestrator.spec import FieldPath, Spec
+    from orchestrator.config.spec import FieldPath, Spec
 
 Shape = tuple[int, ...]
 Dim = int | str | None  # a known size, a symbolic dimension's name, or unknown

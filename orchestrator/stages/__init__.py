@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orchestrator.store import Artifact
+    from orchestrator.store.store import Artifact
 
 
 # The files each stage writes into its artifact, as names or 'folder/*.suffix' patterns ('*' stays inside

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.digest import DigestCache, digest_json, hash_file, vouching_signature
+from orchestrator.store.digest import DigestCache, digest_json, hash_file, vouching_signature
 
 MANIFEST = "manifest.json"
 FORMAT = 1

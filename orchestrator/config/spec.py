@@ -30,8 +30,8 @@ MAX_VARIANTS = 1000  # variants a matrix may make; ORCHESTRATE_MAX_VARIANTS over
 MAX_VARIANTS_ENV = "ORCHESTRATE_MAX_VARIANTS"
 MATRIX_LISTS = ("include", "exclude")  # matrix keys that are not field paths
 SCHEMA_PATH_CANDIDATES = (
-    Path(__file__).resolve().parent / "schemas" / "pipeline.schema.json",  # installed wheel
-    Path(__file__).resolve().parent.parent / "schemas" / "pipeline.schema.json",  # source tree
+    Path(__file__).resolve().parents[1] / "schemas" / "pipeline.schema.json",  # installed wheel
+    Path(__file__).resolve().parents[2] / "schemas" / "pipeline.schema.json",  # source tree
 )
 
 FieldPath = tuple[str | int, ...]

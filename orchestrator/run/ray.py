@@ -19,12 +19,22 @@ import os
 import sys
 from typing import Any
 
-from orchestrator import discovered, environment
+from orchestrator import environment
 from orchestrator.errors import UserError
-from orchestrator.executor import EXCLUSIVE, Executor, Outcome, RunReport, StageCrashed, _reused, produce, stage_timeout
-from orchestrator.plan import Node, Plan
-from orchestrator.remote import Remote, localize
-from orchestrator.store import MANIFEST, Artifact, Store
+from orchestrator.planning import discovered
+from orchestrator.planning.plan import Node, Plan
+from orchestrator.run.executor import (
+    EXCLUSIVE,
+    Executor,
+    Outcome,
+    RunReport,
+    StageCrashed,
+    _reused,
+    produce,
+    stage_timeout,
+)
+from orchestrator.store.remote import Remote, localize
+from orchestrator.store.store import MANIFEST, Artifact, Store
 
 INSTALL_HINT = "pip install 'orchestrate[ray]'"
 GPU_STAGES = ("build", "verify", "bench")

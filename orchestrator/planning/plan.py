@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import environment, imports
-from orchestrator.digest import DigestCache, digest_bytes, digest_json, vouching_signature
+from orchestrator.config.spec import Spec, Variant
 from orchestrator.errors import UserError
 from orchestrator.signatures import Accepts
-from orchestrator.spec import Spec, Variant
+from orchestrator.store.digest import DigestCache, digest_bytes, digest_json, vouching_signature
 
 # Bump a stage's number when its code changes what it writes for the same inputs.
 STAGE_VERSIONS = {"capture": 2, "export": 4, "surgery": 2, "build": 4, "verify": 5, "bench": 1}

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.executor import Outcome, variant_label
-from orchestrator.plan import Node, Plan
-from orchestrator.store import Artifact, Store, write_json_atomic
+from orchestrator.planning.plan import Node, Plan
+from orchestrator.run.executor import Outcome, variant_label
+from orchestrator.store.store import Artifact, Store, write_json_atomic
 
 STAGE_COLUMNS = ("capture", "export", "surgery", "build", "verify", "bench")
 FIGURES = 4  # variants drawn in full: the first failing ones, and the first ones of the matrix

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator import discovered, ui
-from orchestrator import plan as planning
-from orchestrator.executor import variant_label
-from orchestrator.plan import Node, Plan
-from orchestrator.store import Artifact, Store
+from orchestrator import ui
+from orchestrator.planning import discovered
+from orchestrator.planning import plan as planning
+from orchestrator.planning.plan import Node, Plan
+from orchestrator.run.executor import variant_label
+from orchestrator.store.store import Artifact, Store
 
 
 def _console() -> Any:
@@ -100,7 +101,7 @@ def _folders(console: Any, plan: Plan, store: Store, nodes: list[Node]) -> None:
     """Where each stage's files are, one line per stage and never folded, so a path can be copied whole."""
     from rich.markup import escape
 
-    from orchestrator.report import shown_path
+    from orchestrator.reports.html import shown_path
 
     console.print("[bold]artifact folders[/bold]")
     for node in nodes:
@@ -123,7 +124,7 @@ def contents(artifact: Artifact) -> list[str]:
 def artifact_folder(plan: Plan, store: Store, stage: str) -> str:
     """The one artifact folder of `stage` (for `show --path`), or a UserError saying which choice is missing."""
     from orchestrator.errors import UserError
-    from orchestrator.report import shown_path
+    from orchestrator.reports.html import shown_path
 
     nodes = [node for node in plan.order() if node.kind == stage]
     file = str(plan.spec.path)
@@ -146,7 +147,7 @@ def _report_extras(console: Any, plan: Plan, store: Store) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from orchestrator import report
+    from orchestrator.reports import html as report
 
     record = report.collect(plan, store, shown=report.shown_path)
     for variant, command in record["trtexec"].items():

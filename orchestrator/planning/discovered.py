@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import environment
-from orchestrator.digest import DigestCache, digest_json, vouching_signature
-from orchestrator.store import Artifact, Store
+from orchestrator.store.digest import DigestCache, digest_json, vouching_signature
+from orchestrator.store.store import Artifact, Store
 
 STARTED_NS = time.time_ns()  # imported before any user module is (executor, reporting and workers import it)
 CLOCK_MARGIN_NS = 10_000_000  # file timestamps come from a coarse clock, up to a tick behind time.time_ns()
 STALE = "stale: "  # the start of a `current` problem that is no damage: the reason the stage runs again
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # orchestrator/
 # Tools the keys name by version (fastpath.TOOLS and their import names): never listed file by file.
 HEAVY = {"torch", "onnx", "onnxruntime", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "tensorrt",
          "onnxruntime-extensions", "triton"}

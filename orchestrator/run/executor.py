@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from orchestrator import discovered, stages, ui
-from orchestrator import plan as planning
-from orchestrator.digest import digest_json
+from orchestrator import stages, ui
 from orchestrator.errors import UserError
-from orchestrator.plan import Node, Plan
-from orchestrator.remote import Remote
-from orchestrator.store import Artifact, Store
+from orchestrator.planning import discovered
+from orchestrator.planning import plan as planning
+from orchestrator.planning.plan import Node, Plan
+from orchestrator.store.digest import digest_json
+from orchestrator.store.remote import Remote
+from orchestrator.store.store import Artifact, Store
 
 EXCLUSIVE = {"bench"}  # stages that run with nothing else running beside them
 
@@ -121,7 +122,7 @@ class Executor:
         What was taken back, and what the failing stage had written, go to .state/failed/ rather than
         away: the user can open the graph the stage refused. The error names that folder.
         """
-        from orchestrator.report import shown_path
+        from orchestrator.reports.html import shown_path
 
         order = self.plan.order()
         folder = self.store.failure({node.key for node in order}, started, error.message) or \

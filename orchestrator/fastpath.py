@@ -172,7 +172,7 @@ def _artifact_signatures(store: Any, plan: Any, artifacts: list[Any]) -> dict[st
         for relative in [*artifact.manifest.get("files", {}), MANIFEST]:
             real = os.path.realpath(folder / relative)
             found[real] = store.digests.vouched.get(real) or _signature(real)
-    inputs = discovered.signatures(store.digests, [(a, plan.nodes[a.key].paths) for a in artifacts])
+    inputs = discovered.signatures(store.digests, [(a, plan.nodes[a.key].unkeyed.as_json()) for a in artifacts])
     if inputs is None:
         return None
     found.update(inputs)

@@ -140,7 +140,7 @@ def observe(node: Any, inputs: dict[str, Artifact], digests: DigestCache, before
     User modules are recorded by name, with the file each was loaded from and its digest: the check
     looks the name up again, so a copied or moved project, or a module that now shadows it, is seen.
     """
-    search = _search(node.paths)
+    search = _search(node.unkeyed.as_json())
     owners = environment.package_distributions(tuple(search))
     modules: dict[str, list[str | None]] = {}
     tops: set[str] = set()
@@ -215,7 +215,7 @@ def stale(node: Any, artifact: Artifact, inputs: dict[str, Artifact], digests: D
         if made.get(role) != identity(upstream):
             remade = upstream.manifest.get("reason")
             return STALE + f"input changed: {role}" + (f" (re-made: {remade})" if remade else "")
-    for name, path, recorded in _module_files(record, node.paths):
+    for name, path, recorded in _module_files(record, node.unkeyed.as_json()):
         try:
             now = digests.file(path)
         except OSError:
@@ -225,7 +225,7 @@ def stale(node: Any, artifact: Artifact, inputs: dict[str, Artifact], digests: D
         if now != recorded:
             return STALE + f"discovered input changed: {_label(path)} (module {name}, content {recorded[:8]} -> " \
                            f"{now[:8]})"
-    search = tuple(_search(node.paths))
+    search = tuple(_search(node.unkeyed.as_json()))
     for dist, version in record.get("distributions", {}).items():
         installed = environment.distribution(dist, search)[0]
         if installed != version:

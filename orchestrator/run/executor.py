@@ -22,14 +22,13 @@ from typing import Any
 
 from orchestrator import stages, ui
 from orchestrator.errors import UserError
-from orchestrator.planning import discovered
-from orchestrator.planning import plan as planning
+from orchestrator.planning import discovered, why
 from orchestrator.planning.plan import Node, Plan
 from orchestrator.store.digest import digest_json
 from orchestrator.store.remote import Remote
 from orchestrator.store.store import Artifact, Store
 
-EXCLUSIVE = {"bench"}  # stages that run with nothing else running beside them
+EXCLUSIVE = frozenset(stage.name for stage in stages.STAGES if stage.exclusive)  # run with nothing beside them
 
 
 @dataclass
@@ -84,7 +83,7 @@ class Executor:
         self.colour = ui.colour_enabled()
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         self.record = store.run_record(plan.spec.name)
-        self.explainer = planning.Explainer(self.record)
+        self.explainer = why.Explainer(self.record)
         self.forced_by = forced_stages(plan, self.force)
 
     def why(self, node: Node) -> str:
@@ -122,14 +121,12 @@ class Executor:
         What was taken back, and what the failing stage had written, go to .state/failed/ rather than
         away: the user can open the graph the stage refused. The error names that folder.
         """
-        from orchestrator.reports.html import shown_path
-
         order = self.plan.order()
         folder = self.store.failure({node.key for node in order}, started, error.message) or \
             self.store.failed / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.store.withdraw([(node.kind, node.key) for node in order], since=started, keep_in=folder)
         if self.store.settle_failure(folder, error.message):
-            error.message += f"\n  kept for inspection: {shown_path(folder)}{os.sep}"
+            error.message += f"\n  kept for inspection: {ui.shown_path(folder)}{os.sep}"
 
     def _schedule(self, report: RunReport, artifacts: dict[str, Artifact]) -> None:
         """Run every node of the plan; other executors (Ray) replace this."""
@@ -147,7 +144,7 @@ class Executor:
             report.failed_checks.append(f"{node.kind}{self._label(node)}: {outcome.summary}")
         self.echo(ui.stage_line(node.kind, node.short, outcome.status, outcome.seconds, outcome.summary,
                                 variant_label(node, self.plan), self.colour))
-        if outcome.reason and outcome.reason != planning.NEVER_RUN:
+        if outcome.reason and outcome.reason != why.NEVER_RUN:
             self.echo(" " * 9 + ui.paint(f"why: {outcome.reason}", "2", self.colour))
         for note in outcome.notes:
             self.echo(" " * 9 + ui.paint(f"warning: {note}", "33", self.colour))
@@ -335,7 +332,7 @@ def _cutoff(store: Store, node: Node, content: str, reason: str, pipeline: str) 
             if name not in ("format", "key", "stage", "files", "created", "writer")}
     artifact = store.adopt(source, node.kind, node.key, {  # what the run recorded, as made from these inputs
         **made, "parts": node.parts, "started": time.time(), "reason": reason, "pipeline": pipeline,
-        "variants": node.variants, "paths": node.paths, "inputs_content": content,
+        "variants": node.variants, "paths": node.unkeyed.as_json(), "inputs_content": content,
         "cutoff": {"key": source.key, "seconds": made.get("seconds")}, "seconds": time.perf_counter() - clock,
     })
     outcome = _reused(node, artifact, "cached")
@@ -364,13 +361,13 @@ def _reused(node: Node, artifact: Artifact, status: str) -> Outcome:
 
 def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str, forced: bool, pipeline: str,
              progress: bool, timeout: float | None = None, content: str | None = None) -> Outcome:
-    runner = stages.load(node.kind)
+    runner = stages.get(node.kind).run
     loaded = set(sys.modules)  # what the stage finds loaded (discovered.observe)
     started = time.time()
     clock = time.perf_counter()
     spinner = _Progress(node, progress)
     with store.writer(node.kind, node.key) as staging:
-        call = stages.StageCall(node.kind, node.config, node.paths, inputs, staging, spinner.update,
+        call = stages.StageCall(node.kind, node.settings, node.unkeyed, inputs, staging, spinner.update,
                                 shared_dir=store.root / "shared")
         watch = _InterruptWatch()
         limit = _TimeLimit(timeout, node.kind)
@@ -394,10 +391,10 @@ def _execute(store: Store, node: Node, inputs: dict[str, Artifact], reason: str,
         artifact = store.publish(staging, node.kind, node.key, {
             "parts": node.parts, "summary": result.summary, "result": result.result, "passed": result.passed,
             "seconds": elapsed, "started": started, "reason": reason, "pipeline": pipeline,
-            "variants": node.variants, "paths": node.paths, **found, "inputs_content": content,
+            "variants": node.variants, "paths": node.unkeyed.as_json(), **found, "inputs_content": content,
         })
     status = "ran" if result.passed else "failed"
-    if node.kind == "verify" and result.passed:
+    if stages.get(node.kind).checks and result.passed:
         status = "passed"
     return Outcome(node, status, elapsed, result.summary, artifact, reason)
 

@@ -7,11 +7,19 @@ those bytes imply at the median latency. Writes bench.json.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from orchestrator import environment
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
+
 import json
 import time
 
 from orchestrator import backends
-from orchestrator.stages import StageCall, StageResult
+from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 from orchestrator.stages.verify import feeds_for
 
 
@@ -64,3 +72,19 @@ def run(call: StageCall) -> StageResult:
                f"p99 {figures['p99_ms']:.2f}) over {len(timings)} runs, {figures['throughput_per_s']:.1f}/s, "
                f"{figures['bandwidth_gb_s']:.2f} GB/s")
     return StageResult(summary, {k: v for k, v in figures.items() if k != "timings_ms"})
+
+
+def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned | None:
+    """The bench's key: its settings, the build and the capture it feeds; none unless bench.enabled."""
+    data = variant.data
+    if not data["bench"]["enabled"]:
+        return None
+    settings = {k: v for k, v in data["bench"].items() if k != "enabled"}
+    return Planned(Sections({"bench": settings}), {"build": planned["build"], "capture": planned["capture"]},
+                   {}, environment.tools("numpy"), {"threads": data["build"]["threads"]})
+
+
+STAGE = Stage(
+    "bench", version=1, plan=plan, run=run, exclusive=True,
+    outputs=("bench.json",),
+)

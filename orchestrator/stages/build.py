@@ -6,7 +6,7 @@ and refuses a precision the backend or the plugin cannot run, before any backend
 hand-made ONNX that feeds int64 index tensors to the plugin is caught here.
 
 Only what is known is compared: whole-model exports leave dims (even ranks) unknown, and such a
-graph may run fine. Where the graph fixes an input's values (a constant spatial_shapes), the
+graph may run fine. Where the graph fixes an input's values (a constant index tensor), the
 entry's value rules see them, so a layout the plugin would read out of bounds is refused too.
 
 Every build also writes trtexec.txt: the equivalent trtexec command line, to reproduce by hand.
@@ -14,18 +14,23 @@ Every build also writes trtexec.txt: the equivalent trtexec command line, to rep
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator import environment
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
+
 from typing import Any
 
 from orchestrator import backends
 from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
+from orchestrator.onnx_graph import dtype_name, node_attributes, plugin_nodes, value_dims
 from orchestrator.plugins import Dims
-from orchestrator.stages import StageCall, StageResult
-
-
-def plugin_nodes(model: Any, declared_ops: set[str]) -> list[Any]:
-    standard = {"", "ai.onnx", "ai.onnx.ml"}
-    return [n for n in model.graph.node if n.op_type in declared_ops or n.domain not in standard]
+from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 
 
 def tensor_types(model: Any) -> dict[str, tuple[str, Dims | None]]:
@@ -35,17 +40,12 @@ def tensor_types(model: Any) -> dict[str, tuple[str, Dims | None]]:
     unknown rank is None, so that the contract check compares only what is known (whole-model
     exports leave many dims unknown, and such a graph may run fine).
     """
-    import onnx
-
     types: dict[str, tuple[str, Dims | None]] = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
-        kind = value.type.tensor_type
-        if kind.elem_type:
-            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim)
-            types[value.name] = (onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).name,
-                                 dims if kind.HasField("shape") else None)
+        if value.type.tensor_type.elem_type:
+            types[value.name] = (dtype_name(value.type.tensor_type.elem_type), value_dims(value))
     for init in model.graph.initializer:
-        types[init.name] = (onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name, tuple(init.dims))
+        types[init.name] = (dtype_name(init.data_type), tuple(init.dims))
     return types
 
 
@@ -93,7 +93,7 @@ def _elements(dims: Any) -> int:
 
 def static_values(model: Any, names: list[str]) -> dict[str, Any]:
     """The values of those of `names` the graph fixes without any input: initializers, Constant outputs
-    and short chains of standard ops over them (e.g. the export's Cast of a constant spatial_shapes to
+    and short chains of standard ops over them (e.g. the export's Cast of a constant index tensor to
     int32), evaluated with ONNX's reference evaluator. Tensors that are not fixed are left out."""
     from onnx import numpy_helper
 
@@ -159,13 +159,8 @@ def _cast_hint(entry: catalog.PluginEntry, dtypes: list[str], names: list[str]) 
 
 
 def _plugin_attributes(node: Any) -> tuple[str, str]:
-    import onnx
-
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    version = attrs.get("plugin_version", b"1")
-    namespace = attrs.get("plugin_namespace", b"")
-    return (version.decode() if isinstance(version, bytes) else str(version),
-            namespace.decode() if isinstance(namespace, bytes) else str(namespace))
+    attrs = node_attributes(node)
+    return str(attrs.get("plugin_version", "1")), str(attrs.get("plugin_namespace", ""))
 
 
 def _check_node(model: Any, node: Any, plugin: dict[str, Any], types: dict[str, tuple[str, Dims | None]],
@@ -246,3 +241,49 @@ def run(call: StageCall) -> StageResult:
         summary = built["summary"]
     return StageResult(summary, {"backend": backend, "preflight": checked, **built,
                                  "trtexec": " ".join(command)})
+
+
+def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
+    """The build's key: the build section, the resolved backend's tools, the plugins and their libraries."""
+    data, plugins = variant.data, [dict(p) for p in variant.plugins]
+    graph = planned.get("surgery") or planned["export"]
+    from orchestrator import plugins as catalog
+
+    build = data["build"]
+    backend, reason = environment.resolve_backend(build["backend"])
+    if backend == "tensorrt" and not environment.importable("tensorrt"):
+        raise ctx.error("backend 'tensorrt' needs the tensorrt Python package, which is not importable",
+                              "build.backend", hint="pip install tensorrt (from NVIDIA's index), or use "
+                              "backend: onnxruntime to run the plugin graph on the CPU")
+    config_build = {k: v for k, v in build.items() if k not in ("threads", "plugin_libraries", "backend")}
+    config = {"build": {**config_build, "backend": backend}, "plugins": [
+        {"op": p["op"], "version": p["version"], "namespace": p["namespace"],
+         **({"catalog": p["catalog"]} if p.get("catalog") else {})} for p in plugins]}
+    files: dict[str, str] = {}
+    libraries = []
+    for index, library in enumerate(build["plugin_libraries"]):
+        path = ctx.spec.resolve_path(library)
+        files[f"library:{Path(library).name}#{index}"] = ctx.file_digest(path, f"build.plugin_libraries[{index}]")
+        ctx.origins[f"library:{Path(library).name}#{index}"] = str(path)
+        libraries.append(str(path))
+    if backend == "onnxruntime":
+        tools = environment.tools("onnxruntime", "onnx", "numpy", "numba")
+        for plugin in plugins:
+            entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+            label, digest = ctx.module_digest(entry.kernel.partition(":")[0], "build.backend")
+            files[f"kernel:{label}"] = digest
+    else:
+        tools = {"tensorrt": environment.tool_identity("tensorrt"),
+                 "gpu": environment.gpu_identity(build.get("gpu_type"))}
+        if backend == "trtexec":
+            tools["trtexec"] = environment.tool_identity("trtexec")
+    paths = {"plugin_libraries": libraries, "threads": build["threads"],
+             "backend_reason": reason if build["backend"] == "auto" else None}
+    return Planned(Sections(config), {"graph": graph}, files, tools, paths)
+
+
+STAGE = Stage(
+    "build", version=4, plan=plan, run=run,
+    outputs=("trtexec.txt", "runplan.json", "segments/*.onnx", "constants/*.npy",  # onnxruntime
+             "model.fp16.onnx", "engine.plan", "engine.json", "build.log", "trtexec.log"),  # TensorRT, trtexec
+)

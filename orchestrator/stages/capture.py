@@ -18,10 +18,19 @@ so a wrong capture is refused before anything is published.
 
 from __future__ import annotations
 
+import copy
+from typing import TYPE_CHECKING
+
+from orchestrator import environment
+from orchestrator.planning import contracts
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
+
 import contextlib
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +38,7 @@ from typing import Any
 from orchestrator import arguments, imports
 from orchestrator.errors import UserError
 from orchestrator.signatures import check_call
-from orchestrator.stages import StageCall, StageResult
+from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import describe, save_named, to_numpy, torch_dtype_name
 
 SUFFIXES = (".npy", ".pt", ".pth")
@@ -521,3 +530,67 @@ def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     return _write(call, tensors, outputs, args, inputs.extras, notes,
                   f"from the whole {type(model).__name__}{summary_calls}",
                   {"scope": "model", "input_kind": inputs.kind, "calls": calls, "call_counts": counted})
+
+
+def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
+    """The capture's key: the model and capture sections, the model's sources, or the folder's tensors."""
+    data, plugins = variant.data, [dict(p) for p in variant.plugins]
+    capture = copy.deepcopy(data["capture"])
+    export = data["export"]
+    expect, rules = contracts.capture_contract(export, plugins)
+    whole = export["scope"] == "model" and not capture.get("from_dir")
+    if whole:
+        for key in ("module", "call", "names"):
+            if key in capture:
+                raise ctx.error(f"capture.{key} picks one call; export.scope 'model' records the whole "
+                                      "model's forward (capture.calls records the plugin calls)", f"capture.{key}")
+    elif capture.get("calls"):
+        raise ctx.error("capture.calls applies to export.scope 'model'", "capture.calls")
+    files: dict[str, str] = {}
+    paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
+    if capture.get("from_dir"):
+        folder = ctx.spec.resolve_path(capture["from_dir"])
+        ctx.watch_folder(folder)  # a file added there can make a tensor's file ambiguous
+        wanted = [e["name"] for e in expect] or list(capture.get("names") or [])
+        try:
+            matched, ignored = match_folder(folder, wanted, capture["outputs"], capture["files"])
+        except UserError as exc:
+            raise ctx.error(exc.message, "capture.from_dir", hint=exc.hint) from None
+        for name, file in matched.items():
+            files[f"tensor:{name}"] = ctx.file_digest(folder / file, "capture.from_dir")
+            ctx.origins[f"tensor:{name}"] = str(folder / file)
+        config = {"capture": {"source": "dir", "names": list(matched), "outputs": capture["outputs"],
+                              "expect": expect}}
+        paths.update(folder=str(folder), files=matched, ignored=ignored)
+    else:
+        model = data["model"]
+        config = {"model": ctx.keyed_model(model),
+                  "capture": {**{k: v for k, v in capture.items() if k not in ("files", "from_dir")},
+                              "source": "model", "expect": expect}}
+        if whole:
+            recorded = [{"callable": p["replace"], "op": p["op"]} for p in plugins if p.get("replace")]
+            config["capture"].update(scope="model", record=recorded)
+            for index, plugin in enumerate(plugins):
+                if plugin.get("replace"):
+                    label, digest = ctx.source_digest(plugin["replace"], f"export.plugins[{index}].replace")
+                    files[label] = digest
+        files.update(ctx.model_sources(model))
+        if capture.get("call"):
+            label, digest = ctx.source_digest(capture["call"], "capture.call")
+            files[label] = digest
+        files.update(ctx.paths_digests(model.get("sources", []), "model.sources"))
+    if expect:
+        config["capture"]["rules"] = rules
+        if rules.get("catalog"):
+            label, digest = ctx.source_digest(rules["catalog"], "export.plugins[0].catalog")
+            files[label] = digest
+    tools = environment.tools("numpy") | (environment.tools("torch"))
+    ctx.keyed_python_path(config)
+    env = ctx.env_digests(data.get("model")) if not capture.get("from_dir") else {}
+    return Planned(Sections(config), {}, files, tools, paths, env)
+
+
+STAGE = Stage(
+    "capture", version=2, plan=plan, run=run,
+    outputs=("capture.json", "tensors/*.npy", "outputs/*.npy", "calls/*.npy"),
+)

@@ -26,6 +26,14 @@ Writes model.onnx and export.json (graph inputs/outputs, plugin nodes, casts, ho
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from orchestrator import environment
+from orchestrator.planning import contracts, sources
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
+
 import contextlib
 import inspect
 import io
@@ -34,15 +42,16 @@ import logging
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from orchestrator import arguments, imports
 from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
+from orchestrator.onnx_graph import describe_graph
 from orchestrator.plugins.derive import Inexpressible, TorchOps
-from orchestrator.stages import StageCall, StageResult
+from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 
 ONNX_ATTR_SUFFIX = {bool: "i", int: "i", float: "f", str: "s"}
 
@@ -858,43 +867,6 @@ def _declare_plugin_input_shapes(model: Any, shapes: dict[str, list[Any]]) -> No
     onnx.checker.check_model(model)
 
 
-def describe_graph(model: Any) -> dict[str, Any]:
-    """Inputs, outputs, plugin nodes and the casts in front of them, from an ONNX model."""
-    import onnx
-
-    def tensor(value: Any) -> dict[str, Any]:
-        kind = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim]
-        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).name
-                if kind.elem_type else "unknown", "shape": shape}
-
-    graph = model.graph
-    standard = {"", "ai.onnx", "ai.onnx.ml"}
-    custom = [n for n in graph.node if n.domain not in standard]
-    producers = {o: n for n in graph.node for o in n.output}
-    value_types = {v.name: tensor(v) for v in [*graph.value_info, *graph.input, *graph.output]}
-    for init in graph.initializer:
-        value_types.setdefault(init.name, {"name": init.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(
-            init.data_type).name, "shape": list(init.dims)})
-    nodes = []
-    for node in custom:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
-        casts = []
-        for index, name in enumerate(node.input):
-            producer = producers.get(name)
-            if producer is not None and producer.op_type == "Cast":
-                to = next(a.i for a in producer.attribute if a.name == "to")
-                casts.append({"input": index, "to": onnx.helper.tensor_dtype_to_np_dtype(to).name})
-        nodes.append({"name": node.name, "op": node.op_type, "domain": node.domain, "attributes": attrs,
-                      "inputs": [value_types.get(i, {"name": i}) for i in node.input],
-                      "outputs": [value_types.get(o, {"name": o}) for o in node.output], "casts": casts})
-    return {"inputs": [tensor(v) for v in graph.input if v.name not in {i.name for i in graph.initializer}],
-            "outputs": [tensor(v) for v in graph.output], "plugin_nodes": nodes,
-            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
-            "node_count": len(graph.node)}
-
-
 def _plugin_summary(info: dict[str, Any]) -> str:
     nodes = info["plugin_nodes"]
     ops = sorted({n["op"] for n in nodes})
@@ -906,3 +878,66 @@ def _plugin_summary(info: dict[str, Any]) -> str:
     if floats:
         text += f", float inputs cast to {', '.join(floats)}"
     return text
+
+
+def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
+    """The export's key: the export section with the plugins' contracts, the callables it swaps, the model."""
+    data, plugins = variant.data, [dict(p) for p in variant.plugins]
+    export = {k: v for k, v in data["export"].items() if k not in ("plugins", "onnx")}
+    config: dict[str, Any] = {"export": {**export, "plugins": plugins}}
+    files: dict[str, str] = {}
+    env: dict[str, str | None] = {}
+    paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
+    for index, plugin in enumerate(plugins):
+        if plugin.get("replace"):
+            where = f"export.plugins[{index}].replace"
+            label, digest = ctx.source_digest(plugin["replace"], where)
+            files[label] = digest
+            parameters = sources.parameters(Path(ctx.origins[label]), imports.split(plugin["replace"])[1])
+            missing = [name for name in plugin["inputs"] if parameters is not None and name not in parameters
+                       and name not in plugin.get("derive", {})]
+            if missing:
+                raise ctx.error(
+                    f"'{plugin['replace']}' takes ({', '.join(parameters or [])}); the plugin's inputs are passed "
+                    f"to it by name and it has no parameter {', '.join(missing)}", where,
+                    hint="name the callable's parameters in export.plugins[].inputs, in the plugin's order; "
+                         "compute the others with export.plugins[].derive")
+            if parameters is not None:
+                contracts.check_sources(ctx.spec, plugin, parameters, f"export.plugins[{index}].derive")
+        if plugin.get("catalog"):  # a user's own PluginEntry: its output-shape rule shapes the export
+            label, digest = ctx.source_digest(plugin["catalog"], f"export.plugins[{index}].catalog")
+            files[label] = digest
+    if data["export"].get("onnx"):
+        onnx_path = ctx.spec.resolve_path(data["export"]["onnx"])
+        files["onnx"] = ctx.file_digest(onnx_path, "export.onnx")
+        ctx.origins["onnx"] = str(onnx_path)
+        paths["onnx"] = str(onnx_path)
+        _check_onnx(ctx, onnx_path, data["export"]["onnx"])
+    if data.get("model") and not data["capture"].get("from_dir"):  # scope call: a method's `self` is rebuilt
+        model = data["model"]
+        config["model"] = ctx.keyed_model(model)
+        env = ctx.env_digests(model)
+        files.update(ctx.model_sources(model))
+        files.update(ctx.paths_digests(model.get("sources", []), "model.sources"))
+    tools = environment.tools("onnx") if data["export"].get("onnx") else environment.tools("torch", "onnx")
+    if data["export"]["exporter"] == "dynamo":
+        tools |= environment.tools("onnxscript")
+    ctx.keyed_python_path(config)
+    return Planned(Sections(config), {"capture": planned["capture"]}, files, tools, paths, env)
+
+
+def _check_onnx(ctx: PlanContext, path: Path, value: str) -> None:
+    """Refuse a file that is not an ONNX model now, before any stage runs (the graph is not checked)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - whatever the parser says, the user's file is not ONNX
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ctx.error(f"'{value}' is not an ONNX model ({detail})", "export.onnx") from None
+
+
+STAGE = Stage(
+    "export", version=4, plan=plan, run=run,
+    outputs=("model.onnx", "export.json"),
+)

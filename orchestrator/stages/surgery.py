@@ -14,19 +14,24 @@ Writes model.onnx (shape-inferred) and surgery.json: what each edit did, and the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from orchestrator import environment
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
+
 import difflib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.stages import StageCall, StageResult
-
-STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
-CAST_TYPES = {"float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool"}
+from orchestrator.onnx_graph import describe_graph, is_standard_domain
+from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 
 
 class NoMatch(UserError):
@@ -521,7 +526,7 @@ def finish(graph: Any, template: Any, field: str, kind: str, contracts: dict[str
         raise UserError(f"after {kind}, the graph cannot be written: {str(exc)[:300]}", field=field) from None
     model.ir_version = template.ir_version
     present = {o.domain for o in model.opset_import}
-    for domain in sorted({n.domain for n in model.graph.node if n.domain not in STANDARD_DOMAINS} - present):
+    for domain in sorted({n.domain for n in model.graph.node if not is_standard_domain(n.domain)} - present):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -582,8 +587,6 @@ def run(call: StageCall) -> StageResult:
         model = finish(graph, original, where, where, contracts)
         reports.append({"edit": kind, "field": where, "summary": summary})
     onnx.save(model, str(call.out / "model.onnx"))
-    from orchestrator.stages.export import describe_graph
-
     changes = diff(before, node_table(model))
     info = describe_graph(model)
     record = {"edits": reports, "diff": changes, "graph": info}
@@ -595,3 +598,48 @@ def run(call: StageCall) -> StageResult:
     return StageResult(summary, {"edits": reports, "ops": changes["ops"], "nodes": changes["nodes"],
                                  "removed": len(changes["removed"]), "added": len(changes["added"]),
                                  "changed": len(changes["changed"]), "plugin_nodes": plugin_nodes})
+
+
+def _edits(ctx: PlanContext, data: Mapping[str, Any], plugins: list[dict[str, Any]]) -> tuple[list[Any], list[str]]:
+    """The edits of the surgery stage, and the field each comes from.
+
+    With `export.plugin_nodes: surgery`, each plugin's `subgraph` becomes a replace_subgraph
+    edit (every occurrence), ahead of the pipeline's own `surgery` list.
+    """
+    export = data["export"]
+    edits: list[Any] = []
+    fields: list[str] = []
+    if export.get("plugin_nodes") == "surgery" and not export.get("onnx"):
+        for index, plugin in enumerate(plugins):
+            if plugin.get("subgraph"):
+                edits.append({"replace_subgraph": {"every": True, **plugin["subgraph"], "op": plugin["op"],
+                                                   "domain": plugin["domain"]}})
+                fields.append(f"export.plugins[{index}].subgraph")
+        made = {e["replace_subgraph"]["op"] for e in [*edits, *data.get("surgery", [])] if "replace_subgraph" in e}
+        made |= {e["rename_op"]["to"] for e in data.get("surgery", []) if "rename_op" in e}
+        for index, plugin in enumerate(plugins):
+            if plugin["op"] not in made:
+                raise ctx.error(
+                    f"export.plugin_nodes is 'surgery' but nothing makes the {plugin['op']} node",
+                    f"export.plugins[{index}]", hint="give the plugin a `subgraph` (where its code sits in the "
+                    "plain export), or a surgery edit replace_subgraph / rename_op that makes it")
+    for index, edit in enumerate(data.get("surgery") or []):
+        edits.append(edit)
+        fields.append(f"surgery[{index}]")
+    return edits, fields
+
+def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned | None:
+    """The surgery's key: its edits and the plugins' contracts; no surgery stage when there is nothing to edit."""
+    plugins = [dict(p) for p in variant.plugins]
+    edits, fields = _edits(ctx, variant.data, plugins)
+    if not edits:
+        return None
+    config = {"surgery": edits, "contracts": plugins}
+    return Planned(Sections(config), {"onnx": planned["export"]}, {},
+                   environment.tools("onnx", "onnx-graphsurgeon", "onnxruntime"), {"fields": fields})
+
+
+STAGE = Stage(
+    "surgery", version=2, plan=plan, run=run,
+    outputs=("model.onnx", "surgery.json"),
+)

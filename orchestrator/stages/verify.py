@@ -24,13 +24,21 @@ intermediate tensors (the embedded ONNX Runtime one).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from orchestrator import environment
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
+
 import json
 from typing import Any
 
 from orchestrator import backends
 from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
-from orchestrator.stages import StageCall, StageResult
+from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import load_named
 
 
@@ -406,3 +414,16 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
     own = f" <= atol {atol:g}" if (atol, rtol) != (settings["atol"], settings["rtol"]) else ""
     allowed = f", {vacuous} vacuous (allowed)" if vacuous else ""
     return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}{own}{allowed}"
+
+
+def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
+    """The verify's key: its tolerances and checks, the build and the capture it compares."""
+    data = variant.data
+    return Planned(Sections({"verify": data["verify"]}), {"build": planned["build"], "capture": planned["capture"]},
+                   {}, environment.tools("numpy"))
+
+
+STAGE = Stage(
+    "verify", version=5, plan=plan, run=run, checks=True,
+    outputs=("verify.json",),
+)

@@ -14,7 +14,7 @@ size and digest, and publishes locally with `Store.publish`; any mismatch reject
 
 Whoever can write the remote can change results, so what it serves is data, checked before use:
 the manifest's `parts` must hash to the key this machine computed (so it carries only what the
-pipeline says), it may name only the files its stage writes (`stages.OUTPUTS`), at most MAX_FILES
+pipeline says), it may name only the files its stage writes (`Stage.outputs`), at most MAX_FILES
 of them, and every blob must have the manifest's size before a byte of it is fetched (and is cut
 off at that size while it is). Nothing pulled is ever imported or run: kernels and plugin
 libraries come from the code and files installed here (see `backends.open_built`).

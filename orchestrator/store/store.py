@@ -36,7 +36,7 @@ from orchestrator.store.digest import DigestCache, digest_json, hash_file, vouch
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-STAGE_KINDS = ("capture", "export", "surgery", "build", "verify", "bench", "timing_cache")
+SHARED_KINDS = ("timing_cache",)  # store folders beside the stages' own
 FAILED_RECORD = "failed.json"
 
 
@@ -140,7 +140,9 @@ class Store:
         return Artifact(kind, key, path, manifest), None
 
     def artifacts(self) -> Iterator[tuple[str, str, Path]]:
-        for kind in STAGE_KINDS:
+        from orchestrator.stages import names
+
+        for kind in (*names(), *SHARED_KINDS):
             folder = self.root / kind
             if folder.is_dir():
                 for entry in sorted(folder.iterdir()):

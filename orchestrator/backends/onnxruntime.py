@@ -34,17 +34,13 @@ from typing import Any
 from orchestrator import plugins as catalog
 from orchestrator.backends import Trusted
 from orchestrator.errors import UserError
+from orchestrator.onnx_graph import is_plugin_node, is_standard_domain, node_attributes, value_meta
 
-STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 PRECISIONS = ("fp32", "fp16")
 SEGMENT_FILE = re.compile(r"segments/[A-Za-z0-9_-]+\.onnx")
 CONSTANT_FILE = re.compile(r"constants/[0-9]+\.npy")
 ARRAY_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
                 "float32", "float64"}
-
-
-def is_plugin(node: Any, plugin_ops: set[str]) -> bool:
-    return node.op_type in plugin_ops or node.domain not in STANDARD_DOMAINS
 
 
 def _used_names(node: Any) -> list[str]:
@@ -109,7 +105,7 @@ def partition(model: Any, plugin_ops: set[str], constants: dict[str, Any] | None
     for node in model.graph.node:
         if _is_hoisted(node, constants):
             continue
-        if is_plugin(node, plugin_ops):
+        if is_plugin_node(node, plugin_ops):
             if current:
                 steps.append({"type": "onnx", "nodes": current})
                 current = []
@@ -146,7 +142,7 @@ def _segment_model(model: Any, step: dict[str, Any], infos: dict[str, Any], cons
     graph = onnx.helper.make_graph(
         step["nodes"], f"{model.graph.name}_segment", [infos[n] for n in step["inputs"]],
         [infos[n] for n in step["outputs"]], [constants[n] for n in step["constants"]])
-    opsets = [o for o in model.opset_import if o.domain in STANDARD_DOMAINS]
+    opsets = [o for o in model.opset_import if is_standard_domain(o.domain)]
     segment = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="orchestrate")
     segment.ir_version = model.ir_version
     return segment
@@ -171,7 +167,7 @@ def _array_ops(step: dict[str, Any], infos: dict[str, Any]) -> list[dict[str, An
         info = infos.get(node.output[0])
         if info is None:
             return None
-        meta = _tensor_meta(info)
+        meta = value_meta(info)
         if node.op_type == "Cast":
             try:
                 dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
@@ -189,21 +185,10 @@ def _array_ops(step: dict[str, Any], infos: dict[str, Any]) -> list[dict[str, An
     return ops or None
 
 
-def _tensor_meta(info: Any) -> dict[str, Any]:
-    import onnx
-
-    kind = info.type.tensor_type
-    return {"name": info.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).name,
-            "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim]}
-
-
 def _plugin_step(node: Any) -> dict[str, Any]:
     """A plugin node as the runner needs it: which plugin it is (op, domain, version) and its attributes;
     the kernel is looked up in the catalog when the plan runs, never written down here."""
-    import onnx
-
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    attrs = node_attributes(node)
     return {"type": "plugin", "op": node.op_type, "domain": node.domain,
             "version": str(attrs.get("plugin_version", "1")), "name": node.name, "inputs": list(node.input),
             "outputs": list(node.output), "attributes": attrs}
@@ -278,8 +263,8 @@ def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]],
     _mark_frees(plan_steps, set(graph_outputs))
     runplan = {
         "precision": precision,
-        "inputs": [_tensor_meta(i) for i in model.graph.input if i.name not in constants],
-        "outputs": [_tensor_meta(o) for o in model.graph.output],
+        "inputs": [value_meta(i) for i in model.graph.input if i.name not in constants],
+        "outputs": [value_meta(o) for o in model.graph.output],
         "constants": _write_constants(out, held, constants),
         "steps": plan_steps,
     }
@@ -395,7 +380,7 @@ def single_session(model: Any, entries: dict[str, catalog.PluginEntry], threads:
     rewritten.CopyFrom(model)
     domains = set()
     for node in rewritten.graph.node:
-        if is_plugin(node, set(entries)):
+        if is_plugin_node(node, entries):
             entry = entries.get(node.op_type) or catalog.lookup(node.op_type)
             node.domain = entry.register_onnxruntime_extensions()
             domains.add(node.domain)

@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import checks
 from orchestrator.errors import UserError
 
 MAX_FILE_BYTES = 1 << 20
@@ -721,64 +722,6 @@ def _label(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-# ----------------------------------------------------------------------------- semantics
-
-def _check_semantics(spec: Spec, variant: Variant) -> None:
-    """What the schema cannot say: one capture source, plugins the catalog knows, paths that exist."""
-    from orchestrator import plugins as catalog
-
-    data = variant.data
-    capture = data.get("capture", {})
-    model = data.get("model")
-    export = data["export"]
-    where = f" (variant {variant.name})" if variant.name else ""
-    if capture.get("from_dir"):
-        for key in ("module", "call", "names"):
-            if key in capture:
-                raise spec.error(f"'{key}' applies to a live model; capture.from_dir reads saved tensors{where}",
-                                 f"capture.{key}")
-        folder = spec.resolve_path(capture["from_dir"])
-        if not folder.is_dir():
-            raise spec.error(f"capture folder '{capture['from_dir']}' does not exist (looked in {folder})",
-                             "capture.from_dir")
-    else:
-        if capture.get("files"):
-            raise spec.error("capture.files only applies with capture.from_dir", "capture.files")
-        if model is None:
-            raise spec.error("give either capture.from_dir (saved tensors) or a model to capture from",
-                             "capture", hint="add model: {factory: pkg.mod:build, inputs: pkg.mod:inputs}")
-    if export["scope"] == "model" and model is None:
-        raise spec.error("export.scope 'model' exports the whole model; add a model section", "export.scope")
-    if export.get("onnx"):
-        onnx_path = spec.resolve_path(export["onnx"])
-        if not onnx_path.is_file():
-            raise spec.error(f"ONNX file '{export['onnx']}' does not exist (looked in {onnx_path})", "export.onnx")
-    for index, plugin in enumerate(export["plugins"]):
-        at = ("export", "plugins", index)
-        entry = catalog.lookup(plugin["op"], plugin.get("catalog"), spec, at)
-        if plugin["version"] not in entry.versions:
-            raise spec.error(f"{entry.op} has versions {', '.join(entry.versions)}; got '{plugin['version']}'",
-                             (*at, "version"))
-        names = plugin.get("inputs") or [i.name for i in entry.inputs]
-        if len(names) != len(entry.inputs):
-            raise spec.error(f"{entry.op} takes {len(entry.inputs)} inputs "
-                             f"({', '.join(i.name for i in entry.inputs)}); {len(names)} are listed", (*at, "inputs"))
-        for name, wanted in plugin["dtypes"].items():
-            if name not in names:
-                raise spec.error(f"'{name}' is not an input of this plugin; inputs are {', '.join(names)}",
-                                 (*at, "dtypes", name))
-            contract = entry.inputs[names.index(name)]
-            if wanted not in contract.dtypes:
-                raise spec.error(f"{entry.op} input '{contract.name}' takes {' or '.join(contract.dtypes)}, "
-                                 f"not {wanted}", (*at, "dtypes", name),
-                                 hint="the plugin's contract comes from its catalog entry; see `orchestrate doctor`")
-        if export["scope"] == "model" and not plugin.get("replace") and export.get("plugin_nodes") != "surgery":
-            raise spec.error("scope 'model' needs the callable to replace", (*at, "replace"))
-    for index, library in enumerate(data.get("build", {}).get("plugin_libraries", [])):
-        if not spec.resolve_path(library).is_file():
-            raise spec.error(f"plugin library '{library}' does not exist", ("build", "plugin_libraries", index))
-
-
 def load(path: str | Path) -> Spec:
     """Read, validate and default a pipeline file; raise `UserError` naming file:line:field on any problem."""
     path = Path(path)
@@ -799,7 +742,7 @@ def load(path: str | Path) -> Spec:
             except UserError as exc:
                 raise _in_matrix(exc, variant, lines) from None
             fill_defaults(variant.data, schema, schema)
-        _check_semantics(spec, variant)
+        checks.check_variant(spec, variant)
     return spec
 
 

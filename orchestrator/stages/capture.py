@@ -37,9 +37,9 @@ from typing import Any
 
 from orchestrator import arguments, imports
 from orchestrator.errors import UserError
-from orchestrator.signatures import check_call
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import describe, save_named, to_numpy, torch_dtype_name
+from orchestrator.torch_model import ModuleStack, build_model, flatten_outputs, name_inputs, resolve_module
 
 SUFFIXES = (".npy", ".pt", ".pth")
 
@@ -164,54 +164,8 @@ def _from_dir(call: StageCall, settings: dict[str, Any]) -> StageResult:
     return _write(call, inputs, {n: tensors[n] for n in outputs}, args, {}, notes, f"from {folder.name}/")
 
 
-def resolve_module(model: Any, path: str, field: str = "capture.module") -> Any:
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        known = [name for name, _ in model.named_modules() if name]
-        parent = path.rsplit(".", 1)[0] if "." in path else ""
-        nearby = [n for n in known if n.startswith(parent)] if parent else known
-        import difflib
-
-        close = difflib.get_close_matches(path, known, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"modules there: {', '.join(nearby[:8])}"
-        raise UserError(f"no module '{path}' in {type(model).__name__}", field=field, hint=hint) from None
-
-
 class _Recorded(Exception):
     """Raised inside the model once the wanted call is recorded, to skip the rest of the forward."""
-
-
-def _move(value: Any, device: str) -> Any:
-    if hasattr(value, "to") and hasattr(value, "detach"):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _move(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_move(v, device) for v in value)
-    return value
-
-
-def build_model(model_cfg: dict[str, Any], python_path: list[str]) -> tuple[Any, Any]:
-    """The user's model (eval mode, on its device) and its forward arguments."""
-    import torch
-
-    with imports.search_path(python_path):
-        factory = imports.resolve(model_cfg["factory"], "model.factory")
-        make_inputs = imports.resolve(model_cfg["inputs"], "model.inputs")
-    # The planner checked the kwargs where the source shows the signature simply; the live signature
-    # covers the rest (classes with an inherited __init__, decorated or library callables).
-    check_call(factory, model_cfg["kwargs"], model_cfg["factory"], "model.kwargs")
-    model = factory(**model_cfg["kwargs"])
-    if not isinstance(model, torch.nn.Module):
-        raise UserError(f"the factory returned a {type(model).__name__}, expected a torch.nn.Module",
-                        field="model.factory")
-    check_call(make_inputs, model_cfg["inputs_kwargs"], model_cfg["inputs"], "model.inputs_kwargs")
-    inputs = make_inputs(**model_cfg["inputs_kwargs"])
-    device = model_cfg["device"]
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("model.device is cuda but torch sees no CUDA device", field="model.device")
-    return model.eval().to(device), _move(inputs, device)
 
 
 def forward(model: Any, inputs: Any) -> Any:
@@ -222,14 +176,43 @@ def forward(model: Any, inputs: Any) -> Any:
     return model(inputs)
 
 
+@dataclass
+class _Call:
+    """One recorded call: its arguments, its result, and the callable whose signature names the arguments."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    result: Any
+    signature_of: Any
+
+
 def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     import torch
 
-    model_cfg = call.config["model"]
     call.progress("building the model")
-    model, inputs = build_model(model_cfg, call.paths["python_path"])
+    model, inputs = build_model(call.config["model"], call.paths["python_path"])
     target = resolve_module(model, settings["module"]) if settings.get("module") else model
-    recorded: dict[str, Any] = {}
+    call_path = settings.get("call")
+    call.progress("running the model")
+    with torch.inference_mode():
+        if call_path:
+            recorded = _record_function(call, settings, model, inputs, target)
+        else:
+            recorded = _record_module(settings, model, inputs, target)
+    tensors, extras, args = _bind(recorded.signature_of, recorded.args, recorded.kwargs, settings.get("names"),
+                                  _module_namer(model))
+    outputs = _call_outputs(recorded.result, settings["outputs"])
+    check_contract(tensors, settings, "the call", "capture.call" if call_path else "capture.module")
+    where = settings.get("module") or type(model).__name__
+    return _write(call, tensors, outputs, args, extras, [], f"from {where}")
+
+
+def _record_function(call: StageCall, settings: dict[str, Any], model: Any, inputs: Any, target: Any) -> _Call:
+    """The `occurrence`-th call of capture.call made while `target` runs; the rest of the forward is skipped."""
+    call_path = settings["call"]
+    with imports.search_path(call.paths["python_path"]):
+        original = imports.resolve(call_path, "capture.call")
+    recorded: list[_Call] = []
     inside = [0]
     seen = [0]
 
@@ -239,66 +222,57 @@ def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     def leave(*_: Any) -> None:
         inside[0] -= 1
 
-    def keep(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any, signature_of: Any) -> None:
-        recorded.update(args=args, kwargs=kwargs, result=result, signature_of=signature_of)
+    def recorder(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if inside[0] > 0:
+            if seen[0] == settings["occurrence"]:
+                recorded.append(_Call(args, kwargs, result, original))
+                raise _Recorded
+            seen[0] += 1
+        return result
 
-    handles = []
-    call_path = settings.get("call")
-    call.progress("running the model")
-    with torch.inference_mode():
-        if call_path:
-            with imports.search_path(call.paths["python_path"]):
-                original = imports.resolve(call_path, "capture.call")
+    handles = [target.register_forward_pre_hook(enter), target.register_forward_hook(leave, always_call=True)]
+    try:
+        with imports.swap(call_path, recorder, "capture.call"):
+            forward(model, inputs)
+    except _Recorded:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not recorded:
+        where = f"inside '{settings['module']}'" if settings.get("module") else "during the forward"
+        raise UserError(f"'{call_path}' was called {seen[0]} time(s) {where}; "
+                        f"occurrence {settings['occurrence']} was asked for", field="capture.call",
+                        hint="check capture.module, or that the model calls this function by this name")
+    return recorded[0]
 
-            def recorder(*args: Any, **kwargs: Any) -> Any:
-                result = original(*args, **kwargs)
-                if inside[0] > 0:
-                    if seen[0] == settings["occurrence"]:
-                        keep(args, kwargs, result, original)
-                        raise _Recorded
-                    seen[0] += 1
-                return result
 
-            handles.append(target.register_forward_pre_hook(enter))
-            handles.append(target.register_forward_hook(leave, always_call=True))
-            try:
-                with imports.swap(call_path, recorder, "capture.call"):
-                    forward(model, inputs)
-            except _Recorded:
-                pass
-            finally:
-                for handle in handles:
-                    handle.remove()
-            if not recorded:
-                where = f"inside '{settings['module']}'" if settings.get("module") else "during the forward"
-                raise UserError(f"'{call_path}' was called {seen[0]} time(s) {where}; "
-                                f"occurrence {settings['occurrence']} was asked for", field="capture.call",
-                                hint="check capture.module, or that the model calls this function by this name")
-        else:
-            def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
-                if seen[0] == settings["occurrence"]:
-                    keep(args, kwargs, result, module.forward)
-                seen[0] += 1
+def _record_module(settings: dict[str, Any], model: Any, inputs: Any, target: Any) -> _Call:
+    """The `occurrence`-th call of the target module (its forward's signature names the arguments)."""
+    recorded: list[_Call] = []
+    seen = [0]
 
-            handles.append(target.register_forward_hook(hook, with_kwargs=True))
-            try:
-                forward(model, inputs)
-            finally:
-                for handle in handles:
-                    handle.remove()
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+        if seen[0] == settings["occurrence"]:
+            recorded.append(_Call(args, kwargs, result, module.forward))
+        seen[0] += 1
 
-    names = settings.get("names")
-    tensors, extras, args = _bind(recorded["signature_of"], recorded["args"], recorded["kwargs"], names,
-                                  _module_namer(model))
-    result = recorded["result"]
+    handle = target.register_forward_hook(hook, with_kwargs=True)
+    try:
+        forward(model, inputs)
+    finally:
+        handle.remove()
+    return recorded[0]
+
+
+def _call_outputs(result: Any, declared: list[str]) -> dict[str, Any]:
+    """The call's tensor results by name: capture.outputs first, output_<i> for the rest."""
     results = result if isinstance(result, list | tuple) else [result]
-    output_names = list(settings["outputs"])
-    while len(output_names) < len(results):
-        output_names.append(f"output_{len(output_names)}")
-    outputs = {name: to_numpy(r) for name, r in zip(output_names, results, strict=False) if hasattr(r, "detach")}
-    check_contract(tensors, settings, "the call", "capture.call" if call_path else "capture.module")
-    where = settings.get("module") or type(model).__name__
-    return _write(call, tensors, outputs, args, extras, [], f"from {where}")
+    names = list(declared)
+    while len(names) < len(results):
+        names.append(f"output_{len(names)}")
+    return {name: to_numpy(r) for name, r in zip(names, results, strict=False) if hasattr(r, "detach")}
 
 
 def _bind(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str] | None,
@@ -362,59 +336,6 @@ def _write(call: StageCall, inputs: dict[str, Any], outputs: dict[str, Any], arg
 
 # ---------------------------------------------------------------------- the whole model (export.scope: model)
 
-@dataclass
-class ModelInputs:
-    """The model's forward arguments by name: tensors become graph inputs, the rest stay constants."""
-
-    kind: str  # "kwargs" (the inputs callable returned a dict) or "args" (a tuple, list or one tensor)
-    order: list[str]  # every argument name, in call order
-    tensors: dict[str, Any]
-    extras: dict[str, Any]
-
-    def call(self, model: Any, tensors: dict[str, Any]) -> Any:
-        values = {**self.extras, **tensors}
-        if self.kind == "kwargs":
-            return model(**{name: values[name] for name in self.order})
-        return model(*[values[name] for name in self.order])
-
-
-def name_inputs(model: Any, inputs: Any) -> ModelInputs:
-    """Name the forward arguments: dict keys, else the forward's parameter names (arg<i> beyond them)."""
-    if isinstance(inputs, dict):
-        kind, items = "kwargs", list(inputs.items())
-    else:
-        values = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
-        try:
-            parameters = [p.name for p in inspect.signature(model.forward).parameters.values()
-                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        except (TypeError, ValueError):
-            parameters = []
-        names = parameters[:len(values)] + [f"arg{i}" for i in range(len(parameters), len(values))]
-        kind, items = "args", list(zip(names, values, strict=True))
-    tensors: dict[str, Any] = {}
-    extras: dict[str, Any] = {}
-    for name, value in items:
-        if hasattr(value, "detach"):
-            tensors[name] = value
-        elif value is None or isinstance(value, int | float | str | bool):
-            extras[name] = value
-        else:
-            raise UserError(f"model input '{name}' is a {type(value).__name__}; whole-model export takes tensors "
-                            "(and plain numbers or strings, kept as constants)", field="model.inputs")
-    return ModelInputs(kind, [name for name, _ in items], tensors, extras)
-
-
-def flatten_outputs(result: Any) -> list[tuple[str | None, Any]]:
-    """The tensors a forward returned, in order, with their dict keys where it returned a dict."""
-    if hasattr(result, "detach"):
-        return [(None, result)]
-    if isinstance(result, dict):
-        return [(str(k), v) for k, v in result.items() if hasattr(v, "detach")]
-    if isinstance(result, list | tuple):
-        return [(None, v) for v in result if hasattr(v, "detach")]
-    return []
-
-
 def output_names(declared: list[str], flat: list[tuple[str | None, Any]]) -> list[str]:
     """`capture.outputs` first, then dict keys or output_<i> for the rest."""
     names = list(declared[:len(flat)])
@@ -423,43 +344,48 @@ def output_names(declared: list[str], flat: list[tuple[str | None, Any]]) -> lis
     return names
 
 
-@contextlib.contextmanager
-def swap_callable(path: str, function: Any, field: str) -> Iterator[Any]:
-    """`imports.swap`, keeping a staticmethod or classmethod one (so `self`/`cls` are passed as before)."""
-    module_name, attrs = imports.split(path)
-    owner = imports.resolve(f"{module_name}:{'.'.join(attrs[:-1])}", field) if len(attrs) > 1 else None
-    raw = owner.__dict__.get(attrs[-1]) if isinstance(owner, type) else None
-    if isinstance(raw, staticmethod):
-        function = staticmethod(function)
-    elif isinstance(raw, classmethod):
-        plain = function
-        function = classmethod(lambda cls, *args, **kwargs: plain(*args, **kwargs))
-    with imports.swap(path, function, field) as original:
-        yield original
+class _PluginCalls:
+    """Every call of each plugin's `replace` callable during the forward, counted; the results of those
+    made inside the modules capture.calls names (or of all, with 'all') kept for verify."""
 
+    def __init__(self, model: Any, wanted: Any):
+        self.wanted = wanted
+        self.stack = ModuleStack(model)
+        self.counts: dict[str, int] = {}
+        self.records: list[dict[str, Any]] = []
 
-class ModuleStack:
-    """Which modules are running right now (forward hooks on every named module)."""
+    def _inside_wanted(self) -> bool:
+        if self.wanted == "all":
+            return True
+        return isinstance(self.wanted, list) and any(name in self.stack.names for name in self.wanted)
 
-    def __init__(self, model: Any):
-        self.names: list[str] = []
-        self.handles = []
-        for name, module in model.named_modules():
-            if name:
-                self.handles.append(module.register_forward_pre_hook(self._enter(name)))
-                self.handles.append(module.register_forward_hook(self._leave, always_call=True))
+    def _recorder(self, path: str, op: str, original: list[Any]) -> Any:
+        def recorder(*args: Any, **kwargs: Any) -> Any:
+            result = original[0](*args, **kwargs)
+            sequence = self.counts[path] = self.counts.get(path, 0) + 1
+            if self._inside_wanted():
+                flat = flatten_outputs(result)
+                if flat:
+                    names = self.stack.names
+                    self.records.append({"callable": path, "op": op, "sequence": sequence - 1,
+                                         "module": names[-1] if names else "", "result": to_numpy(flat[0][1])})
+            return result
+        return recorder
 
-    def _enter(self, name: str) -> Any:
-        def hook(*_: Any) -> None:  # returning None keeps the module's arguments
-            self.names.append(name)
-        return hook
-
-    def _leave(self, *_: Any) -> None:  # returning None keeps the module's output
-        self.names.pop()
+    @contextlib.contextmanager
+    def swapped(self, record: list[dict[str, Any]], python_path: list[str]) -> Iterator[None]:
+        """Each callable of `record` swapped for its recorder for the duration of the block."""
+        with contextlib.ExitStack() as swaps:
+            with imports.search_path(python_path):
+                for entry in record:
+                    original: list[Any] = []  # filled by the swap, read when the model calls
+                    recorder = self._recorder(entry["callable"], entry["op"], original)
+                    original.append(swaps.enter_context(imports.swap_callable(entry["callable"], recorder,
+                                                                              "export.plugins.replace")))
+            yield
 
     def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+        self.stack.close()
 
 
 def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
@@ -471,65 +397,43 @@ def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
     wanted = settings.get("calls")
     for path in wanted if isinstance(wanted, list) else []:
         resolve_module(model, path, "capture.calls")  # a typo is an error that names the module
-    stack = ModuleStack(model)
-    counts: dict[str, int] = {}
-    records: list[dict[str, Any]] = []
-
-    def inside_wanted() -> bool:
-        if wanted == "all":
-            return True
-        return isinstance(wanted, list) and any(name in stack.names for name in wanted)
-
-    def recorder_for(path: str, op: str, original: list[Any]) -> Any:
-        def recorder(*args: Any, **kwargs: Any) -> Any:
-            result = original[0](*args, **kwargs)
-            sequence = counts[path] = counts.get(path, 0) + 1
-            if inside_wanted():
-                flat = flatten_outputs(result)
-                if flat:
-                    records.append({"callable": path, "op": op, "sequence": sequence - 1,
-                                    "module": stack.names[-1] if stack.names else "", "result": to_numpy(flat[0][1])})
-            return result
-        return recorder
-
+    record = settings.get("record", [])
+    plugin_calls = _PluginCalls(model, wanted)
     call.progress("running the model")
     try:
-        with torch.inference_mode(), contextlib.ExitStack() as swaps:
-            with imports.search_path(call.paths["python_path"]):
-                for entry in settings.get("record", []):
-                    original: list[Any] = []  # filled by the swap, read when the model calls
-                    recorder = recorder_for(entry["callable"], entry["op"], original)
-                    original.append(swaps.enter_context(swap_callable(entry["callable"], recorder,
-                                                                      "export.plugins.replace")))
+        with torch.inference_mode(), plugin_calls.swapped(record, call.paths["python_path"]):
             result = inputs.call(model, inputs.tensors)
     finally:
-        stack.close()
+        plugin_calls.close()
+    outputs = _model_outputs(result, settings["outputs"])
+    tensors = {name: to_numpy(tensor) for name, tensor in inputs.tensors.items()}
+    args = [{"name": name, "kind": "tensor" if name in inputs.tensors else "extra"} for name in inputs.order]
+    counts = plugin_calls.counts
+    notes = [f"the model never called {entry['callable']}" for entry in record if not counts.get(entry["callable"])]
+    if wanted and not plugin_calls.records:
+        where = "during the forward" if wanted == "all" else f"inside {', '.join(wanted)}"
+        raise UserError(f"no call of {', '.join(e['callable'] for e in record) or 'a plugin'} "
+                        f"{where} to record", field="capture.calls",
+                        hint="check capture.calls and export.plugins[].replace")
+    calls = []
+    for index, recorded in enumerate(plugin_calls.records):
+        saved = save_named(call.out / "calls", {f"call_{index:03d}": recorded.pop("result")})
+        calls.append({**recorded, "output": next(iter(saved.values()))})
+    summary_calls = f", {len(calls)} plugin call result{'s' if len(calls) != 1 else ''}" if calls else ""
+    counted = {entry["callable"]: counts.get(entry["callable"], 0) for entry in record}
+    return _write(call, tensors, outputs, args, inputs.extras, notes,
+                  f"from the whole {type(model).__name__}{summary_calls}",
+                  {"scope": "model", "input_kind": inputs.kind, "calls": calls, "call_counts": counted})
+
+
+def _model_outputs(result: Any, declared: list[str]) -> dict[str, Any]:
+    """The tensors the forward returned, by name (see output_names)."""
     flat = flatten_outputs(result)
     if not flat:
         raise UserError(f"the model returned a {type(result).__name__}, no tensor to compare against",
                         field="model.factory")
-    names = output_names(settings["outputs"], flat)
-    outputs = {name: to_numpy(tensor) for name, (_, tensor) in zip(names, flat, strict=True)}
-    tensors = {name: to_numpy(tensor) for name, tensor in inputs.tensors.items()}
-    args = [{"name": name, "kind": "tensor" if name in inputs.tensors else "extra"} for name in inputs.order]
-    notes = []
-    for entry in settings.get("record", []):
-        if not counts.get(entry["callable"]):
-            notes.append(f"the model never called {entry['callable']}")
-    if wanted and not records:
-        where = "during the forward" if wanted == "all" else f"inside {', '.join(wanted)}"
-        raise UserError(f"no call of {', '.join(e['callable'] for e in settings.get('record', [])) or 'a plugin'} "
-                        f"{where} to record", field="capture.calls",
-                        hint="check capture.calls and export.plugins[].replace")
-    calls = []
-    for index, record in enumerate(records):
-        saved = save_named(call.out / "calls", {f"call_{index:03d}": record.pop("result")})
-        calls.append({**record, "output": next(iter(saved.values()))})
-    summary_calls = f", {len(calls)} plugin call result{'s' if len(calls) != 1 else ''}" if calls else ""
-    counted = {entry["callable"]: counts.get(entry["callable"], 0) for entry in settings.get("record", [])}
-    return _write(call, tensors, outputs, args, inputs.extras, notes,
-                  f"from the whole {type(model).__name__}{summary_calls}",
-                  {"scope": "model", "input_kind": inputs.kind, "calls": calls, "call_counts": counted})
+    names = output_names(declared, flat)
+    return {name: to_numpy(tensor) for name, (_, tensor) in zip(names, flat, strict=True)}
 
 
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
@@ -538,14 +442,7 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
     capture = copy.deepcopy(data["capture"])
     export = data["export"]
     expect, rules = contracts.capture_contract(export, plugins)
-    whole = export["scope"] == "model" and not capture.get("from_dir")
-    if whole:
-        for key in ("module", "call", "names"):
-            if key in capture:
-                raise ctx.error(f"capture.{key} picks one call; export.scope 'model' records the whole "
-                                      "model's forward (capture.calls records the plugin calls)", f"capture.{key}")
-    elif capture.get("calls"):
-        raise ctx.error("capture.calls applies to export.scope 'model'", "capture.calls")
+    whole = export["scope"] == "model" and not capture.get("from_dir")  # config/checks.py checked the fields
     files: dict[str, str] = {}
     paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
     if capture.get("from_dir"):

@@ -397,30 +397,13 @@ def _replace_once(ctx: Context, spec: dict[str, Any], starts: list[Any], ends: l
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    from orchestrator import plugins as catalog
-
     region = _region(ctx, starts, ends)
     if any(node.name in ctx.inserted for node in region):
         raise ctx.error("replace_subgraph: two occurrences overlap (the subgraph holds a node inserted for an "
                         "earlier one); check the start and end tensors")
     plugin = ctx.contracts.get(spec["op"])
-    inputs = list(starts)
-    attrs: dict[str, Any] = {}
     domain = spec.get("domain") or (plugin["domain"] if plugin else "trt.plugins")
-    entry = None
-    if plugin is not None:
-        entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
-        if len(inputs) != len(entry.inputs):
-            raise ctx.error(f"replace_subgraph: {plugin['op']} takes {len(entry.inputs)} inputs "
-                            f"({', '.join(entry.input_names())}); {len(inputs)} start tensors are given")
-        attrs = {"plugin_version": plugin["version"], "plugin_namespace": plugin["namespace"],
-                 **plugin.get("attributes", {})}
-        for slot, tensor in enumerate(inputs):
-            wanted = plugin["dtypes"].get(plugin["inputs"][slot])
-            dtype = _dtype_name(tensor)
-            if wanted and dtype and wanted != dtype and dtype.startswith(("int", "uint")):
-                inputs[slot] = cast(ctx, tensor, wanted)
-                notes.add(f"{plugin['inputs'][slot]} cast {dtype}->{wanted}")
+    entry, inputs, attrs = _plugin_inputs(ctx, plugin, list(starts), notes)
     attrs.update({name: _attr_value(name, value, ctx) for name, value in spec.get("attrs", {}).items()})
     for node in region:
         node.inputs.clear()
@@ -428,21 +411,7 @@ def _replace_once(ctx: Context, spec: dict[str, Any], starts: list[Any], ends: l
     end = ends[0]
     produced = list(ends)
     added = []
-    plugin_shape = None
-    shapes = [_static_shape(t) for t in inputs]
-    if entry is not None and all(s is not None for s in shapes):
-        plugin_shape = tuple(int(d) for d in entry.output_shape(shapes))  # type: ignore[arg-type]
-    reshape = spec.get("output_reshape")
-    end_shape = _static_shape(end)
-    if reshape is None and plugin_shape is not None and end_shape is not None and plugin_shape != end_shape:
-        if int(np.prod(plugin_shape)) != int(np.prod(end_shape)):
-            raise ctx.error(f"replace_subgraph: {spec['op']} gives {list(plugin_shape)}, which cannot be reshaped to "
-                            f"the end tensor's {list(end_shape)}")
-        reshape = list(end_shape)
-    if reshape is None and entry is not None and plugin_shape is None:
-        raise ctx.error(f"replace_subgraph: the shape of the {spec['op']} output is unknown (the start tensors' "
-                        "shapes are not all static), so it cannot be told whether it needs a reshape to the end "
-                        "tensor", hint="give output_reshape, e.g. [0, 0, -1] for MSDA's [N, Lq, M, D] -> [N, Lq, M*D]")
+    plugin_shape, reshape = _output_shape(ctx, spec, entry, inputs, end)
     name = ctx.unique(spec["op"])
     if reshape is not None:
         own = gs.Variable(ctx.unique(f"{name}_output"), dtype=end.dtype, shape=plugin_shape)
@@ -455,6 +424,53 @@ def _replace_once(ctx: Context, spec: dict[str, Any], starts: list[Any], ends: l
     ctx.graph.nodes.extend(added)
     ctx.inserted.update([name, *(node.name for node in added)])
     return len(region)
+
+
+def _plugin_inputs(ctx: Context, plugin: dict[str, Any] | None, inputs: list[Any],
+                   notes: set[str]) -> tuple[Any, list[Any], dict[str, Any]]:
+    """For a declared plugin: its catalog entry, the start tensors with integer ones cast to the declared
+    dtypes (export.plugins[].dtypes), and its node's attributes. Nothing of that for another op."""
+    from orchestrator import plugins as catalog
+
+    if plugin is None:
+        return None, inputs, {}
+    entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+    if len(inputs) != len(entry.inputs):
+        raise ctx.error(f"replace_subgraph: {plugin['op']} takes {len(entry.inputs)} inputs "
+                        f"({', '.join(entry.input_names())}); {len(inputs)} start tensors are given")
+    attrs = {"plugin_version": plugin["version"], "plugin_namespace": plugin["namespace"],
+             **plugin.get("attributes", {})}
+    for slot, tensor in enumerate(inputs):
+        wanted = plugin["dtypes"].get(plugin["inputs"][slot])
+        dtype = _dtype_name(tensor)
+        if wanted and dtype and wanted != dtype and dtype.startswith(("int", "uint")):
+            inputs[slot] = cast(ctx, tensor, wanted)
+            notes.add(f"{plugin['inputs'][slot]} cast {dtype}->{wanted}")
+    return entry, inputs, attrs
+
+
+def _output_shape(ctx: Context, spec: dict[str, Any], entry: Any, inputs: list[Any],
+                  end: Any) -> tuple[tuple[int, ...] | None, list[int] | None]:
+    """The plugin output's shape by its catalog rule (None when unknown), and the reshape to the end tensor's
+    shape it needs (output_reshape, or found from the static shapes; None when it needs none)."""
+    import numpy as np
+
+    plugin_shape = None
+    shapes = [_static_shape(t) for t in inputs]
+    if entry is not None and all(s is not None for s in shapes):
+        plugin_shape = tuple(int(d) for d in entry.output_shape(shapes))
+    reshape = spec.get("output_reshape")
+    end_shape = _static_shape(end)
+    if reshape is None and plugin_shape is not None and end_shape is not None and plugin_shape != end_shape:
+        if int(np.prod(plugin_shape)) != int(np.prod(end_shape)):
+            raise ctx.error(f"replace_subgraph: {spec['op']} gives {list(plugin_shape)}, which cannot be reshaped to "
+                            f"the end tensor's {list(end_shape)}")
+        reshape = list(end_shape)
+    if reshape is None and entry is not None and plugin_shape is None:
+        raise ctx.error(f"replace_subgraph: the shape of the {spec['op']} output is unknown (the start tensors' "
+                        "shapes are not all static), so it cannot be told whether it needs a reshape to the end "
+                        "tensor", hint="give output_reshape, e.g. [0, 0, -1] to merge the output's last two axes")
+    return plugin_shape, reshape
 
 
 EDITS: dict[str, Callable[[Context, dict[str, Any]], str]] = {
@@ -604,7 +620,8 @@ def _edits(ctx: PlanContext, data: Mapping[str, Any], plugins: list[dict[str, An
     """The edits of the surgery stage, and the field each comes from.
 
     With `export.plugin_nodes: surgery`, each plugin's `subgraph` becomes a replace_subgraph
-    edit (every occurrence), ahead of the pipeline's own `surgery` list.
+    edit (every occurrence), ahead of the pipeline's own `surgery` list (config/checks.py has made sure
+    that something makes each plugin's node).
     """
     export = data["export"]
     edits: list[Any] = []
@@ -615,14 +632,6 @@ def _edits(ctx: PlanContext, data: Mapping[str, Any], plugins: list[dict[str, An
                 edits.append({"replace_subgraph": {"every": True, **plugin["subgraph"], "op": plugin["op"],
                                                    "domain": plugin["domain"]}})
                 fields.append(f"export.plugins[{index}].subgraph")
-        made = {e["replace_subgraph"]["op"] for e in [*edits, *data.get("surgery", [])] if "replace_subgraph" in e}
-        made |= {e["rename_op"]["to"] for e in data.get("surgery", []) if "rename_op" in e}
-        for index, plugin in enumerate(plugins):
-            if plugin["op"] not in made:
-                raise ctx.error(
-                    f"export.plugin_nodes is 'surgery' but nothing makes the {plugin['op']} node",
-                    f"export.plugins[{index}]", hint="give the plugin a `subgraph` (where its code sits in the "
-                    "plain export), or a surgery edit replace_subgraph / rename_op that makes it")
     for index, edit in enumerate(data.get("surgery") or []):
         edits.append(edit)
         fields.append(f"surgery[{index}]")

@@ -114,10 +114,10 @@ def measure(build_path: Path, capture: Any, threads: int, repeat: int, graph: Pa
     import numpy as np
 
     from orchestrator.backends.onnxruntime import Runner
-    from orchestrator.stages.verify import feeds_for
+    from orchestrator.tensors import feeds_for
 
     runner = Runner(build_path, threads)
-    feeds = feeds_for(runner, capture)
+    feeds = feeds_for(runner.inputs, capture.path)
     received = step_inputs(runner, feeds)
     plugin_steps = [(step, target, args) for (step, target), args in zip(runner.steps, received, strict=True)
                     if step["type"] == "plugin"]

@@ -129,3 +129,17 @@ def swap(path: str, replacement: Any, field: str | None = None) -> Iterator[Any]
         for target, attr, value in reversed(rebound):
             setattr(target, attr, value)
 
+
+@contextlib.contextmanager
+def swap_callable(path: str, function: Any, field: str) -> Iterator[Any]:
+    """`swap`, keeping a staticmethod or classmethod one (so `self`/`cls` are passed as before)."""
+    module_name, attrs = split(path)
+    owner = resolve(f"{module_name}:{'.'.join(attrs[:-1])}", field) if len(attrs) > 1 else None
+    raw = owner.__dict__.get(attrs[-1]) if isinstance(owner, type) else None
+    if isinstance(raw, staticmethod):
+        function = staticmethod(function)
+    elif isinstance(raw, classmethod):
+        plain = function
+        function = classmethod(lambda cls, *args, **kwargs: plain(*args, **kwargs))
+    with swap(path, function, field) as original:
+        yield original

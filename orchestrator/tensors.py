@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from orchestrator.errors import UserError
 
 DTYPE_SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
                "int32": "i32", "int8": "i8", "uint8": "u8", "bool": "bool"}
@@ -49,6 +52,28 @@ def to_numpy(value: Any) -> Any:
             tensor = tensor.float()
         return tensor.contiguous().numpy()
     return np.asarray(value)
+
+
+def feeds_for(inputs: Iterable[Any], capture_dir: Path) -> dict[str, Any]:
+    """The captured inputs (capture_dir/capture.json) by graph input name, cast to the dtypes the built
+    graph takes (`inputs`: its input specs, each with a name and a dtype); verify and bench feed them."""
+    import numpy as np
+
+    record = json.loads((capture_dir / "capture.json").read_text())
+    tensors = load_named(capture_dir, record["inputs"], mmap=False)
+    feeds = {}
+    for spec in inputs:
+        if spec.name not in tensors:
+            raise UserError(f"the graph takes an input '{spec.name}' that the capture does not have "
+                            f"(it has {', '.join(tensors)})", field="capture")
+        array, wanted = tensors[spec.name], np.dtype(spec.dtype)
+        if wanted.kind in "iu" and array.dtype.kind in "iu" and array.size:
+            bounds = np.iinfo(wanted)
+            if array.min() < bounds.min or array.max() > bounds.max:
+                raise UserError(f"input '{spec.name}' holds values in [{array.min()}, {array.max()}], outside "
+                                f"the {wanted} the built graph takes", field="capture")
+        feeds[spec.name] = np.ascontiguousarray(array, dtype=wanted)
+    return feeds
 
 
 def read_json(path: Path) -> Any:

@@ -20,7 +20,7 @@ import time
 
 from orchestrator import backends
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
-from orchestrator.stages.verify import feeds_for
+from orchestrator.tensors import feeds_for
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -36,7 +36,7 @@ def run(call: StageCall) -> StageResult:
     build, capture = call.inputs["build"], call.inputs["capture"]
     backend = build.manifest["result"]["backend"]
     runner = backends.open_built(build, call.paths.get("threads", 0))
-    feeds = feeds_for(runner, capture)
+    feeds = feeds_for(runner.inputs, capture.path)
     if hasattr(runner, "bench"):  # backends with their own timer (CUDA events, trtexec)
         timings = runner.bench(feeds, settings["warmup"], settings["iterations"], settings["max_seconds"])
         outputs = runner.run(feeds)

@@ -52,6 +52,7 @@ from orchestrator.errors import UserError
 from orchestrator.onnx_graph import describe_graph
 from orchestrator.plugins.derive import Inexpressible, TorchOps
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.torch_model import ModuleStack, build_model, flatten_outputs, name_inputs, resolve_module
 
 ONNX_ATTR_SUFFIX = {bool: "i", int: "i", float: "f", str: "s"}
 
@@ -452,8 +453,6 @@ def run(call: StageCall) -> StageResult:
 @contextlib.contextmanager
 def _swapped(settings: dict[str, Any], table: dict[Any, Any], shapes: dict[str, list[Any]]) -> Iterator[None]:
     """Every plugin's `replace` callable swapped for its stand-in (scope model; scope call uses the first)."""
-    from orchestrator.stages.capture import swap_callable
-
     plugins = settings["plugins"] if settings["scope"] == "model" else []
     if settings.get("plugin_nodes") == "surgery":
         plugins = []
@@ -463,7 +462,7 @@ def _swapped(settings: dict[str, Any], table: dict[Any, Any], shapes: dict[str, 
             entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
             original = imports.resolve(plugin["replace"], field)
             stand_in = _stand_in(plugin, entry, original, settings["exporter"], table, shapes)
-            stack.enter_context(swap_callable(plugin["replace"], stand_in, field))
+            stack.enter_context(imports.swap_callable(plugin["replace"], stand_in, field))
         yield
 
 
@@ -542,8 +541,6 @@ def _recorded_modules(call: StageCall, record: dict[str, Any]) -> dict[str, Any]
     paths = sorted({path for value in record.get("extras", {}).values() for path in arguments.modules_in(value)})
     if not paths:
         return {}
-    from orchestrator.stages.capture import build_model, resolve_module
-
     call.progress("building the model (the call is a method of one of its modules)")
     model, _ = build_model(call.config["model"], call.paths["python_path"])
     return {path: resolve_module(model, path, "capture.module") if path else model for path in paths}
@@ -552,8 +549,6 @@ def _recorded_modules(call: StageCall, record: dict[str, Any]) -> dict[str, Any]
 def _whole_model(call: StageCall, record: dict[str, Any]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
     """The user's model, called with its captured arguments; tensor arguments become graph inputs."""
     import torch
-
-    from orchestrator.stages.capture import build_model, flatten_outputs, name_inputs
 
     call.progress("building the model")
     model, raw_inputs = build_model(call.config["model"], call.paths["python_path"])
@@ -640,8 +635,6 @@ def _module_using(module: Any, args: tuple[Any, ...], op: str) -> str | None:
     """The innermost module running when the model first calls the aten op `op` (one eager forward)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from orchestrator.stages.capture import ModuleStack
 
     stack = ModuleStack(module)
     seen: list[str] = []

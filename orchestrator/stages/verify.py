@@ -39,28 +39,7 @@ from orchestrator import backends
 from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
-from orchestrator.tensors import load_named
-
-
-def feeds_for(runner: Any, capture: Any) -> dict[str, Any]:
-    """The captured inputs by graph input name, cast to the dtypes the built graph takes."""
-    import numpy as np
-
-    record = json.loads((capture.path / "capture.json").read_text())
-    tensors = load_named(capture.path, record["inputs"], mmap=False)
-    feeds = {}
-    for spec in runner.inputs:
-        if spec.name not in tensors:
-            raise UserError(f"the graph takes an input '{spec.name}' that the capture does not have "
-                            f"(it has {', '.join(tensors)})", field="capture")
-        array, wanted = tensors[spec.name], np.dtype(spec.dtype)
-        if wanted.kind in "iu" and array.dtype.kind in "iu" and array.size:
-            bounds = np.iinfo(wanted)
-            if array.min() < bounds.min or array.max() > bounds.max:
-                raise UserError(f"input '{spec.name}' holds values in [{array.min()}, {array.max()}], outside "
-                                f"the {wanted} the built graph takes", field="capture")
-        feeds[spec.name] = np.ascontiguousarray(array, dtype=wanted)
-    return feeds
+from orchestrator.tensors import feeds_for, load_named
 
 
 def reference_outputs(runner: Any, capture: Any) -> list[tuple[str, Any, Any]]:
@@ -301,7 +280,7 @@ def run(call: StageCall) -> StageResult:
     build, capture = call.inputs["build"], call.inputs["capture"]
     call.progress("loading the built artifact")
     runner = backends.open_built(build, call.paths.get("threads", 0))
-    feeds = feeds_for(runner, capture)
+    feeds = feeds_for(runner.inputs, capture.path)
     record = json.loads((capture.path / "capture.json").read_text())
     steps = plugin_steps(runner) if record.get("calls") else None
     pairs, pairing_problems = pair_plugin_calls(steps, record) if steps is not None else ([], [])

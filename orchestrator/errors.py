@@ -1,8 +1,7 @@
-"""The two ways a run ends badly, each with its own exit code.
+"""Bad input, the error a user can fix (exit 2).
 
-`UserError` (exit 2) is bad input: the message names the file, line and field where one exists,
-and the CLI prints it without a traceback. `CheckFailed` (exit 1) is a verification that ran and
-did not pass.
+`UserError`'s message names the file, line and field where one exists, and the CLI prints it without
+a traceback. A check that ran and did not pass is no error: its stage's result says so (exit 1).
 """
 
 from __future__ import annotations
@@ -42,12 +41,6 @@ class UserError(Exception):
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
-
-
-class CheckFailed(Exception):
-    """A stage ran to the end and its checks failed (verification mismatch, NaN, all-zero output)."""
-
-    exit_code = 1
 
 
 def _rebuild(cls: type[UserError], message: str, field: str | None, file: str | None, line: int | None,

@@ -74,7 +74,3 @@ def feeds_for(inputs: Iterable[Any], capture_dir: Path) -> dict[str, Any]:
                                 f"the {wanted} the built graph takes", field="capture")
         feeds[spec.name] = np.ascontiguousarray(array, dtype=wanted)
     return feeds
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())

@@ -28,6 +28,7 @@ from typing import Any
 from orchestrator.planning.plan import Node, Plan
 from orchestrator.run.executor import Outcome, variant_label
 from orchestrator.store.store import Artifact, Store, write_json_atomic
+from orchestrator.ui import shown_path
 
 STAGE_COLUMNS = ("capture", "export", "surgery", "build", "verify", "bench")
 FIGURES = 4  # variants drawn in full: the first failing ones, and the first ones of the matrix
@@ -150,17 +151,6 @@ def trtexec_command(text: str, graph: Path, build: Path, shown: Callable[[Path],
                 folder = build if (build / name).is_file() else graph
                 words[index] = "--onnx=" + shlex.quote(shown(folder / name))
     return " ".join(words)
-
-
-def shown_path(path: Path, cwd: str | os.PathLike[str] | None = None) -> str:
-    """`path` relative to the working directory when it lies inside it (short, and what a shell there
-    takes), absolute otherwise: a path that climbs out through ../.. is harder to read than the full one."""
-    base = Path(cwd if cwd is not None else os.getcwd()).absolute()
-    absolute = Path(os.path.abspath(path))
-    try:
-        return str(absolute.relative_to(base))
-    except ValueError:
-        return str(absolute)
 
 
 def write(plan: Plan, store: Store, outcomes: list[Outcome] | None = None) -> Path:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import ui
-from orchestrator.planning import discovered
-from orchestrator.planning import plan as planning
 from orchestrator.planning.plan import Node, Plan
 from orchestrator.run.executor import variant_label
 from orchestrator.store.store import Artifact, Store
+from orchestrator.ui import shown_path
+
+if TYPE_CHECKING:
+    from orchestrator.api import PlanResult
 
 
 def _console() -> Any:
@@ -18,11 +20,12 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=False)
 
 
-def print_plan(plan: Plan, store: Store, why: bool) -> None:
+def print_plan(result: PlanResult) -> None:
+    """The variants of a matrix as a table, then one line per stage: cached, failed or run (and why)."""
     from rich.table import Table
 
+    plan = result.plan
     console = _console()
-    explainer = planning.Explainer(store.run_record(plan.spec.name))
     matrix = [v for v in plan.spec.variants if v.name and v.name in plan.by_variant]
     if matrix:
         table = Table(title=f"{plan.spec.name}: {len(matrix)} variants", title_justify="left")
@@ -36,21 +39,9 @@ def print_plan(plan: Plan, store: Store, why: bool) -> None:
                           str(len(plan.by_variant[variant.name])))
         console.print(table)
     colour = ui.colour_enabled()
-    stale = 0
-    reviewed = discovered.review(plan, store)  # intact, and its discovered inputs as recorded
-    for node in plan.order():
-        artifact, damage = reviewed[node.key]
-        if artifact is not None:
-            state = "failed" if not artifact.manifest.get("passed", True) else "cached"
-            detail = ""
-        else:
-            stale += 1
-            state = "run"
-            detail = explainer.why(node, discovered.describe(damage, "artifact "))
-        if not why:
-            detail = " ".join(f"{role}={key[:8]}" for role, key in node.inputs.items())
-        print(ui.stage_line(node.kind, node.short, state, None, detail, variant_label(node, plan), colour))
-    print(f"{stale} of {len(plan.nodes)} stages would run" if stale else "nothing to do: all cached")
+    for row in result.rows:
+        print(ui.stage_line(row.kind, row.short, row.state, None, row.detail, row.label, colour))
+    print(f"{result.stale} of {len(plan.nodes)} stages would run" if result.stale else "nothing to do: all cached")
 
 
 def print_show(plan: Plan, store: Store, stage: str | None) -> None:
@@ -101,8 +92,6 @@ def _folders(console: Any, plan: Plan, store: Store, nodes: list[Node]) -> None:
     """Where each stage's files are, one line per stage and never folded, so a path can be copied whole."""
     from rich.markup import escape
 
-    from orchestrator.reports.html import shown_path
-
     console.print("[bold]artifact folders[/bold]")
     for node in nodes:
         label = variant_label(node, plan)
@@ -121,27 +110,6 @@ def contents(artifact: Artifact) -> list[str]:
     return sorted(names)
 
 
-def artifact_folder(plan: Plan, store: Store, stage: str) -> str:
-    """The one artifact folder of `stage` (for `show --path`), or a UserError saying which choice is missing."""
-    from orchestrator.errors import UserError
-    from orchestrator.reports.html import shown_path
-
-    nodes = [node for node in plan.order() if node.kind == stage]
-    file = str(plan.spec.path)
-    if not nodes:
-        raise UserError(f"the pipeline has no {stage} stage", file=file)
-    if len(nodes) > 1:
-        choices = [f"  {'  '.join(f'--only {part}' for part in variant_label(node, plan).split(','))}"
-                   f"   ({node.short})" for node in nodes]
-        raise UserError(f"the variants have {len(nodes)} different {stage} artifacts; pick one with --only:\n"
-                        + "\n".join(choices), file=file)
-    artifact, damage = store.check(stage, nodes[0].key)
-    if artifact is None:
-        state = "not built yet" if damage == "missing" else damage
-        raise UserError(f"{stage} {nodes[0].short} is {state}: run `orchestrate run {file}` first", file=file)
-    return shown_path(artifact.path)
-
-
 def _report_extras(console: Any, plan: Plan, store: Store) -> None:
     """The rest of what report.html shows: the equivalent trtexec commands, tool versions, the report's path."""
     from rich.markup import escape
@@ -149,7 +117,7 @@ def _report_extras(console: Any, plan: Plan, store: Store) -> None:
 
     from orchestrator.reports import html as report
 
-    record = report.collect(plan, store, shown=report.shown_path)
+    record = report.collect(plan, store, shown=shown_path)
     for variant, command in record["trtexec"].items():
         label = escape(f" [{variant}]") if variant else ""
         console.print(f"[bold]trtexec{label}:[/bold] {escape(command)}", soft_wrap=True)

@@ -106,13 +106,14 @@ def warm_until_fast(pipeline: Path, env: dict[str, str]) -> list[str]:
     return heavy
 
 
-def capture_tensors(store: Path, env: dict[str, str]) -> Path:
-    """The tensor folder of the layer-07 capture artifact (the pipeline is run if it is not cached)."""
+def capture_artifact(store: Path, env: dict[str, str]) -> Path:
+    """The folder of the layer-07 capture artifact (the pipeline is run if it is not cached): its inputs
+    are in tensors/, the reference output apart in outputs/."""
     _, output = run([*ORCHESTRATE, "run", str(LAYER07)], ROOT, env)
     key = re.search(r"^capture\s+([0-9a-f]{8})", output, flags=re.MULTILINE)
     if key is None:
         raise SystemExit(f"no capture line in:\n{output}")
-    folders = sorted((store / "capture").glob(f"{key.group(1)}*/tensors"))
+    folders = sorted((store / "capture").glob(f"{key.group(1)}*/"))
     if len(folders) != 1:
         raise SystemExit(f"cannot find the capture artifact {key.group(1)} in {store}")
     return folders[0]
@@ -160,11 +161,12 @@ def main() -> None:
     print(f"python {sys.version.split()[0]} ({sys.executable}); {os.cpu_count()} CPUs")
 
     # 1. the layer-07 pipeline itself
-    tensors = capture_tensors(store, env)
+    capture = capture_artifact(store, env)
+    tensors = [*sorted((capture / "tensors").glob("*.npy")), *sorted((capture / "outputs").glob("*.npy"))]
     heavy = warm_until_fast(LAYER07, env)
     layer07 = [no_op(LAYER07, env) for _ in range(args.repeat)]
     print(f"\nlayer 07: `orchestrate run {LAYER07.relative_to(ROOT)}` fully cached "
-          f"(capture artifact {size_mb(tensors):.0f} MB)")
+          f"(capture artifact {size_mb(capture):.0f} MB)")
     print(f"  heavy modules imported: {', '.join(heavy) if heavy else 'none'} (of {', '.join(HEAVY)})")
     print(f"  wall: median {statistics.median(layer07):.3f} s, min {min(layer07):.3f} s, "
           f"max {max(layer07):.3f} s over {len(layer07)} runs")
@@ -173,11 +175,12 @@ def main() -> None:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="noop-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     inputs = workdir / "tensors"
-    if not inputs.exists():
-        shutil.copytree(tensors, inputs)
-        for file in inputs.iterdir():  # as if written a while ago (fresh files are rehashed on purpose)
-            stamp = time.time_ns() - 60_000_000_000
-            os.utime(file, ns=(stamp, stamp))
+    if not inputs.exists():  # one folder holding the inputs and the reference output, as capture.from_dir reads
+        inputs.mkdir()
+        for tensor in tensors:
+            shutil.copyfile(tensor, inputs / tensor.name)
+            stamp = time.time_ns() - 60_000_000_000  # as if written a while ago (fresh files are rehashed on purpose)
+            os.utime(inputs / tensor.name, ns=(stamp, stamp))
     shutil.copyfile(export_model(store), workdir / "model_source.onnx")
     print(f"\nsame files: {inputs} ({size_mb(inputs):.0f} MB, {len(list(inputs.iterdir()))} tensors)")
     print(f"  hashing files not seen before: {hashing_speed(inputs):.2f} GB/s (BLAKE3)")

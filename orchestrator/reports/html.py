@@ -27,10 +27,10 @@ from typing import Any
 
 from orchestrator.planning.plan import Node, Plan
 from orchestrator.run.executor import Outcome, variant_label
+from orchestrator.stages import names as stage_names
 from orchestrator.store.store import Artifact, Store, write_json_atomic
 from orchestrator.ui import shown_path
 
-STAGE_COLUMNS = ("capture", "export", "surgery", "build", "verify", "bench")
 FIGURES = 4  # variants drawn in full: the first failing ones, and the first ones of the matrix
 FIGURES_ENV = "ORCHESTRATE_REPORT_FIGURES"  # a count, or 'all'
 
@@ -50,7 +50,7 @@ def collect(plan: Plan, store: Store, outcomes: list[Outcome] | None = None,
     by_key = {o.node.key: o for o in outcomes or []}
     stages = []
     tools: dict[str, str] = {}
-    found: dict[str, dict[str, Any]] = {"verify": {}, "bench": {}, "trtexec": {}}
+    found: dict[str, dict[str, Any]] = {section: {} for section, _ in GATHERED.values()}
     for node in plan.order():
         artifact = store.get(node.kind, node.key)
         outcome = by_key.get(node.key)
@@ -125,16 +125,38 @@ def _restore_samples(record: dict[str, Any]) -> None:
 
 def _gather(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Callable[[Path], str],
             found: dict[str, dict[str, Any]]) -> None:
-    """Per variant, what this stage's artifact adds to the record: verify.json, bench.json, the trtexec command."""
+    """Per variant, what this stage's artifact adds to the record (GATHERED says what, by stage name)."""
+    gathered = GATHERED.get(node.kind)
+    if gathered is None:
+        return
+    section, read = gathered
     for variant in node.variants:
-        if node.kind == "verify":
-            found["verify"][variant] = _without_samples(json.loads((artifact.path / "verify.json").read_text()))
-        elif node.kind == "bench":
-            found["bench"][variant] = json.loads((artifact.path / "bench.json").read_text())
-        elif node.kind == "build" and (artifact.path / "trtexec.txt").exists():
-            graph = plan.nodes[node.inputs["graph"]]
-            found["trtexec"][variant] = trtexec_command((artifact.path / "trtexec.txt").read_text(),
-                                                        store.path_of(graph.kind, graph.key), artifact.path, shown)
+        value = read(plan, store, node, artifact, shown)
+        if value is not None:
+            found[section][variant] = value
+
+
+def _verify_record(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Callable[[Path], str]) -> Any:
+    return _without_samples(json.loads((artifact.path / "verify.json").read_text()))
+
+
+def _bench_record(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Callable[[Path], str]) -> Any:
+    return json.loads((artifact.path / "bench.json").read_text())
+
+
+def _build_command(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Callable[[Path], str]) -> Any:
+    """The equivalent trtexec command of a build, with its graph's path (None: the build wrote none)."""
+    if not (artifact.path / "trtexec.txt").exists():
+        return None
+    graph = plan.nodes[node.inputs["graph"]]
+    return trtexec_command((artifact.path / "trtexec.txt").read_text(), store.path_of(graph.kind, graph.key),
+                           artifact.path, shown)
+
+
+# What a stage's artifact adds to the record, by stage name: the record's section, and how it is read.
+Gathered = tuple[str, Callable[[Plan, Store, Node, Artifact, Callable[[Path], str]], Any]]
+GATHERED: dict[str, Gathered] = {"verify": ("verify", _verify_record), "bench": ("bench", _bench_record),
+                                 "build": ("trtexec", _build_command)}
 
 
 def trtexec_command(text: str, graph: Path, build: Path, shown: Callable[[Path], str] = str) -> str:
@@ -194,7 +216,7 @@ def dag_picture(record: dict[str, Any], variants: set[str] | None = None) -> str
     With `variants`, only their stages: a picture of every stage of 500 variants is 2500 boxes that
     take a minute to draw and that nobody can read (the stage table lists them all)."""
     stages = [s for s in record["stages"] if variants is None or variants & set(s["variants"])]
-    columns = [c for c in STAGE_COLUMNS if any(s["kind"] == c for s in stages)]
+    columns = [c for c in stage_names() if any(s["kind"] == c for s in stages)]
     rows = max(sum(s["kind"] == c for s in stages) for c in columns)
     figure, axes = _figure(2.3 * len(columns) + 0.5, 0.8 * rows + 0.8)
     position = {}

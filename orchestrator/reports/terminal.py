@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import ui
@@ -51,13 +52,10 @@ def print_show(plan: Plan, store: Store, stage: str | None) -> None:
     details = _results_table(console, plan, store, nodes)
     _folders(console, plan, store, nodes)
     for node, artifact in details:
-        if node.kind == "verify":
-            _verify_table(console, node, artifact, plan)
-        elif node.kind == "bench":
-            _bench_table(console, node, artifact, plan)
-        elif node.kind == "surgery":
-            _surgery_tables(console, node, artifact, plan, full=stage == "surgery")
-        elif stage and node.kind == stage:
+        tables = DETAILS.get(node.kind)
+        if tables is not None:
+            tables(console, node, artifact, plan, stage == node.kind)
+        elif stage and node.kind == stage:  # a stage with no tables of its own: its result as JSON
             import json
 
             console.print_json(json.dumps(artifact.result, default=str))
@@ -136,7 +134,7 @@ VERIFY_COLUMNS = ("output", "max abs", "mean abs", "max rel (|ref|>atol)", "outs
                   "Inf", "all-zero", "result")
 
 
-def _verify_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
+def _verify_table(console: Any, node: Node, artifact: Artifact, plan: Plan, full: bool) -> None:
     """Statistics per output and plugin node; the reasons a check failed follow the table in full. An
     output left out by verify.skip is a row that says so; a vacuous check that was allowed says so."""
     from rich.markup import escape
@@ -168,7 +166,7 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2e}"
 
 
-def _bench_table(console: Any, node: Any, artifact: Any, plan: Plan) -> None:
+def _bench_table(console: Any, node: Node, artifact: Artifact, plan: Plan, full: bool) -> None:
     figures = artifact.result
     label = variant_label(node, plan)
     title = (f"bench {node.short}{f' [{label}]' if label else ''} ({figures.get('backend')}, "
@@ -238,7 +236,7 @@ def _chunks(label_width: int, rows: list[list[str]], width: int) -> list[list[tu
     return chunks
 
 
-def _surgery_tables(console: Any, node: Any, artifact: Any, plan: Plan, full: bool) -> None:
+def _surgery_tables(console: Any, node: Node, artifact: Artifact, plan: Plan, full: bool) -> None:
     """What each edit did, the op counts before -> after, and (full) the removed, added and changed nodes."""
     import json
 
@@ -283,3 +281,9 @@ def _surgery_tables(console: Any, node: Any, artifact: Any, plan: Plan, full: bo
         for entry in changes["changed"]:
             table.add_row(entry["name"], entry["before"], entry["after"], " -> ".join(repr(d) for d in entry["domain"]))
         console.print(table)
+
+
+# The tables `show` prints after the summary, by stage name: (console, node, artifact, plan, full), where
+# full is whether `show --stage` asked for this stage. A stage not listed prints its result as JSON there.
+Details = Callable[[Any, Node, Artifact, Plan, bool], None]
+DETAILS: dict[str, Details] = {"verify": _verify_table, "bench": _bench_table, "surgery": _surgery_tables}

@@ -513,8 +513,5 @@ def _plugin_lines() -> list[str]:
 
     lines = []
     for op in catalog.BUILTIN:
-        entry = catalog.builtin(op)
-        assert entry is not None
-        inputs = ", ".join(f"{c.name}:{'|'.join(c.dtypes)}[rank {c.rank}]" for c in entry.inputs)
-        lines.append(f"  {op} v{'/'.join(entry.versions)} ({', '.join(entry.precisions)}): {inputs}")
+        lines.extend(f"  {line}" for line in catalog.lookup(op).summary_lines())
     return lines

@@ -74,6 +74,19 @@ def module_file(module: str, field: str | None = None) -> Path:
     return Path(found.origin)
 
 
+def load(path: str) -> Any:
+    """The object at 'package.module:attr.sub', as Python finds it (ImportError or AttributeError as raised).
+
+    For paths the code itself names (catalog entries, kernels); `resolve` is the same for a path from the
+    pipeline, with a located UserError that says where imports were looked for.
+    """
+    module_name, attrs = split(path)
+    obj: Any = importlib.import_module(module_name)
+    for attr in attrs:
+        obj = getattr(obj, attr)
+    return obj
+
+
 def resolve(path: str, field: str | None = None) -> Any:
     """Import `package.module` and walk the attributes after ':'."""
     module_name, attrs = split(path)

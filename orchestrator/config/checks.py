@@ -76,7 +76,10 @@ def _plugins(spec: Spec, export: dict[str, Any]) -> None:
 
     for index, plugin in enumerate(export["plugins"]):
         at = ("export", "plugins", index)
-        entry = catalog.lookup(plugin["op"], plugin.get("catalog"), spec, at)
+        try:
+            entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+        except catalog.CatalogError as exc:
+            raise spec.error(exc.message, (*at, exc.leaf), hint=exc.hint) from None
         if plugin["version"] not in entry.versions:
             raise spec.error(f"{entry.op} has versions {', '.join(entry.versions)}; got '{plugin['version']}'",
                              (*at, "version"))
@@ -95,6 +98,10 @@ def _plugins(spec: Spec, export: dict[str, Any]) -> None:
                                  hint="the plugin's contract comes from its catalog entry; see `orchestrate doctor`")
         if export["scope"] == "model" and not plugin.get("replace") and export.get("plugin_nodes") != "surgery":
             raise spec.error("scope 'model' needs the callable to replace", (*at, "replace"))
+        if export["scope"] != "model" and index == 0 and not plugin.get("replace") \
+                and export.get("plugin_nodes") == "surgery" and not export.get("onnx"):
+            raise spec.error("plugin_nodes 'surgery' with scope 'call' exports the replaced callable as written; "
+                             "name it in export.plugins[0].replace", (*at, "replace"))
 
 
 def _plugin_nodes_made(spec: Spec, data: dict[str, Any]) -> None:

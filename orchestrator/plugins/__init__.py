@@ -24,16 +24,13 @@ Importing the catalog is cheap: kernels (NumPy, Numba) load only when a plugin n
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from orchestrator import imports
 from orchestrator.errors import UserError
 from orchestrator.plugins.derive import Derivation
-
-if TYPE_CHECKING:
-    from orchestrator.config.spec import FieldPath, Spec
 
 Shape = tuple[int, ...]
 Dim = int | str | None  # a known size, a symbolic dimension's name, or unknown
@@ -92,8 +89,16 @@ class PluginEntry:
         return [contract.name for contract in self.inputs]
 
     def load_kernel(self) -> Callable[[list[Any], dict[str, Any]], list[Any]]:
-        module_name, _, attr = self.kernel.partition(":")
-        return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+        return imports.load(self.kernel)  # type: ignore[no-any-return]
+
+    def summary_lines(self) -> list[str]:
+        """The entry as `orchestrate doctor` lists it: versions, precisions, inputs, then its derivation rules."""
+        inputs = ", ".join(f"{c.name}:{'|'.join(c.dtypes)}[rank {c.rank}]" for c in self.inputs)
+        lines = [f"{self.op} v{'/'.join(self.versions)} ({', '.join(self.precisions)}): {inputs}"]
+        for name, rule in self.derivations.items():
+            lines.append(f"  derive rule {name}" + (f": {rule.doc}" if rule.doc else "")
+                         + f" (from {'; '.join(rule.sources)})")
+        return lines
 
     def output_dtype(self, dtypes: Sequence[str]) -> str:
         return dtypes[self.output_dtype_from]
@@ -153,11 +158,15 @@ class PluginEntry:
             if contract.same_dtype_as and by_name.get(contract.same_dtype_as) != dtype and accepted:
                 problems.append(f"{shown} must have the same dtype as '{contract.same_dtype_as}' "
                                 f"({by_name.get(contract.same_dtype_as)}), got {dtype}")
-        if not problems and self.check_shapes is not None:
-            problems.extend(self.check_shapes(shapes))
+        return problems or self.rule_problems(shapes, values)
+
+    def rule_problems(self, shapes: Sequence[Dims | None], values: Sequence[Any] | None = None) -> list[str]:
+        """The entry's own rules on inputs of the right ranks and dtypes: how their shapes fit together
+        (check_shapes), then the values the graph or the capture fixes (check_values; None where unknown)."""
+        problems = self.check_shapes(shapes) if self.check_shapes is not None else []
         if not problems and self.check_values is not None and values is not None \
                 and any(value is not None for value in values):
-            problems.extend(self.check_values(shapes, values))
+            problems = self.check_values(shapes, values)
         return problems
 
 
@@ -168,9 +177,16 @@ BUILTIN = {
 }
 
 
+class CatalogError(UserError):
+    """No entry for a plugin; `leaf` is the field of export.plugins[] at fault ('op' or 'catalog')."""
+
+    def __init__(self, message: str, *, leaf: str = "op", **located: Any):
+        super().__init__(message, **located)
+        self.leaf = leaf
+
+
 def _load_entry(path: str) -> PluginEntry:
-    module_name, _, attr = path.partition(":")
-    entry = getattr(importlib.import_module(module_name), attr)
+    entry = imports.load(path)
     if not isinstance(entry, PluginEntry):
         raise TypeError(f"{path} is a {type(entry).__name__}, not a PluginEntry")
     return entry
@@ -181,29 +197,26 @@ def builtin(op: str) -> PluginEntry | None:
     return _load_entry(path) if path else None
 
 
-def lookup(op: str, catalog_path: str | None = None, spec: Spec | None = None,
-           at: FieldPath | None = None) -> PluginEntry:
-    """The catalog entry for `op`: the user's own (by import path) or a built-in one."""
+def lookup(op: str, catalog_path: str | None = None) -> PluginEntry:
+    """The catalog entry for `op`: the user's own (at export.plugins[].catalog) or a built-in one.
+
+    Every reader of an entry asks here with the pipeline's catalog path, so a user's entry counts
+    wherever a built-in one does. A CatalogError names the field at fault (its `leaf`).
+    """
     if catalog_path:
         try:
             entry = _load_entry(catalog_path)
         except (ImportError, AttributeError, TypeError) as exc:
-            raise _error(f"cannot load catalog entry '{catalog_path}': {exc}", spec, at, "catalog") from None
+            raise CatalogError(f"cannot load catalog entry '{catalog_path}': {exc}", leaf="catalog") from None
         if entry.op != op:
-            raise _error(f"catalog entry '{catalog_path}' describes {entry.op}, not {op}", spec, at, "op")
+            raise CatalogError(f"catalog entry '{catalog_path}' describes {entry.op}, not {op}")
         return entry
     entry = builtin(op)
     if entry is None:
         import difflib
 
         close = difflib.get_close_matches(op, list(BUILTIN), n=1)
-        raise _error(f"no catalog entry for plugin '{op}'; known: {', '.join(BUILTIN)}", spec, at, "op",
-                     hint=(f"did you mean '{close[0]}'?" if close else
-                           "point export.plugins[].catalog at your own PluginEntry"))
+        raise CatalogError(f"no catalog entry for plugin '{op}'; known: {', '.join(BUILTIN)}",
+                           hint=(f"did you mean '{close[0]}'?" if close else
+                                 "point export.plugins[].catalog at your own PluginEntry"))
     return entry
-
-
-def _error(message: str, spec: Spec | None, at: FieldPath | None, leaf: str, hint: str | None = None) -> UserError:
-    if spec is not None and at is not None:
-        return spec.error(message, (*at, leaf), hint=hint)
-    return UserError(message, hint=hint)

@@ -96,10 +96,9 @@ def _load_file(path: Path) -> Any:
 
 def check_contract(tensors: dict[str, Any], settings: dict[str, Any], origin: str, field: str) -> None:
     """Refuse tensors the plugin cannot take (the capture's `expect`): wrong rank, or a float where an
-    integer belongs (and back); then tensors that do not fit together by the rules of the plugin's catalog
-    entry (`rules`; for MSDA a level_start_index that is not the running sum of H·W, a level of size
-    <= 0, S != sum of H·W). The plugin checks none of that and reads out of bounds, so it is bad input
-    here, not a crash later.
+    integer belongs (and back); then tensors that do not fit together by the shape and value rules of the
+    plugin's catalog entry (`rules`: `check_shapes`, `check_values`; `orchestrate doctor` lists a plugin's
+    rules). A plugin checks none of that and reads out of bounds, so it is bad input here, not a crash later.
     """
     rules = settings.get("rules")
     for rule in settings["expect"]:
@@ -134,10 +133,7 @@ def _catalog_problems(tensors: dict[str, Any], rules: dict[str, Any]) -> list[st
     entry = catalog.lookup(rules["op"], rules.get("catalog"))
     arrays = [tensors.get(name) for name in rules["inputs"]]
     shapes = [tuple(int(d) for d in array.shape) if array is not None else None for array in arrays]
-    problems = entry.check_shapes(shapes) if entry.check_shapes is not None else []
-    if not problems and entry.check_values is not None:
-        problems = entry.check_values(shapes, arrays)
-    return problems
+    return entry.rule_problems(shapes, arrays)
 
 
 def run(call: StageCall) -> StageResult:

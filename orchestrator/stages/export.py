@@ -6,15 +6,15 @@ The callable is swapped (for the duration of the export only, also inside a libr
 edit) for a function that computes inputs the call does not take (`derive`), casts integer inputs
 to the plugin's contract dtypes (so the plugin never reads int64 as int32, the cause of all-zero
 outputs), emits the plugin node (op, domain, plugin_version, plugin_namespace, with its output type
-and shape set), and reshapes the plugin's own output (e.g. MSDA's [N, Lq, M, D]) back to what the
-model used. Arguments the plugin does not take (im2col_step) are dropped.
+and shape set), and reshapes the plugin's own output back to what the model used (the catalog
+entry's result_shape). Arguments the plugin does not take are dropped.
 
 Two exporters:
   * torchscript (default): an autograd.Function whose `symbolic` is the plugin node. While tracing,
     the stand-in still computes the real result (untraced), so traced shapes and values are true.
   * dynamo: the plugin is a `torch.library.custom_op` while exporting, translated to the plugin node
     by an onnxscript Op with an explicit OpSchema in `custom_translation_table`. A model that
-    branches on tensor values (Python loops over spatial_shapes) cannot be traced symbolically;
+    branches on tensor values (Python loops over a tensor's values) cannot be traced symbolically;
     it is then exported with `torch.export.draft_export`, which fixes those values to the captured
     ones, as the TorchScript tracer does.
 
@@ -83,7 +83,7 @@ def derive_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, values: di
     """`values` (the call's arguments by name) with the plugin's derived inputs added, by the catalog's rules.
 
     A source names the call's argument when the call has one of that name, else another derived input,
-    so rules chain (level_start_index from a spatial_shapes derived from a list).
+    so rules chain (one derived input computed from another that was derived from a Python list).
     """
     derive: dict[str, dict[str, Any]] = plugin.get("derive", {})
     derived: dict[str, Any] = {}
@@ -497,10 +497,7 @@ def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
     entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
     if plugin.get("replace"):
         original = imports.resolve(plugin["replace"], "export.plugins[0].replace")
-    elif settings.get("plugin_nodes") == "surgery":
-        raise UserError("plugin_nodes 'surgery' with scope 'call' exports the replaced callable as written; "
-                        "name it in export.plugins[0].replace", field="export.plugins[0].replace")
-    else:
+    else:  # plugin_nodes 'surgery' needs a replace callable here (config/checks.py)
         original = kernel_callable(plugin, entry)
     if settings.get("plugin_nodes") == "surgery":
         function = original

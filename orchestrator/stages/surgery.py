@@ -2,8 +2,8 @@
 
 Edits: rename_op, set_attrs, remove_attrs, insert_cast (chosen inputs, or every plugin input that
 breaks the plugin's dtype contract), replace_subgraph (everything between start and end tensors
-becomes one node, e.g. a plain-PyTorch MSDA exported as dozens of GridSample/Reshape nodes becomes
-one MultiscaleDeformableAttnPlugin_TRT node), and cleanup (fold constants, remove dead nodes,
+becomes one node, e.g. an attention written in plain PyTorch, exported as dozens of GridSample/Reshape
+nodes, becomes one plugin node), and cleanup (fold constants, remove dead nodes,
 toposort). An edit that matches nothing is an error that names the edit and what it looked for;
 after every edit the graph must still pass onnx.checker's full check with strict shape inference,
 else the error names the edit that broke it.

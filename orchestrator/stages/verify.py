@@ -232,7 +232,7 @@ def vacuous_text(stats: dict[str, Any], atol_field: str = "verify.atol") -> str:
 
 def as_call_result(output: Any, entry: catalog.PluginEntry) -> Any:
     """A plugin node's own output in the shape the replaced call returned, by the catalog's rule
-    (MSDA: [N, Lq, M, D] -> [N, Lq, M*D])."""
+    (its result_shape, e.g. [N, Lq, M, D] -> [N, Lq, M*D])."""
     if entry.result_shape is None:
         return output
     return output.reshape(entry.result_shape(tuple(output.shape)))

@@ -88,6 +88,11 @@ class PluginEntry:
     def input_names(self) -> list[str]:
         return [contract.name for contract in self.inputs]
 
+    @property
+    def kernel_module(self) -> str:
+        """The module the kernel lives in (what a build's key fingerprints)."""
+        return imports.split(self.kernel)[0]
+
     def load_kernel(self) -> Callable[[list[Any], dict[str, Any]], list[Any]]:
         return imports.load(self.kernel)  # type: ignore[no-any-return]
 

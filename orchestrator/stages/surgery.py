@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.onnx_graph import describe_graph, is_standard_domain
+from orchestrator.onnx_graph import describe_graph, is_standard_domain, value_dims
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 
 
@@ -508,14 +508,7 @@ def type_plugin_outputs(model: Any, contracts: dict[str, dict[str, Any]]) -> boo
         if first is None or not first.type.tensor_type.elem_type:
             continue
         shape = None
-        sizes: list[tuple[int | None, ...]] = []
-        for name in node.input:
-            info = typed.get(name)
-            if info is None or not info.type.tensor_type.HasField("shape"):
-                sizes = []
-                break
-            dims = info.type.tensor_type.shape.dim
-            sizes.append(tuple(d.dim_value if d.HasField("dim_value") else None for d in dims))
+        sizes = _known_sizes(node, typed)
         if sizes:
             entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
             try:
@@ -529,6 +522,17 @@ def type_plugin_outputs(model: Any, contracts: dict[str, dict[str, Any]]) -> boo
                 node.output[0], first.type.tensor_type.elem_type, shape))
             added = True
     return added
+
+
+def _known_sizes(node: Any, typed: dict[str, Any]) -> list[tuple[int | None, ...]]:
+    """Each input's sizes (None where symbolic or unknown); empty when an input's rank is unknown."""
+    sizes = []
+    for name in node.input:
+        dims = value_dims(typed[name]) if name in typed else None
+        if dims is None:
+            return []
+        sizes.append(tuple(d if isinstance(d, int) else None for d in dims))
+    return sizes
 
 
 def finish(graph: Any, template: Any, field: str, kind: str, contracts: dict[str, dict[str, Any]]) -> Any:

@@ -18,28 +18,24 @@ so a wrong capture is refused before anything is published.
 
 from __future__ import annotations
 
-import copy
-from typing import TYPE_CHECKING
-
-from orchestrator import environment
-from orchestrator.planning import contracts
-
-if TYPE_CHECKING:
-    from orchestrator.planning.plan import Node
-
 import contextlib
+import copy
 import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator import arguments, imports
+from orchestrator import arguments, environment, imports
 from orchestrator.errors import UserError
+from orchestrator.planning import contracts
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import describe, save_named, to_numpy, torch_dtype_name
 from orchestrator.torch_model import ModuleStack, build_model, flatten_outputs, name_inputs, resolve_module
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
 
 SUFFIXES = (".npy", ".pt", ".pth")
 

@@ -26,14 +26,6 @@ Writes model.onnx and export.json (graph inputs/outputs, plugin nodes, casts, ho
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from orchestrator import environment
-from orchestrator.planning import contracts, sources
-
-if TYPE_CHECKING:
-    from orchestrator.planning.plan import Node
-
 import contextlib
 import inspect
 import io
@@ -44,15 +36,20 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator import arguments, imports
+from orchestrator import arguments, environment, imports
 from orchestrator import plugins as catalog
 from orchestrator.errors import UserError
 from orchestrator.onnx_graph import describe_graph
+from orchestrator.planning import contracts, sources
 from orchestrator.plugins.derive import Inexpressible, TorchOps
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.tensors import torch_dtype_name
 from orchestrator.torch_model import ModuleStack, build_model, flatten_outputs, name_inputs, resolve_module
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
 
 ONNX_ATTR_SUFFIX = {bool: "i", int: "i", float: "f", str: "s"}
 
@@ -180,10 +177,10 @@ def contract_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, tensors:
     result: list[Any] = []
     for contract, name, tensor in zip(entry.inputs, names, tensors, strict=True):
         wanted = declared.get(name) if contract.is_integer else None
-        current = str(tensor.dtype).replace("torch.", "")
+        current = torch_dtype_name(tensor.dtype)
         if wanted is None and tensor.is_floating_point() and current not in contract.dtypes:
             twin = entry.input_names().index(contract.same_dtype_as) if contract.same_dtype_as else None
-            twin_dtype = str(result[twin].dtype).replace("torch.", "") if twin is not None else None
+            twin_dtype = torch_dtype_name(result[twin].dtype) if twin is not None else None
             wanted = twin_dtype if twin_dtype in contract.dtypes else contract.dtypes[0]
         if wanted is not None and current != wanted:
             tensor = tensor.to(getattr(torch, wanted))

@@ -14,24 +14,21 @@ Writes model.onnx (shape-inferred) and surgery.json: what each edit did, and the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from orchestrator import environment
-
-if TYPE_CHECKING:
-    from orchestrator.planning.plan import Node
-
 import difflib
 import json
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from orchestrator import environment
 from orchestrator.errors import UserError
 from orchestrator.onnx_graph import describe_graph, is_standard_domain, value_dims
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+
+if TYPE_CHECKING:
+    from orchestrator.planning.plan import Node
 
 
 class NoMatch(UserError):

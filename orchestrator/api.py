@@ -486,26 +486,11 @@ def doctor() -> DoctorResult:
 
 
 def _backend_lines() -> list[str]:
-    """Each backend's availability, and what the TensorRT backend needs (API generation, plugin creators,
+    """Each backend's availability, then what they need (the TensorRT API generation, plugin creators,
     CUDA buffers)."""
-    from orchestrator import environment
+    from orchestrator import backends
 
-    lines = ["  onnxruntime              available" if environment.importable("onnxruntime")
-             else "  onnxruntime              missing: pip install onnxruntime"]
-    trt = environment.tensorrt_version()
-    lines.append("  tensorrt                 " + (f"available, TensorRT {trt}" if trt else
-                                                  "unavailable: tensorrt not importable (install it from NVIDIA's "
-                                                  "index)"))
-    from orchestrator.backends import trtexec
-
-    found = shutil.which("trtexec")
-    version = trtexec.detected_version()
-    lines.append("  trtexec                  " + (f"{found} (TensorRT {version or '?'})" if found else
-                                                  "unavailable: trtexec not on PATH"))
-    from orchestrator.backends import tensorrt as tensorrt_backend
-
-    lines.extend(tensorrt_backend.doctor_lines())
-    return lines
+    return backends.doctor()
 
 
 def _plugin_lines() -> list[str]:

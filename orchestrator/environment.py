@@ -1,4 +1,4 @@
-"""Facts about this machine that go into cache keys: tool versions, TensorRT, the GPU.
+"""Facts about this machine that go into cache keys: tool versions, the GPU.
 
 Versions come from package metadata, so no tool is imported to learn its version.
 """
@@ -70,19 +70,6 @@ def importable(module: str) -> bool:
     return found is not None and found.loader is not None and found.origin is not None
 
 
-def tensorrt_version() -> str | None:
-    """The installed TensorRT's version, from whichever wheel provides `import tensorrt`."""
-    if not importable("tensorrt"):
-        return None
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_cu12"):
-        found = tool_version(dist)
-        if found:
-            return found
-    import tensorrt
-
-    return str(tensorrt.__version__)
-
-
 def gpus() -> tuple[tuple[str, str], ...]:
     """(name, compute capability) of each NVIDIA GPU nvidia-smi sees; empty without one."""
     return tuple((name, capability) for _, _, name, capability in gpus_with_ids())
@@ -144,23 +131,3 @@ def gpu_matches(keyed: str) -> bool:
         wanted = keyed[len("type:"):].lower()
         return any(wanted in name.lower() for _, _, name, _ in gpus_with_ids())
     return build_gpu() == keyed
-
-
-def tool_identity(name: str) -> str:
-    """This machine's value for one entry of a key's tools (as plan.py writes it)."""
-    if name == "tensorrt":
-        return tensorrt_version() or "absent"
-    if name == "trtexec":
-        from orchestrator.backends import trtexec
-
-        return trtexec.detected_version() or "absent"
-    return tool_version(name) or "absent"
-
-
-def resolve_backend(requested: str) -> tuple[str, str]:
-    """The backend `auto` stands for here, and why (one short phrase for the CLI)."""
-    if requested != "auto":
-        return requested, "as configured"
-    if importable("tensorrt"):
-        return "tensorrt", "TensorRT importable"
-    return "onnxruntime", "TensorRT not importable"

@@ -11,8 +11,8 @@ import pytest
 from conftest import Project, stage_status
 
 from orchestrator import plugins as catalog
-from orchestrator.backends import Trusted
 from orchestrator.backends import onnxruntime as ort_backend
+from orchestrator.backends.base import Trusted
 from orchestrator.errors import UserError
 
 TOY_PIPELINE = """\

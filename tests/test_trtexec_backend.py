@@ -18,10 +18,11 @@ import pytest
 from conftest import Project
 from onnx import TensorProto, helper
 
-from orchestrator.backends import trtexec
-from orchestrator.backends.tensorrt import ShapeRange, TensorSpec
+from orchestrator.backends.base import BuildRequest
+from orchestrator.backends.tensorrt import ShapeRange, TensorSpec, trtexec
 from orchestrator.errors import UserError
 from orchestrator.stages import StageCall
+from orchestrator.stages.build import build_request
 
 BUILD = {"workspace": "4GiB", "precision": "fp32"}
 MSDA = "MultiscaleDeformableAttnPlugin_TRT"
@@ -130,13 +131,13 @@ def dynamic_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def stage_call(tmp_path: Path, build: dict[str, object]) -> StageCall:
+def stage_call(tmp_path: Path, build: dict[str, object]) -> BuildRequest:
     settings = {"backend": "onnxruntime", "precision": "fp32", "workspace": "1GiB", "timing_cache": True,
                 "profiles": [], **build}
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    return StageCall("build", {"build": settings, "plugins": []}, {"plugin_libraries": []}, {}, out,
-                     shared_dir=tmp_path / "shared")
+    return build_request(StageCall("build", {"build": settings, "plugins": []}, {"plugin_libraries": []}, {}, out,
+                                   shared_dir=tmp_path / "shared"), out / "model.onnx", None, [])
 
 
 def test_the_equivalent_command_carries_the_yaml_profiles(tmp_path: Path) -> None:

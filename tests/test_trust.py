@@ -26,8 +26,8 @@ from test_bad_input import make_models, make_tensors
 from test_catalog import toy_graph
 
 from orchestrator import stages
-from orchestrator.backends import Trusted
 from orchestrator.backends import onnxruntime as ort_backend
+from orchestrator.backends.base import Trusted
 from orchestrator.errors import UserError
 from orchestrator.store.digest import digest_bytes
 from orchestrator.store.remote import Remote

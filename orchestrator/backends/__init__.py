@@ -1,74 +1,133 @@
-"""Backends: one module each (onnxruntime, tensorrt, trtexec), none aware of caching.
+"""Backends: the registry. One line per backend names the module whose BACKEND it is (see base.py).
 
-A backend module offers `build(...)` (writes its artifact files) and a `Runner(artifact_dir,
-threads, trusted)` with `inputs`, `outputs` (TensorSpec lists) and `run(feeds) -> outputs`, which
-verify and bench use without knowing which backend built the artifact.
+A backend module is imported on first use (`get`), so the planner, the CLI and the no-op fast path
+pay only for the backends they touch. What the light paths need without importing any backend is
+in its registry line: the Python package it runs on, the program on PATH it runs, whether `auto` may
+pick it, and the files its build writes.
 
-A build artifact is data: a runner reads its files, but loads code (plugin kernels, plugin
-libraries) only as `Trusted` allows, and `open_built` makes that from the build's key, never from
-what a file in the artifact names. So an artifact from a remote cache cannot make this machine
-import, call or load anything the pipeline did not declare.
+A build artifact is data: `open_built` gives its runner the plugins and libraries the build's key was
+made from, never what a file in the artifact names. So an artifact from a remote cache cannot make
+this machine import, call or load anything the pipeline did not declare.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from orchestrator.errors import UserError
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from orchestrator.backends.base import Backend, BuildRequest, Runner
     from orchestrator.store.store import Artifact
 
-BACKENDS = ("onnxruntime", "tensorrt", "trtexec")
-LIBRARY_LABEL = "library:"  # how a plugin library's digest is named in a build key's files
+
+class Registered(NamedTuple):
+    module: str  # where its BACKEND is
+    outputs: tuple[str, ...]  # the files its build writes: names or 'folder/*.suffix' patterns
+    package: str | None = None  # the Python package (and distribution) it runs on, found without importing it
+    program: str | None = None  # the program on PATH it runs
+    auto: bool = False  # `auto` picks the first such backend whose package is importable here
 
 
-@dataclass(frozen=True)
-class Trusted:
-    """What a runner may load code from, as the pipeline declares it.
-
-    `plugins` are the build's declared plugins (op, version, namespace, and the user's catalog path
-    where one is given): a kernel is the catalog entry's, found by op in the code installed here.
-    `library_digests` are the digests of the plugin libraries the build's key covers: a library an
-    engine names is loaded only if its bytes are one of those.
-    """
-
-    plugins: tuple[dict[str, Any], ...] = ()
-    library_digests: frozenset[str] = field(default_factory=frozenset)
-
-    def plugin(self, op: str) -> dict[str, Any] | None:
-        return next((p for p in self.plugins if p.get("op") == op), None)
-
-    def library(self, path: str) -> str:
-        """`path` if its bytes are a library the pipeline declares; else a UserError naming it."""
-        from orchestrator.store.digest import hash_file
-
-        try:
-            digest = hash_file(path)
-        except OSError as exc:
-            raise UserError(f"cannot read plugin library '{path}': {exc}", field="build.plugin_libraries") from None
-        if digest not in self.library_digests:
-            raise UserError(f"the engine names plugin library '{path}', which is none of the libraries the "
-                            "pipeline declares (by content); it is not loaded", field="build.plugin_libraries",
-                            hint="list it in build.plugin_libraries, or build the engine again (--force build)")
-        return path
+REGISTRY = {
+    "onnxruntime": Registered("orchestrator.backends.onnxruntime", ("runplan.json", "segments/*.onnx",
+                                                                    "constants/*.npy"), package="onnxruntime"),
+    "tensorrt": Registered("orchestrator.backends.tensorrt", ("model.fp16.onnx", "engine.plan", "engine.json",
+                                                              "build.log"), package="tensorrt", auto=True),
+    "trtexec": Registered("orchestrator.backends.tensorrt.trtexec", ("model.fp16.onnx", "engine.plan",
+                                                                     "engine.json", "trtexec.log"), program="trtexec"),
+}
+FALLBACK = "onnxruntime"  # what `auto` is where no `auto` backend's package is importable
+COMMAND_FILE = "trtexec.txt"  # every build writes the equivalent trtexec command line, to reproduce it by hand
 
 
-def module(name: str) -> Any:
-    if name not in BACKENDS:
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> Backend:
+    """The backend registered as `name` (its module is imported now)."""
+    if name not in REGISTRY:
         raise ValueError(f"unknown backend {name}")
-    return importlib.import_module(f"orchestrator.backends.{name}")
+    backend: Backend = importlib.import_module(REGISTRY[name].module).BACKEND
+    return backend
 
 
-def open_runner(artifact_dir: Path, backend: str, threads: int = 0, trusted: Trusted | None = None) -> Any:
-    """A runner for the build in `artifact_dir`; without `trusted` it may use built-in kernels only."""
-    return module(backend).Runner(artifact_dir, threads, trusted)
+def outputs() -> tuple[str, ...]:
+    """Every file a build may write, whichever backend runs it."""
+    found = [COMMAND_FILE]
+    for entry in REGISTRY.values():
+        found.extend(name for name in entry.outputs if name not in found)
+    return tuple(found)
 
 
-def open_built(build: Artifact, threads: int = 0) -> Any:
+def distributions() -> tuple[str, ...]:
+    """The Python distributions the backends run on (their versions are in build keys)."""
+    return tuple(entry.package for entry in REGISTRY.values() if entry.package)
+
+
+def programs() -> tuple[str, ...]:
+    """The programs on PATH the backends run (their versions are in build keys)."""
+    return tuple(entry.program for entry in REGISTRY.values() if entry.program)
+
+
+def auto_inputs() -> dict[str, bool]:
+    """What `auto` depends on here: whether each candidate's package is importable (nothing is imported)."""
+    from orchestrator.environment import importable
+
+    return {entry.package: importable(entry.package) for entry in REGISTRY.values() if entry.auto and entry.package}
+
+
+def resolve(requested: str) -> tuple[str, str]:
+    """The backend `requested` stands for here (`auto`: the first candidate that is importable), and why."""
+    if requested != "auto":
+        return requested, "as configured"
+    importable = auto_inputs()
+    candidates = [name for name, entry in REGISTRY.items() if entry.auto]
+    for name in candidates:
+        if importable.get(REGISTRY[name].package or ""):
+            return name, f"{get(name).title} importable"
+    return FALLBACK, f"{' or '.join(get(name).title for name in candidates)} not importable"
+
+
+def tool_identity(tool: str) -> str:
+    """This machine's value for one entry of a key's tools: a backend's own tool, else a distribution's version."""
+    for name in REGISTRY:
+        found = get(name).tool_identity(tool)
+        if found is not None:
+            return found
+    from orchestrator.environment import tool_version
+
+    return tool_version(tool) or "absent"
+
+
+def artifact_problem(folder: Path) -> str:
+    """Why a build artifact from elsewhere is not what a backend writes, or '' (each backend checks its files)."""
+    for name in REGISTRY:
+        problem = get(name).artifact_problem(folder)
+        if problem:
+            return problem
+    return ""
+
+
+def doctor() -> list[str]:
+    """`orchestrate doctor`'s backend lines: whether each runs here, then the details they give."""
+    reports = [get(name).doctor() for name in REGISTRY]
+    return [report[0] for report in reports] + [line for report in reports for line in report[1:]]
+
+
+def write_equivalent_command(request: BuildRequest) -> dict[str, str]:
+    """Write the trtexec command line that builds what `request` asks, on any backend, into the build's folder
+    (COMMAND_FILE, with paths relative to it); returns it as the build's manifest records it."""
+    from orchestrator.backends.tensorrt.trtexec import equivalent_command
+
+    command = " ".join(equivalent_command(request, request.model))
+    (request.out / COMMAND_FILE).write_text(command + "\n")
+    return {"trtexec": command}
+
+
+def open_built(build: Artifact, threads: int = 0) -> Runner:
     """A runner for a build artifact, with the backend, plugins and libraries its key was made from.
 
     A key is the digest of its parts, and the plan computes every key here from the pipeline, so
@@ -76,13 +135,27 @@ def open_built(build: Artifact, threads: int = 0) -> Any:
     refuse a manifest whose parts do not; this checks again). The run plan or engine description
     in the artifact only says which declared plugin each node is.
     """
-    from orchestrator.store.store import parts_match
+    from orchestrator.backends.base import LIBRARY_LABEL, Trusted
+    from orchestrator.errors import UserError
 
     parts = build.manifest.get("parts")
-    if not isinstance(parts, dict) or not parts_match(parts, build.key):
+    if not _hash_to(parts, build.key):
         raise UserError(f"build {build.key[:8]}: its manifest's parts do not hash to its key; it is not run",
                         hint="remove it (orchestrate fsck --repair) or build again (--force build)")
+    assert isinstance(parts, dict)
     config = parts["config"]
     digests = frozenset(digest for label, digest in parts.get("files", {}).items() if label.startswith(LIBRARY_LABEL))
     trusted = Trusted(tuple(config.get("plugins", [])), digests)
-    return open_runner(build.path, config["build"]["backend"], threads, trusted)
+    return get(config["build"]["backend"]).open(build.path, threads, trusted)
+
+
+def _hash_to(parts: object, key: str) -> bool:
+    """Whether a manifest's `parts` are what `key` was computed from (as store.parts_match decides)."""
+    from orchestrator.store.digest import digest_json
+
+    if not isinstance(parts, dict):
+        return False
+    try:
+        return digest_json(parts) == key
+    except (TypeError, ValueError):
+        return False

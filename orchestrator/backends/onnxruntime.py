@@ -18,21 +18,30 @@ constants/ and held by the runner as read-only arrays, so any cut of a valid gra
 Build writes segments/*.onnx, constants/*.npy and runplan.json; `Runner` executes that plan. The
 plan is data (a build artifact may come from a remote cache): a plugin step names its op, domain and
 plugin version, and the runner takes the kernel from the plugin catalog installed here, a built-in
-entry or the catalog path the pipeline declares for that op (`backends.Trusted`). A plan that is not
-what `build` writes, or names anything to import, is refused (`plan_problem`).
+entry or the catalog path the pipeline declares for that op (`Trusted`). A plan that is not what
+`build` writes, or names anything to import, is refused (`plan_problem`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator import environment
 from orchestrator import plugins as catalog
-from orchestrator.backends import Trusted
+from orchestrator.backends.base import (
+    Backend,
+    BuildRequest,
+    Built,
+    DeclaredPlugin,
+    PluginNodeRun,
+    RunnerBase,
+    TensorSpec,
+    Trusted,
+)
 from orchestrator.errors import UserError
 from orchestrator.onnx_graph import is_plugin_node, is_standard_domain, node_attributes, value_meta
 
@@ -61,8 +70,8 @@ def _used_names(node: Any) -> list[str]:
 def constant_tensors(model: Any) -> dict[str, Any]:
     """Every tensor the graph fixes by itself, by name: its initializers and its Constant nodes' values
     (as TensorProtos). A cut can then hand them to any step: an ONNX Runtime segment gets them as its
-    own initializers, a plugin kernel or NumPy step as arrays (dynamo folds spatial_shapes into an
-    initializer that feeds the plugin directly)."""
+    own initializers, a plugin kernel or NumPy step as arrays (dynamo folds a plugin's constant index
+    inputs into initializers that feed it directly)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -286,14 +295,7 @@ def _summary(plan_steps: list[dict[str, Any]], kernel_paths: set[str]) -> dict[s
             "segments": segments, "array_steps": array_steps, "plugin_nodes": plugin_nodes}
 
 
-@dataclass
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: list[Any]
-
-
-class Runner:
+class Runner(RunnerBase):
     """Executes a run plan: ONNX Runtime sessions and reference kernels, in order.
 
     The kernels are the catalog's (built-in entries, and the catalog paths `trusted` holds for the
@@ -337,7 +339,7 @@ class Runner:
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec(**meta) for meta in self.plan["outputs"]]
 
-    def run(self, feeds: dict[str, Any], keep: Sequence[str] = ()) -> dict[str, Any]:
+    def run(self, feeds: Mapping[str, Any], keep: Sequence[str] = ()) -> dict[str, Any]:
         """The graph outputs, plus the intermediate tensors named in `keep` (e.g. plugin node outputs)."""
         import numpy as np
 
@@ -361,6 +363,11 @@ class Runner:
                 env.pop(name, None)
         return {**kept, **{meta["name"]: env[meta["name"]] for meta in self.plan["outputs"]}}
 
+    def plugin_nodes(self) -> list[PluginNodeRun]:
+        """Every plugin node: the runner calls their kernels itself, so it can hand their outputs back."""
+        return [PluginNodeRun(step["name"], step["op"], tuple(step["outputs"]))
+                for step in self.plan["steps"] if step["type"] == "plugin"]
+
     def close(self) -> None:
         self.steps.clear()
 
@@ -380,7 +387,7 @@ def single_session(model: Any, entries: dict[str, catalog.PluginEntry], threads:
     rewritten.CopyFrom(model)
     domains = set()
     for node in rewritten.graph.node:
-        if is_plugin_node(node, entries):
+        if is_plugin_node(node, set(entries)):
             entry = entries.get(node.op_type) or catalog.lookup(node.op_type)
             node.domain = entry.register_onnxruntime_extensions()
             domains.add(node.domain)
@@ -518,3 +525,49 @@ def _plain(value: Any) -> bool:
     if isinstance(value, list):
         return all(isinstance(v, int | float | str) for v in value)
     return isinstance(value, int | float | str)
+
+
+class OnnxRuntimeBackend(Backend):
+    """The unchanged plugin graph on the CPU: ONNX Runtime segments and the catalog's reference kernels."""
+
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+    precisions = PRECISIONS
+
+    def unavailable(self) -> str | None:
+        return None if environment.importable("onnxruntime") else "missing: pip install onnxruntime"
+
+    def key_tools(self, gpu_type: str | None) -> dict[str, str]:
+        return environment.tools("onnxruntime", "onnx", "numpy", "numba")
+
+    def key_modules(self, plugins: Sequence[DeclaredPlugin]) -> list[str]:
+        """The module of each plugin's reference kernel: the kernel computes the artifact's results."""
+        return [catalog.lookup(p.op, p.catalog).kernel.partition(":")[0] for p in plugins]
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"precision {precision}: the onnxruntime backend runs {', '.join(PRECISIONS)} "
+                            "(TensorRT is needed for others)", field="build.precision")
+
+    def build(self, request: BuildRequest) -> Built:
+        record = build(request.model, request.out, request.precision, [p.as_config() for p in request.plugins],
+                       request.progress)
+        reason = request.chosen_because
+        return Built(f"onnxruntime{f' ({reason})' if reason else ''}, {record['summary']}", record)
+
+    def open(self, artifact: Path, threads: int = 0, trusted: Trusted | None = None) -> Runner:
+        return Runner(artifact, threads, trusted)
+
+    def artifact_problem(self, folder: Path) -> str:
+        """A run plan from elsewhere is checked before it is published, so a malformed one never reaches a stage."""
+        plan = folder / "runplan.json"
+        if not plan.is_file():
+            return ""
+        try:
+            problem = plan_problem(json.loads(plan.read_text()))
+        except ValueError:
+            problem = "not valid JSON"
+        return f"runplan.json: {problem}" if problem else ""
+
+
+BACKEND = OnnxRuntimeBackend()

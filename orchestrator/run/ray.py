@@ -2,7 +2,7 @@
 
 The driver plans, reports stages already in its store as cached (Ray is started only when some
 stage must run), and submits the rest with resources from the stage: one CPU each; one GPU for a
-build, verify or bench on TensorRT or trtexec; `build.gpu_type` pins them to an accelerator type.
+build, verify or bench on a backend that needs one; `build.gpu_type` pins them to an accelerator type.
 A worker opens the same store path, so keys and artifacts are exactly those of the local executor.
 On one machine or a filesystem all nodes share, that is all; on a cluster without one, workers
 pull the inputs they lack from the remote cache and push what they make (`cache.remote`), and the
@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from orchestrator import environment
+from orchestrator import backends, environment
 from orchestrator.errors import UserError
 from orchestrator.planning import discovered
 from orchestrator.planning.plan import Node, Plan
@@ -38,7 +38,6 @@ from orchestrator.store.store import MANIFEST, Artifact, Store
 
 INSTALL_HINT = "pip install 'orchestrate[ray]'"
 GPU_STAGES = ("build", "verify", "bench")
-GPU_BACKENDS = ("tensorrt", "trtexec")
 
 
 def require_ray() -> None:
@@ -64,7 +63,7 @@ def task_options(node: Node, plan: Plan) -> dict[str, Any]:
     options: dict[str, Any] = {"num_cpus": 1}
     build = build_settings(node, plan) if node.kind in GPU_STAGES else None
     if build is not None:
-        if build["backend"] in GPU_BACKENDS:
+        if backends.get(build["backend"]).needs_gpu:
             options["num_gpus"] = 1
         if build.get("gpu_type"):
             options["accelerator_type"] = build["gpu_type"]
@@ -87,7 +86,7 @@ def environment_mismatch(node: Node) -> str | None:
             if not environment.gpu_matches(keyed):
                 return f"the GPU here is {environment.build_gpu()}; the run was planned for {keyed}"
             continue
-        here = environment.tool_identity(name)
+        here = backends.tool_identity(name)
         if here != keyed:
             return f"{name} is {here} on this worker, {keyed} where the run was planned"
     return None

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from orchestrator.planning.plan import Node
 
 import json
-import time
 
 from orchestrator import backends
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
@@ -37,28 +36,15 @@ def run(call: StageCall) -> StageResult:
     backend = build.manifest["result"]["backend"]
     runner = backends.open_built(build, call.paths.get("threads", 0))
     feeds = feeds_for(runner.inputs, capture.path)
-    if hasattr(runner, "bench"):  # backends with their own timer (CUDA events, trtexec)
-        timings = runner.bench(feeds, settings["warmup"], settings["iterations"], settings["max_seconds"])
-        outputs = runner.run(feeds)
-    else:
-        for index in range(settings["warmup"]):
-            call.progress(f"warm-up {index + 1}/{settings['warmup']}")
-            runner.run(feeds)
-        timings = []
-        budget_end = time.perf_counter() + settings["max_seconds"]
-        outputs = {}
-        while len(timings) < settings["iterations"] and (not timings or time.perf_counter() < budget_end):
-            start = time.perf_counter()
-            outputs = runner.run(feeds)
-            timings.append(time.perf_counter() - start)
-            call.progress(f"iteration {len(timings)}/{settings['iterations']}")
+    timed = runner.bench(feeds, settings["warmup"], settings["iterations"], settings["max_seconds"], call.progress)
+    timings, outputs = timed.seconds, timed.outputs
     runner.close()
     ordered = sorted(timings)
     median = percentile(ordered, 0.5)
     bytes_in = sum(int(a.nbytes) for a in feeds.values())
     bytes_out = sum(int(a.nbytes) for a in outputs.values())
     figures = {
-        "backend": backend, "timer": "cuda events" if backend != "onnxruntime" else "perf_counter",
+        "backend": backend, "timer": timed.timer,
         "iterations": len(timings), "warmup": settings["warmup"],
         "min_ms": ordered[0] * 1e3, "median_ms": median * 1e3, "p90_ms": percentile(ordered, 0.9) * 1e3,
         "p99_ms": percentile(ordered, 0.99) * 1e3, "mean_ms": sum(ordered) / len(ordered) * 1e3,

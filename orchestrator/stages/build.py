@@ -9,7 +9,9 @@ Only what is known is compared: whole-model exports leave dims (even ranks) unkn
 graph may run fine. Where the graph fixes an input's values (a constant index tensor), the
 entry's value rules see them, so a layout the plugin would read out of bounds is refused too.
 
-Every build also writes trtexec.txt: the equivalent trtexec command line, to reproduce by hand.
+Every build also writes the equivalent command line of TensorRT's own builder program
+(`backends.COMMAND_FILE`), to reproduce it by hand. The backend is seen only through its `Backend` (backends/base.py): which precisions it
+refuses, what its key names, and the build itself, from a typed `BuildRequest`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator import environment
-
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Node
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from orchestrator import backends
 from orchestrator import plugins as catalog
+from orchestrator.backends.base import Backend, BuildRequest, CheckedNode, DeclaredPlugin
 from orchestrator.errors import UserError
 from orchestrator.onnx_graph import dtype_name, node_attributes, plugin_nodes, value_dims
 from orchestrator.plugins import Dims
@@ -164,7 +165,7 @@ def _plugin_attributes(node: Any) -> tuple[str, str]:
 
 
 def _check_node(model: Any, node: Any, plugin: dict[str, Any], types: dict[str, tuple[str, Dims | None]],
-                precision: str, backend: str) -> dict[str, Any]:
+                precision: str, backend: Backend) -> dict[str, Any]:
     """One plugin node against its catalog entry and declaration: what was checked, or a UserError."""
     label = f"plugin node '{node.name or node.output[0]}' ({node.op_type})"
     entry = catalog.lookup(node.op_type, plugin.get("catalog"))
@@ -188,16 +189,13 @@ def _check_node(model: Any, node: Any, plugin: dict[str, Any], types: dict[str, 
     if problems:
         hint = _cast_hint(entry, dtypes, names) if len(names) == len(entry.inputs) else None
         raise UserError(f"{label}: " + "; ".join(problems), field="export.plugins", hint=hint)
-    # The TensorRT backends check precision themselves, naming TensorRT's limits as well as the plugin's.
-    if backend not in ("tensorrt", "trtexec") and precision not in ("fp32", "tf32", "best") \
-            and precision not in entry.precisions:
-        raise UserError(f"precision {precision}: {entry.op} runs only {', '.join(entry.precisions)}",
-                        field="build.precision")
+    backend.check_plugin_precision(precision, entry.op, entry.precisions)
     return {"node": node.name, "op": node.op_type, "version": version, "namespace": namespace, "dtypes": dtypes}
 
 
 def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backend: str) -> list[dict[str, Any]]:
     """Check each plugin node; return what was checked. Raise UserError naming the node and the mismatch."""
+    chosen = backends.get(backend)
     by_op = {p["op"]: p for p in declared}
     types = tensor_types(model)
     nodes = plugin_nodes(model, set(by_op))
@@ -209,13 +207,8 @@ def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backen
         if plugin is None:
             raise UserError(f"plugin node '{node.name or node.output[0]}' ({node.op_type}): op is not declared in "
                             f"export.plugins (declared: {', '.join(by_op)})", field="export.plugins")
-        checked.append(_check_node(model, node, plugin, types, precision, backend))
-    if backend == "onnxruntime":
-        from orchestrator.backends.onnxruntime import PRECISIONS
-
-        if precision not in PRECISIONS:
-            raise UserError(f"precision {precision}: the onnxruntime backend runs {', '.join(PRECISIONS)} "
-                            "(TensorRT is needed for others)", field="build.precision")
+        checked.append(_check_node(model, node, plugin, types, precision, chosen))
+    chosen.check_precision(precision)
     return checked
 
 
@@ -223,38 +216,39 @@ def run(call: StageCall) -> StageResult:
     import onnx
 
     settings = call.config["build"]
-    backend = settings["backend"]
     graph_path = call.inputs["graph"].path / "model.onnx"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(graph_path)))
-    declared = call.config["plugins"]
-    checked = preflight(model, declared, settings["precision"], backend)
-    from orchestrator.backends import trtexec
+    checked = preflight(model, call.config["plugins"], settings["precision"], settings["backend"])
+    request = build_request(call, graph_path, model, checked)
+    command = backends.write_equivalent_command(request)
+    built = backends.get(request.backend).build(request)
+    return StageResult(built.summary, {"backend": request.backend, "preflight": checked, **built.record, **command})
 
-    command = trtexec.equivalent_command(call, model)
-    (call.out / "trtexec.txt").write_text(" ".join(command) + "\n")
-    if backend == "onnxruntime":
-        built = backends.module("onnxruntime").build(model, call.out, settings["precision"], declared, call.progress)
-        reason = call.paths.get("backend_reason")
-        summary = f"onnxruntime{f' ({reason})' if reason else ''}, {built['summary']}"
-    else:
-        built = backends.module(backend).build(call, graph_path, model, checked)
-        summary = built["summary"]
-    return StageResult(summary, {"backend": backend, "preflight": checked, **built,
-                                 "trtexec": " ".join(command)})
+
+def build_request(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str, Any]]) -> BuildRequest:
+    """What the backend builds from: the keyed build section and plugins, typed, and where things are."""
+    settings = call.config["build"]
+    return BuildRequest(
+        graph=graph_path, model=model, out=call.out, backend=settings["backend"], precision=settings["precision"],
+        workspace=settings["workspace"], timing_cache=bool(settings.get("timing_cache")),
+        profiles=tuple(settings.get("profiles", [])), gpu_type=settings.get("gpu_type"),
+        plugins=tuple(DeclaredPlugin.from_config(p) for p in call.config["plugins"]),
+        plugin_nodes=tuple(CheckedNode(n["node"], n["op"], n["version"], n["namespace"]) for n in checked),
+        plugin_libraries=tuple(str(p) for p in call.paths.get("plugin_libraries", [])),
+        threads=call.paths.get("threads", 0), shared_dir=call.shared_dir, progress=call.progress,
+        chosen_because=call.paths.get("backend_reason"))
 
 
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
     """The build's key: the build section, the resolved backend's tools, the plugins and their libraries."""
     data, plugins = variant.data, [dict(p) for p in variant.plugins]
     graph = planned.get("surgery") or planned["export"]
-    from orchestrator import plugins as catalog
-
     build = data["build"]
-    backend, reason = environment.resolve_backend(build["backend"])
-    if backend == "tensorrt" and not environment.importable("tensorrt"):
-        raise ctx.error("backend 'tensorrt' needs the tensorrt Python package, which is not importable",
-                              "build.backend", hint="pip install tensorrt (from NVIDIA's index), or use "
-                              "backend: onnxruntime to run the plugin graph on the CPU")
+    backend, reason = backends.resolve(build["backend"])
+    chosen = backends.get(backend)
+    problem = chosen.planning_problem()
+    if problem is not None:
+        raise ctx.error(problem[0], "build.backend", hint=problem[1])
     config_build = {k: v for k, v in build.items() if k not in ("threads", "plugin_libraries", "backend")}
     config = {"build": {**config_build, "backend": backend}, "plugins": [
         {"op": p["op"], "version": p["version"], "namespace": p["namespace"],
@@ -266,17 +260,10 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
         files[f"library:{Path(library).name}#{index}"] = ctx.file_digest(path, f"build.plugin_libraries[{index}]")
         ctx.origins[f"library:{Path(library).name}#{index}"] = str(path)
         libraries.append(str(path))
-    if backend == "onnxruntime":
-        tools = environment.tools("onnxruntime", "onnx", "numpy", "numba")
-        for plugin in plugins:
-            entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
-            label, digest = ctx.module_digest(entry.kernel.partition(":")[0], "build.backend")
-            files[f"kernel:{label}"] = digest
-    else:
-        tools = {"tensorrt": environment.tool_identity("tensorrt"),
-                 "gpu": environment.gpu_identity(build.get("gpu_type"))}
-        if backend == "trtexec":
-            tools["trtexec"] = environment.tool_identity("trtexec")
+    for module in chosen.key_modules([DeclaredPlugin.from_config(p) for p in plugins]):
+        label, digest = ctx.module_digest(module, "build.backend")
+        files[f"kernel:{label}"] = digest
+    tools = chosen.key_tools(build.get("gpu_type"))
     paths = {"plugin_libraries": libraries, "threads": build["threads"],
              "backend_reason": reason if build["backend"] == "auto" else None}
     return Planned(Sections(config), {"graph": graph}, files, tools, paths)
@@ -284,6 +271,5 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
 
 STAGE = Stage(
     "build", version=4, plan=plan, run=run,
-    outputs=("trtexec.txt", "runplan.json", "segments/*.onnx", "constants/*.npy",  # onnxruntime
-             "model.fp16.onnx", "engine.plan", "engine.json", "build.log", "trtexec.log"),  # TensorRT, trtexec
+    outputs=backends.outputs(),
 )

@@ -37,6 +37,7 @@ from typing import Any
 
 from orchestrator import backends
 from orchestrator import plugins as catalog
+from orchestrator.backends.base import PluginNodeRun
 from orchestrator.errors import UserError
 from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import feeds_for, load_named
@@ -238,21 +239,13 @@ def as_call_result(output: Any, entry: catalog.PluginEntry) -> Any:
     return output.reshape(entry.result_shape(tuple(output.shape)))
 
 
-def plugin_steps(runner: Any) -> list[dict[str, Any]] | None:
-    """The plugin nodes in graph order (name, op, outputs), where the backend can return their outputs."""
-    plan = getattr(runner, "plan", None)
-    if not isinstance(plan, dict) or "steps" not in plan:
-        return None
-    return [step for step in plan["steps"] if step.get("type") == "plugin"]
-
-
-def pair_plugin_calls(steps: list[dict[str, Any]], record: dict[str, Any]) -> tuple[list[tuple[dict[str, Any],
-                                                                                                 dict[str, Any]]],
-                                                                                      list[str]]:
+def pair_plugin_calls(steps: list[PluginNodeRun], record: dict[str, Any]) -> tuple[list[tuple[PluginNodeRun,
+                                                                                                  dict[str, Any]]],
+                                                                                       list[str]]:
     """(plugin node, recorded call) pairs: the k-th node of an op is the k-th call of its callable."""
-    by_op: dict[str, list[dict[str, Any]]] = {}
+    by_op: dict[str, list[PluginNodeRun]] = {}
     for step in steps:
-        by_op.setdefault(step["op"], []).append(step)
+        by_op.setdefault(step.op, []).append(step)
     counts: dict[str, int] = {}
     callables: dict[str, str] = {}
     for entry in record.get("calls", []):
@@ -282,13 +275,13 @@ def run(call: StageCall) -> StageResult:
     runner = backends.open_built(build, call.paths.get("threads", 0))
     feeds = feeds_for(runner.inputs, capture.path)
     record = json.loads((capture.path / "capture.json").read_text())
-    steps = plugin_steps(runner) if record.get("calls") else None
+    steps = runner.plugin_nodes() if record.get("calls") else None
     pairs, pairing_problems = pair_plugin_calls(steps, record) if steps is not None else ([], [])
     references = reference_outputs(runner, capture)
     skipped = left_out(settings, references, bool(pairs))
     call.progress("running")
-    keep = [node["outputs"][0] for node, _ in pairs]
-    results = runner.run(feeds, keep=keep) if keep else runner.run(feeds)
+    keep = [node.outputs[0] for node, _ in pairs]
+    results = runner.run(feeds, keep=keep)
     runner.close()
     report: dict[str, Any] = {"outputs": {}, "plugin_nodes": {}, "skipped": skipped, "passed": True,
                               "failed_checks": [], "notes": []}
@@ -355,7 +348,7 @@ def plugin_tolerance(settings: dict[str, Any]) -> tuple[float, float]:
 
 
 def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
-                          steps: list[dict[str, Any]] | None, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+                          steps: list[PluginNodeRun] | None, pairs: list[tuple[PluginNodeRun, dict[str, Any]]],
                           problems: list[str], results: dict[str, Any], report: dict[str, Any]) -> str:
     """Each plugin node's output against its recorded call; one summary line."""
     import numpy as np
@@ -373,16 +366,16 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
     declared = {p["op"]: p.get("catalog") for p in call.inputs["build"].manifest["parts"]["config"]["plugins"]}
     for node, entry in pairs:
         reference = np.load(call.inputs["capture"].path / entry["output"]["file"])
-        result = as_call_result(results[node["outputs"][0]], catalog.lookup(node["op"], declared.get(node["op"])))
+        result = as_call_result(results[node.outputs[0]], catalog.lookup(node.op, declared.get(node.op)))
         stats = compare(result, reference, atol, rtol)
         found = failures(stats, settings["fail_on"], settings["max_mismatch"], settings.get("allow_vacuous", False),
                          field)
-        stats.update(failed=found, op=node["op"], module=entry["module"], call=entry["sequence"])
-        report["plugin_nodes"][node["name"] or node["outputs"][0]] = stats
+        stats.update(failed=found, op=node.op, module=entry["module"], call=entry["sequence"])
+        report["plugin_nodes"][node.name or node.outputs[0]] = stats
         if found:
             failed += 1
             report["passed"] = False
-            report["failed_checks"] += [f"plugin node {node['name']} ({entry['module']}): {p}" for p in found]
+            report["failed_checks"] += [f"plugin node {node.name} ({entry['module']}): {p}" for p in found]
         elif not stats.get("shape_mismatch"):
             worst = max(worst, stats["max_abs"] or 0.0)
             vacuous += stats["vacuous"]

@@ -28,44 +28,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import environment
-from orchestrator.backends import Trusted
-from orchestrator.backends.tensorrt import (
-    ApiFeatures,
-    PrecisionPlan,
+from orchestrator.backends.base import BuildRequest, Built, RunnerBase, TensorSpec, Timings, Trusted
+from orchestrator.backends.tensorrt.api import ApiFeatures, installed_version, short_version, version_tuple
+from orchestrator.backends.tensorrt.backend import TensorRTBackend
+from orchestrator.backends.tensorrt.cache import timing_cache_file, write_atomically
+from orchestrator.backends.tensorrt.engine import profiles_json
+from orchestrator.backends.tensorrt.graph import graph_to_build, is_quantized, plugin_outputs
+from orchestrator.backends.tensorrt.precision import PrecisionPlan, plugin_precisions, precision_plan
+from orchestrator.backends.tensorrt.runner import cast_for_engine
+from orchestrator.backends.tensorrt.settings import (
     ShapeRange,
-    TensorSpec,
-    cast_float_graph,
-    cast_for_engine,
     graph_input_dims,
-    is_quantized,
     needs_profiles,
-    plugin_entries,
-    plugin_outputs,
-    precision_plan,
+    parse_size,
     resolve_profiles,
-    result_shape,
-    timing_cache_file,
-    write_atomically,
 )
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from orchestrator.stages import StageCall
-
-UNITS = {"B": 1, "K": 1 << 10, "KB": 1000, "KIB": 1 << 10, "M": 1 << 20, "MB": 10**6, "MIB": 1 << 20,
-         "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30}
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an integer or a size such as '4GiB', '512MiB', '1.5G'."""
-    if isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]+)\s*", value)
-    if not match or match.group(2).upper() not in UNITS:
-        raise ValueError(f"not a size: {value!r}")
-    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,24 +86,9 @@ def detected_version() -> str | None:
     return version_from_output(done.stdout + done.stderr)
 
 
-def version_tuple(version: str | None) -> tuple[int, int, int]:
-    """(major, minor, patch); an unknown version counts as 10.0.0, today's most common generation."""
-    if not version:
-        return (10, 0, 0)
-    parts = [int(p) for p in re.findall(r"\d+", version)[:3]]
-    while len(parts) < 3:
-        parts.append(0)
-    return (parts[0], parts[1], parts[2])
-
-
 def major_of(version: str | None) -> int:
     """The TensorRT generation to write flags for (10 when unknown)."""
     return version_tuple(version)[0]
-
-
-def short_version(version: str) -> str:
-    """'10.13.0.35' -> '10.13.0': the Python package and trtexec spell the same release differently."""
-    return ".".join(str(p) for p in version_tuple(version))
 
 
 def builder_flags_for(version: str | None) -> frozenset[str]:
@@ -221,29 +187,32 @@ def command_line(onnx_path: Path | str, build: Mapping[str, Any], libraries: Seq
     return command
 
 
-def equivalent_command(call: StageCall, model: Any) -> list[str]:
+def equivalent_command(request: BuildRequest, model: Any) -> list[str]:
     """The command line written to trtexec.txt by every build, on any backend, with paths relative to it."""
-    settings = call.config["build"]
-    version = (detected_version() if settings.get("backend") == "trtexec" else None) or \
-        environment.tensorrt_version() or detected_version()
-    entries = plugin_entries(call.config.get("plugins", []))
-    precisions = {op: e.precisions for op, e in entries.items() if e is not None}
+    version = (detected_version() if request.backend == "trtexec" else None) or \
+        installed_version() or detected_version()
     try:
-        plan: PrecisionPlan | None = precision_for(settings["precision"], version, precisions, is_quantized(model))
+        plan: PrecisionPlan | None = precision_for(request.precision, version, plugin_precisions(request.plugins),
+                                                   is_quantized(model))
     except UserError:
         plan = None
     inputs = graph_input_dims(model)
     try:
-        profiles = resolve_profiles(settings.get("profiles", []), inputs)
+        profiles = resolve_profiles(request.profiles, inputs)
     except UserError:
         profiles = []
-    shown_profiles = profiles if needs_profiles(inputs, bool(settings.get("profiles"))) else None
+    shown_profiles = profiles if needs_profiles(inputs, bool(request.profiles)) else None
     cache = None
-    if settings.get("timing_cache") and call.shared_dir is not None and version:
-        cache = timing_cache_file(call.shared_dir, short_version(version), environment.build_gpu())
+    if request.timing_cache and request.shared_dir is not None and version:
+        cache = timing_cache_file(request.shared_dir, short_version(version), environment.build_gpu())
     graph = "model.fp16.onnx" if plan is not None and plan.cast_graph else "model.onnx"
-    return command_line(graph, settings, call.paths.get("plugin_libraries", []), version, profiles=shown_profiles,
+    return command_line(graph, settings_of(request), request.plugin_libraries, version, profiles=shown_profiles,
                         timing_cache=cache, plan=plan)
+
+
+def settings_of(request: BuildRequest) -> dict[str, Any]:
+    """The build settings a command line reads (its workspace and precision)."""
+    return {"workspace": request.workspace, "precision": request.precision}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -466,63 +435,56 @@ def engine_io_for(model: Any, version: str | None) -> dict[str, list[dict[str, A
             "outputs": [meta(v) for v in model.graph.output]}
 
 
-def build(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str, Any]]) -> dict[str, Any]:
+def build(request: BuildRequest) -> Built:
     """Build engine.plan with trtexec (log in trtexec.log); write engine.json for the Runner."""
-    import onnx
-
     binary = require_trtexec()
-    settings = call.config["build"]
     version = detected_version()
-    entries = plugin_entries(call.config["plugins"])
-    precisions = {op: e.precisions for op, e in entries.items() if e is not None}
-    plan = precision_for(settings["precision"], version, precisions, is_quantized(model))
-    inputs = graph_input_dims(model)
-    profiles = resolve_profiles(settings["profiles"], inputs)
+    plan = precision_for(request.precision, version, plugin_precisions(request.plugins), is_quantized(request.model))
+    inputs = graph_input_dims(request.model)
+    profiles = resolve_profiles(request.profiles, inputs)
     if len(profiles) > 1:
         raise UserError(f"the trtexec backend builds one optimization profile; {len(profiles)} are given",
                         field="build.profiles", hint="use backend: tensorrt for several profiles")
-    graph_file, graph_model = graph_path, model
-    if plan.cast_graph:
-        graph_model, _ = cast_float_graph(model, plan.cast_graph)
-        graph_file = call.out / "model.fp16.onnx"
-        onnx.save(graph_model, str(graph_file))
-    libraries = [str(p) for p in call.paths.get("plugin_libraries", [])]
+    graph_file, graph_model = graph_to_build(request.model, request.graph, request.out, plan.cast_graph)
     shared = None
-    if settings.get("timing_cache") and call.shared_dir is not None:
-        shared = timing_cache_file(call.shared_dir, short_version(version or "unknown"), environment.build_gpu())
-    engine = call.out / "engine.plan"
+    if request.timing_cache and request.shared_dir is not None:
+        shared = timing_cache_file(request.shared_dir, short_version(version or "unknown"), environment.build_gpu())
+    engine = request.out / "engine.plan"
     with borrowed_timing_cache(shared) as cache:
-        command = command_line(graph_file, settings, libraries, version,
-                               profiles=profiles if needs_profiles(inputs, bool(settings["profiles"])) else None,
+        command = command_line(graph_file, settings_of(request), request.plugin_libraries, version,
+                               profiles=profiles if needs_profiles(inputs, bool(request.profiles)) else None,
                                timing_cache=cache, engine=engine, plan=plan, skip_inference=True)
         command[0] = binary
-        call.progress("trtexec building")
-        code, log = run_streaming(command, call.out / "trtexec.log", call.progress)
+        request.progress("trtexec building")
+        code, log = run_streaming(command, request.out / "trtexec.log", request.progress)
     if code != 0 or not engine.exists():
         failure = diagnose_failure(log)
         if failure is not None and failure.user_error:
             raise UserError(f"trtexec {version or ''} failed: {failure.message}", field="build",
                             hint="run the command in trtexec.txt with --verbose for the full story")
         raise RuntimeError(f"trtexec exited with code {code}: {failure.message if failure else log[-2000:]}")
-    io = engine_io_for(graph_model, version)
-    ops = {node["op"] for node in checked}
+    ops = {node.op for node in request.plugin_nodes}
     description = {
         "backend": "trtexec", "tensorrt": version, "precision": plan.describe(),
-        "graph": graph_file.name if graph_file != graph_path else "model.onnx", **io,
-        "plugin_outputs": plugin_outputs(graph_model, ops), "libraries": libraries,
-        "profiles": [{n: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for n, r in p.items()}
-                     for p in profiles],
+        "graph": graph_file.name if graph_file != request.graph else "model.onnx",
+        **engine_io_for(graph_model, version),
+        "plugin_outputs": plugin_outputs(graph_model, ops), "libraries": list(request.plugin_libraries),
+        "profiles": profiles_json(profiles),
     }
-    (call.out / "engine.json").write_text(json.dumps(description, indent=1))
+    (request.out / "engine.json").write_text(json.dumps(description, indent=1))
     size = engine.stat().st_size
-    summary = (f"trtexec {version or '(version unknown)'} engine, {plan.describe()}, {len(checked)} plugin node"
-               f"{'s' if len(checked) != 1 else ''} {', '.join(sorted(ops))}, {size / 1e6:.1f} MB")
-    return {"summary": summary, "backend": "trtexec", "tensorrt": version, "precision_plan": plan.describe(),
-            "engine_bytes": size, "timing_cache": "on" if shared else "off"}
+    count = len(request.plugin_nodes)
+    summary = (f"trtexec {version or '(version unknown)'} engine, {plan.describe()}, {count} plugin node"
+               f"{'s' if count != 1 else ''} {', '.join(sorted(ops))}, {size / 1e6:.1f} MB")
+    return Built(summary, {"summary": summary, "backend": "trtexec", "tensorrt": version,
+                           "precision_plan": plan.describe(), "engine_bytes": size,
+                           "timing_cache": "on" if shared else "off"})
 
 
-class Runner:
+class Runner(RunnerBase):
     """Runs engine.plan through `trtexec --loadEngine`: inputs from raw files, outputs from --exportOutput."""
+
+    timer = "cuda events"
 
     def __init__(self, artifact_dir: Path, threads: int = 0, trusted: Trusted | None = None) -> None:
         self.binary = require_trtexec()
@@ -544,9 +506,6 @@ class Runner:
         return [TensorSpec(m["name"], m["dtype"], [d if d >= 0 else None for d in m["shape"]], producers.get(m["name"]))
                 for m in self.description["outputs"]]
 
-    def result_shape(self, name: str, shape: Sequence[int]) -> tuple[int, ...] | None:
-        return result_shape(self.description.get("plugin_outputs", {}).get(name), shape)
-
     def _command(self, folder: Path, feeds: Mapping[str, Any], extra: Sequence[str]) -> list[str]:
         files = write_inputs(folder / "inputs", feeds, self.inputs)
         command = [self.binary, f"--loadEngine={self.artifact / 'engine.plan'}", load_inputs_option(files)]
@@ -565,7 +524,8 @@ class Runner:
         self.last_summary = parse_performance_summary(log)
         return log
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, feeds: Mapping[str, Any], keep: Sequence[str] = ()) -> dict[str, Any]:
+        """The graph outputs (trtexec exports no intermediate tensor, so `keep` is never given)."""
         with tempfile.TemporaryDirectory(prefix="orchestrate-trtexec-") as name:
             folder = Path(name)
             exported = folder / "outputs.json"
@@ -573,14 +533,47 @@ class Runner:
                                                     f"--exportOutput={exported}"]), folder)
             return outputs_as_arrays(parse_exported_outputs(exported.read_text()), self.outputs)
 
-    def bench(self, feeds: Mapping[str, Any], warmup: int, iterations: int, max_seconds: float) -> list[float]:
-        """GPU compute seconds per iteration as trtexec measured them (CUDA events), from --exportTimes."""
+    def bench(self, feeds: Mapping[str, Any], warmup: int, iterations: int, max_seconds: float,
+              progress: Callable[[str], None] | None = None) -> Timings:
+        """GPU compute seconds per iteration as trtexec measured them (CUDA events), from --exportTimes; then
+        one run for the outputs."""
         with tempfile.TemporaryDirectory(prefix="orchestrate-trtexec-") as name:
             folder = Path(name)
             times = folder / "times.json"
             self._run(self._command(folder, feeds, [f"--iterations={warmup + iterations}", "--warmUp=0",
                                                     "--duration=0", f"--exportTimes={times}"]), folder)
-            return bench_timings(parse_exported_times(times.read_text()), warmup, iterations, max_seconds)
+            timings = bench_timings(parse_exported_times(times.read_text()), warmup, iterations, max_seconds)
+        return Timings(timings, self.run(feeds), self.timer)
 
-    def close(self) -> None:
-        pass
+
+class TrtexecBackend(TensorRTBackend):
+    """Engines built and run by the trtexec program; the key names its version too."""
+
+    name = "trtexec"
+    title = "trtexec"
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("trtexec") else "unavailable: trtexec not on PATH"
+
+    def planning_problem(self) -> tuple[str, str] | None:
+        return None  # its absence is the build's error: a key names it as 'absent'
+
+    def key_tools(self, gpu_type: str | None) -> dict[str, str]:
+        return {**super().key_tools(gpu_type), "trtexec": detected_version() or "absent"}
+
+    def tool_identity(self, tool: str) -> str | None:
+        return (detected_version() or "absent") if tool == "trtexec" else None
+
+    def build(self, request: BuildRequest) -> Built:
+        return build(request)
+
+    def open(self, artifact: Path, threads: int = 0, trusted: Trusted | None = None) -> Runner:
+        return Runner(artifact, threads, trusted)
+
+    def doctor(self) -> list[str]:
+        found = shutil.which("trtexec")
+        return [f"  {self.name:<24} " + (f"{found} (TensorRT {detected_version() or '?'})" if found else
+                                          "unavailable: trtexec not on PATH")]
+
+
+BACKEND = TrtexecBackend()

@@ -1,0 +1,192 @@
+"""Building an engine with TensorRT's Python API: parse the plugin graph, configure the builder (workspace,
+precision flags, optimization profiles, the shared timing cache), build, and describe the engine.
+
+Build writes engine.plan, engine.json (inputs, outputs, which outputs a plugin produced, plugin
+libraries and namespaces, profiles) and build.log; the runner loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import environment
+from orchestrator.backends.base import BuildRequest, Built
+from orchestrator.backends.tensorrt.api import ApiFeatures, make_logger, require_tensorrt, short_version
+from orchestrator.backends.tensorrt.cache import open_timing_cache, save_timing_cache, timing_cache_file
+from orchestrator.backends.tensorrt.creators import check_creators, parser_error_lines, register_plugins
+from orchestrator.backends.tensorrt.graph import graph_to_build, is_quantized, plugin_outputs
+from orchestrator.backends.tensorrt.precision import PrecisionPlan, plugin_precisions, precision_plan
+from orchestrator.backends.tensorrt.runner import IoTensor, engine_io
+from orchestrator.backends.tensorrt.settings import (
+    ShapeRange,
+    graph_input_dims,
+    needs_profiles,
+    parse_size,
+    resolve_profiles,
+)
+from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+
+def build(request: BuildRequest) -> Built:
+    """Parse the plugin graph, build engine.plan with the YAML's precision, profiles and timing cache."""
+    require_tensorrt()
+    import tensorrt as trt
+
+    features = ApiFeatures.of_module(trt)
+    plan = precision_plan(request.precision, features, plugin_precisions(request.plugins),
+                          is_quantized(request.model))
+    inputs = graph_input_dims(request.model)
+    profiles = resolve_profiles(request.profiles, inputs)
+    graph_file, _ = graph_to_build(request.model, request.graph, request.out, plan.cast_graph)
+
+    logger = make_logger(request.out / "build.log")
+    libraries = list(request.plugin_libraries)
+    namespaces = sorted({node.namespace for node in request.plugin_nodes})
+    registry = register_plugins(logger, libraries, namespaces)
+    check_creators(registry, features, request.plugin_nodes, libraries, request.catalogs())
+
+    builder = trt.Builder(logger)
+    network = parse_graph(builder, logger, features, graph_file, request)
+    config = builder.create_builder_config()
+    configure(config, features, plan, parse_size(request.workspace))
+    if needs_profiles(inputs, bool(request.profiles)):
+        add_profiles(builder, config, profiles)
+    cache_file = None
+    cache_state = "off"
+    if request.timing_cache and request.shared_dir is not None:
+        cache_file = timing_cache_file(request.shared_dir, short_version(features.version), environment.build_gpu())
+        cache_state = open_timing_cache(config, cache_file)
+
+    request.progress("building the engine")
+    started = time.perf_counter()
+    serialized = serialize(builder, network, config, features, logger)
+    seconds = time.perf_counter() - started
+    (request.out / "engine.plan").write_bytes(serialized)
+    if cache_file is not None:
+        save_timing_cache(config, cache_file)
+
+    io = loaded_io(logger, serialized, features)
+    description = describe(request, features, plan, graph_file, io, profiles, namespaces)
+    (request.out / "engine.json").write_text(json.dumps(description, indent=1))
+    return summarise(request, features, plan, len(serialized), seconds, cache_state)
+
+
+def parse_graph(builder: trt.Builder, logger: Any, features: ApiFeatures, graph_file: Path,
+                request: BuildRequest) -> trt.INetworkDefinition:
+    """The network TensorRT's ONNX parser makes of `graph_file`; a UserError naming each node it rejects."""
+    import tensorrt as trt
+
+    flags = 0
+    for name in features.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    request.progress("parsing the graph")
+    if features.parse_api == "parse_from_file":
+        parsed = parser.parse_from_file(str(graph_file))
+    else:
+        parsed = parser.parse(graph_file.read_bytes(), str(graph_file.parent))
+    if not parsed:
+        errors = []
+        for index in range(parser.num_errors):
+            error: Any = parser.get_error(index)
+            errors.append({"desc": error.desc(), "code": error.code(), "node": error.node(),
+                           "node_name": error.node_name() if hasattr(error, "node_name") else "",
+                           "node_operator": error.node_operator() if hasattr(error, "node_operator") else ""})
+        nodes = [(n.name, n.op_type) for n in request.model.graph.node]
+        raise UserError("TensorRT's ONNX parser rejected the graph: " + "; ".join(parser_error_lines(errors, nodes)),
+                        field="build", hint="a plugin node needs plugin_version/plugin_namespace attributes that "
+                        "match a registered creator; `orchestrate doctor` lists the catalog's creators")
+    return network
+
+
+def configure(config: trt.IBuilderConfig, features: ApiFeatures, plan: PrecisionPlan, workspace: int) -> None:
+    """The workspace limit, through whichever call this TensorRT has, and the precision plan's builder flags."""
+    import tensorrt as trt
+
+    if features.workspace_api == "set_memory_pool_limit":
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    elif features.workspace_api == "max_workspace_size":
+        legacy_config: Any = config
+        legacy_config.max_workspace_size = workspace
+    for flag in plan.set_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in plan.clear_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
+
+
+def add_profiles(builder: trt.Builder, config: trt.IBuilderConfig,
+                 profiles: Sequence[Mapping[str, ShapeRange]]) -> None:
+    import tensorrt as trt
+
+    for ranges in profiles:
+        profile = builder.create_optimization_profile()
+        for name, shape_range in ranges.items():
+            profile.set_shape(name, trt.Dims(list(shape_range.min)), trt.Dims(list(shape_range.opt)),
+                              trt.Dims(list(shape_range.max)))
+        config.add_optimization_profile(profile)
+
+
+def serialize(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
+              features: ApiFeatures, logger: Any) -> bytes:
+    """The built engine's bytes, through `build_serialized_network` or (before it) `build_engine`."""
+    serialized: bytes | None
+    if features.build_api == "build_serialized_network":
+        host = builder.build_serialized_network(network, config)
+        serialized = bytes(host) if host is not None else None
+    else:
+        legacy_builder: Any = builder
+        engine = legacy_builder.build_engine(network, config)
+        serialized = bytes(engine.serialize()) if engine is not None else None
+    if serialized is None:
+        raise RuntimeError(f"TensorRT {features.version} could not build the engine:\n{logger.errors()}")
+    return serialized
+
+
+def loaded_io(logger: Any, serialized: bytes, features: ApiFeatures) -> list[IoTensor]:
+    """The engine's inputs and outputs, read from the engine as loaded back (so a build that cannot load fails)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise RuntimeError(f"TensorRT {features.version} built an engine it cannot load:\n{logger.errors()}")
+    return engine_io(engine, features)
+
+
+def describe(request: BuildRequest, features: ApiFeatures, plan: PrecisionPlan, graph_file: Path,
+             io: Sequence[IoTensor], profiles: Sequence[Mapping[str, ShapeRange]],
+             namespaces: Sequence[str]) -> dict[str, Any]:
+    """engine.json: what the runner needs to load and run the engine, and how it was built."""
+    return {
+        "backend": "tensorrt", "tensorrt": features.version, "api": features.describe(),
+        "precision": plan.describe(), "graph": graph_file.name if graph_file != request.graph else "model.onnx",
+        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in io if t.is_input],
+        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in io if not t.is_input],
+        "plugin_outputs": plugin_outputs(request.model, {node.op for node in request.plugin_nodes}),
+        "libraries": list(request.plugin_libraries), "namespaces": list(namespaces),
+        "profiles": profiles_json(profiles),
+    }
+
+
+def profiles_json(profiles: Sequence[Mapping[str, ShapeRange]]) -> list[dict[str, dict[str, list[int]]]]:
+    return [{n: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for n, r in p.items()} for p in profiles]
+
+
+def summarise(request: BuildRequest, features: ApiFeatures, plan: PrecisionPlan, size: int, seconds: float,
+              cache_state: str) -> Built:
+    count = len(request.plugin_nodes)
+    ops = sorted({node.op for node in request.plugin_nodes})
+    summary = (f"TensorRT {features.version} engine, {plan.describe()}, {count} plugin node{'s' if count != 1 else ''} "
+               f"{', '.join(ops)} (creator found), {size / 1e6:.1f} MB in {seconds:.1f} s, "
+               f"timing cache {cache_state}")
+    return Built(summary, {"summary": summary, "backend": "tensorrt", "tensorrt": features.version,
+                           "api": features.describe(), "precision_plan": plan.describe(), "engine_bytes": size,
+                           "build_seconds": seconds, "timing_cache": cache_state})

@@ -542,7 +542,7 @@ class OnnxRuntimeBackend(Backend):
 
     def key_modules(self, plugins: Sequence[DeclaredPlugin]) -> list[str]:
         """The module of each plugin's reference kernel: the kernel computes the artifact's results."""
-        return [catalog.lookup(p.op, p.catalog).kernel.partition(":")[0] for p in plugins]
+        return [catalog.lookup(p.op, p.catalog).kernel_module for p in plugins]
 
     def check_precision(self, precision: str) -> None:
         if precision not in PRECISIONS:

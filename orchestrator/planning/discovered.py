@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import environment
+from orchestrator import backends, environment
 from orchestrator.store.digest import DigestCache, digest_json, vouching_signature
 from orchestrator.store.store import Artifact, Store
 
@@ -48,8 +48,8 @@ CLOCK_MARGIN_NS = 10_000_000  # file timestamps come from a coarse clock, up to 
 STALE = "stale: "  # the start of a `current` problem that is no damage: the reason the stage runs again
 PACKAGE = Path(__file__).resolve().parents[1]  # orchestrator/
 # Tools the keys name by version (fastpath.TOOLS and their import names): never listed file by file.
-HEAVY = {"torch", "onnx", "onnxruntime", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "tensorrt",
-         "onnxruntime-extensions", "triton"}
+HEAVY = {"torch", "onnx", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "onnxruntime-extensions", "triton",
+         *backends.distributions()}
 
 
 def _normal(name: str) -> str:

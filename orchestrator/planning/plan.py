@@ -6,7 +6,7 @@ A key covers exactly what can change a stage's output:
   * the content digests of the files it reads (capture folders, plugin libraries, the source
     files of the model factory, the inputs callable and the replaced callables, `model.sources`);
   * the keys of its input artifacts;
-  * the versions of the tools that produce it (torch, onnx, onnxruntime, the build's runtime + GPU);
+  * the versions of the tools that produce it (torch, onnx, the build backend's runtime + GPU);
   * the stage implementation's version (`Stage.version`, bumped when a stage's output changes);
   * for the stages that import user code (capture, export): python_path as written, and the values
     (hashed) of the environment variables declared in model.env; no other variable.

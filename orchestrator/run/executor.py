@@ -313,7 +313,7 @@ def content_key(node: Node, inputs: dict[str, Artifact]) -> str:
     are too, though the exports' keys differ by the captures they came from.
 
     The way an input was made counts, not its bytes alone: verify runs a build with the build's runtime
-    (the onnxruntime version, the reference kernel's source in its key), which no file of it holds."""
+    (the runtime's version, the reference kernel's source in its key), which no file of it holds."""
     readable = {role: {"files": {name: meta["digest"] for name, meta in artifact.manifest["files"].items()},
                        "result": artifact.manifest.get("result"),
                        "made": {k: v for k, v in (artifact.manifest.get("parts") or {}).items() if k != "inputs"}}

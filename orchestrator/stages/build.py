@@ -10,8 +10,9 @@ graph may run fine. Where the graph fixes an input's values (a constant index te
 entry's value rules see them, so a layout the plugin would read out of bounds is refused too.
 
 Every build also writes the equivalent command line of TensorRT's own builder program
-(`backends.COMMAND_FILE`), to reproduce it by hand. The backend is seen only through its `Backend` (backends/base.py): which precisions it
-refuses, what its key names, and the build itself, from a typed `BuildRequest`.
+(`backends.COMMAND_FILE`), to reproduce it by hand. The backend is seen only through its `Backend`
+(backends/base.py): which precisions it refuses, what its key names, and the build itself, from a
+typed `BuildRequest`.
 """
 
 from __future__ import annotations

@@ -260,17 +260,12 @@ def _manifest_problem(manifest: Any, kind: str, key: str) -> str:
 
 def _content_problem(kind: str, staging: Path) -> str:
     """Why a downloaded artifact's own records are not what its stage writes, or '' (checked before it is
-    published, so that a malformed one never reaches a stage): the embedded backend's run plan."""
-    plan = staging / "runplan.json"
-    if kind != "build" or not plan.is_file():
+    published, so that a malformed one never reaches a stage): a build's files, as each backend checks them."""
+    if kind != "build":
         return ""
-    from orchestrator.backends.onnxruntime import plan_problem
+    from orchestrator import backends
 
-    try:
-        problem = plan_problem(json.loads(plan.read_text()))
-    except ValueError:
-        problem = "not valid JSON"
-    return f"runplan.json: {problem}" if problem else ""
+    return backends.artifact_problem(staging)
 
 
 def configured(cache: dict[str, Any], base_dir: Path, override: str | None = None) -> Remote | None:

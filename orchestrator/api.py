@@ -478,19 +478,10 @@ class DoctorResult:
 
 
 def doctor() -> DoctorResult:
-    from orchestrator import environment
+    from orchestrator import backends, environment
 
     tools = [(name, environment.tool_version(name)) for name in DOCTOR_TOOLS]
-    backends = _backend_lines()
-    return DoctorResult(tools, backends, _plugin_lines(), list(environment.gpus()))
-
-
-def _backend_lines() -> list[str]:
-    """Each backend's availability, then what they need (the TensorRT API generation, plugin creators,
-    CUDA buffers)."""
-    from orchestrator import backends
-
-    return backends.doctor()
+    return DoctorResult(tools, backends.doctor(), _plugin_lines(), list(environment.gpus()))
 
 
 def _plugin_lines() -> list[str]:

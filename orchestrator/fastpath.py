@@ -7,8 +7,10 @@ inode, ctime_ns) taken when it was read:
   * every file and folder the keys were computed from (model sources, capture files and folder,
     plugin libraries, the folders an import path was resolved in);
   * orchestrate's own code and schema, the Python interpreter, sys.path and its folders (a package
-    installed or upgraded changes its site-packages folder), where each tool's metadata lives and
-    whether TensorRT is importable; for GPU builds, the visible GPUs, CUDA_VISIBLE_DEVICES and PATH;
+    installed or upgraded changes its site-packages folder), where each tool's metadata lives (the
+    backends' distributions among them) and whether the packages `backend: auto` chooses by are
+    importable; for builds whose key names the GPU or a program, the visible GPUs, the backends'
+    programs on PATH, CUDA_VISIBLE_DEVICES and PATH;
   * every file of every artifact the run used, and the discovered inputs of each (the module files its
     stage imported, the metadata files of the distributions they came from: discovered.py);
   * the values (hashed) of the environment variables the pipeline declares in model.env.
@@ -30,9 +32,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FORMAT = 5
-TOOLS = ("torch", "onnx", "onnxruntime", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "tensorrt")
-GPU_TOOLS = ("gpu", "tensorrt", "trtexec")  # a key with one of these depends on the machine's GPUs
+FORMAT = 6
+TOOLS = ("torch", "onnx", "numpy", "numba", "onnx-graphsurgeon", "onnxscript")  # and the backends' distributions
+GPU_TOOL = "gpu"  # in the build key of a backend that needs a GPU: such a key depends on the machine
 GPU_ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PATH", "LD_LIBRARY_PATH")
 NVIDIA_PROC = "/proc/driver/nvidia/gpus"
 PACKAGE = Path(__file__).resolve().parent
@@ -72,8 +74,10 @@ def _code_paths() -> list[str]:
 def _tool_locations() -> dict[str, str | None]:
     from importlib import metadata
 
+    from orchestrator import backends
+
     found: dict[str, str | None] = {}
-    for name in TOOLS:
+    for name in (*TOOLS, *backends.distributions()):
         try:
             location = getattr(metadata.distribution(name), "_path", None)
             found[name] = str(location) if location is not None else None
@@ -82,14 +86,16 @@ def _tool_locations() -> dict[str, str | None]:
     return found
 
 
-def _tensorrt_importable() -> bool:
+def _importable(packages: list[str]) -> dict[str, bool]:
+    """Whether each package is importable (what a backend's `auto` choice depends on), importing none."""
     from orchestrator.environment import importable
 
-    return importable("tensorrt")
+    return {name: importable(name) for name in packages}
 
 
-def _gpu_fingerprint() -> dict[str, Any] | None:
-    """What identifies the visible GPUs, read without running nvidia-smi; None where that cannot be read."""
+def _gpu_fingerprint(programs: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """What identifies the visible GPUs and the backends' programs on PATH, read without running nvidia-smi;
+    None where that cannot be read."""
     try:
         names = sorted(os.listdir(NVIDIA_PROC))
     except OSError:
@@ -103,13 +109,15 @@ def _gpu_fingerprint() -> dict[str, Any] | None:
             return None
     import shutil
 
-    trtexec = shutil.which("trtexec")
+    found = {name: shutil.which(name) for name in programs}
     return {"environment": {name: os.environ.get(name) for name in GPU_ENVIRONMENT}, "gpus": gpus,
-            "proc": names is not None, "trtexec": [trtexec, _signature(trtexec) if trtexec else None]}
+            "proc": names is not None,
+            "programs": {name: [path, _signature(path) if path else None] for name, path in found.items()}}
 
 
 def snapshot() -> dict[str, Any]:
     """The state of this installation, taken before the full path reads the pipeline or any file."""
+    from orchestrator import backends
     from orchestrator.store.digest import vouching_signature
 
     def vouched(path: str) -> list[int] | None:
@@ -127,7 +135,7 @@ def snapshot() -> dict[str, Any]:
         "folders": {path: vouched(path) for path in folders},
         "code": {path: vouched(path) for path in _code_paths()},
         "tools": {name: [location, _signature(location) if location else None] for name, location in tools.items()},
-        "tensorrt": _tensorrt_importable(),
+        "importable": backends.auto_inputs(),
     }
 
 
@@ -140,11 +148,14 @@ def remember(store: Any, spec: Any, plan: Any, before: dict[str, Any], artifacts
     if any(signature is None for signature in [*watched.values(), *before["code"].values(),
                                                *before["folders"].values()]):
         return False  # something was modified too recently to vouch for its content
+    from orchestrator import backends
+
     machine = None
-    if any(tool in node.parts["tools"] for node in plan.order() for tool in GPU_TOOLS):
+    machine_tools = {GPU_TOOL, *backends.programs()}
+    if any(tool in node.parts["tools"] for node in plan.order() for tool in machine_tools):
         from orchestrator import environment
 
-        machine = _gpu_fingerprint()
+        machine = _gpu_fingerprint(backends.programs())
         if machine is None or (not machine["proc"] and environment.gpus()):
             return False  # GPUs this process sees cannot be re-identified without nvidia-smi
     artifact_files = _artifact_signatures(store, plan, artifacts)
@@ -195,7 +206,7 @@ def _still_valid(record: dict[str, Any]) -> bool:
         return False
     if record["package"] != str(PACKAGE) or record["sys_path"] != sys.path[1:]:
         return False
-    if record["tensorrt"] != _tensorrt_importable():
+    if record["importable"] != _importable(list(record["importable"])):
         return False
     for location, signature in record["tools"].values():
         if location and _signature(location) != signature:
@@ -205,7 +216,8 @@ def _still_valid(record: dict[str, Any]) -> bool:
             return False
     if any(_env_digest(name) != value for name, value in record["env"].items()):
         return False  # a variable the pipeline declares in model.env (in the capture and export keys)
-    return record["machine"] is None or record["machine"] == _gpu_fingerprint()
+    machine = record["machine"]
+    return machine is None or machine == _gpu_fingerprint(tuple(machine["programs"]))
 
 
 def _pipeline_bytes(pipeline: Path) -> bytes | None:

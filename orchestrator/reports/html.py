@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator import backends
 from orchestrator.planning.plan import Node, Plan
 from orchestrator.run.executor import Outcome, variant_label
 from orchestrator.stages import names as stage_names
@@ -146,11 +147,11 @@ def _bench_record(plan: Plan, store: Store, node: Node, artifact: Artifact, show
 
 def _build_command(plan: Plan, store: Store, node: Node, artifact: Artifact, shown: Callable[[Path], str]) -> Any:
     """The equivalent trtexec command of a build, with its graph's path (None: the build wrote none)."""
-    if not (artifact.path / "trtexec.txt").exists():
+    written = artifact.path / backends.COMMAND_FILE
+    if not written.exists():
         return None
     graph = plan.nodes[node.inputs["graph"]]
-    return trtexec_command((artifact.path / "trtexec.txt").read_text(), store.path_of(graph.kind, graph.key),
-                           artifact.path, shown)
+    return trtexec_command(written.read_text(), store.path_of(graph.kind, graph.key), artifact.path, shown)
 
 
 # What a stage's artifact adds to the record, by stage name: the record's section, and how it is read.

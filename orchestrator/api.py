@@ -487,7 +487,4 @@ def doctor() -> DoctorResult:
 def _plugin_lines() -> list[str]:
     from orchestrator import plugins as catalog
 
-    lines = []
-    for op in catalog.BUILTIN:
-        lines.extend(f"  {line}" for line in catalog.lookup(op).summary_lines())
-    return lines
+    return [f"  {line}" for op in catalog.BUILTIN for line in catalog.lookup(op).summary_lines()]

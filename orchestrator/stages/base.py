@@ -152,7 +152,7 @@ class Stage:
     `outputs` are the files it writes, as names or 'folder/*.suffix' patterns ('*' stays inside one folder):
     an artifact from elsewhere (a remote cache) holding any other file is refused before a byte is fetched.
     `exclusive`: it runs with nothing else beside it (timings). `checks`: its passing is a check (verify),
-    shown as 'passed'. `settings_from_keyed` rebuilds its Settings from a manifest's keyed config.
+    shown as 'passed'.
     """
 
     name: str
@@ -160,7 +160,6 @@ class Stage:
     outputs: tuple[str, ...]
     plan: Callable[[PlanContext, Variant, Mapping[str, Node]], Planned | None]
     run: Callable[[StageCall], StageResult]
-    settings_from_keyed: Callable[[dict[str, Any]], Settings] = Sections
     exclusive: bool = False
     checks: bool = False
 

@@ -8,7 +8,7 @@ those bytes imply at the median latency. Writes bench.json.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import environment
 
@@ -16,10 +16,28 @@ if TYPE_CHECKING:
     from orchestrator.planning.plan import Node
 
 import json
+from dataclasses import dataclass
 
 from orchestrator import backends
-from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.stages.base import PlanContext, Planned, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import feeds_for
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The bench section: warm-up runs, timed iterations and the time budget they stop at."""
+
+    warmup: int
+    iterations: int
+    max_seconds: float
+
+    @classmethod
+    def from_keyed(cls, config: Mapping[str, Any]) -> BenchSettings:
+        section = config["bench"]
+        return cls(section["warmup"], section["iterations"], section["max_seconds"])
+
+    def keyed(self) -> dict[str, Any]:
+        return {"bench": {"warmup": self.warmup, "iterations": self.iterations, "max_seconds": self.max_seconds}}
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -31,12 +49,12 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def run(call: StageCall) -> StageResult:
-    settings = call.config["bench"]
+    settings: BenchSettings = call.settings
     build, capture = call.inputs["build"], call.inputs["capture"]
     backend = build.manifest["result"]["backend"]
     runner = backends.open_built(build, call.paths.get("threads", 0))
     feeds = feeds_for(runner.inputs, capture.path)
-    timed = runner.bench(feeds, settings["warmup"], settings["iterations"], settings["max_seconds"], call.progress)
+    timed = runner.bench(feeds, settings.warmup, settings.iterations, settings.max_seconds, call.progress)
     timings, outputs = timed.seconds, timed.outputs
     runner.close()
     ordered = sorted(timings)
@@ -45,7 +63,7 @@ def run(call: StageCall) -> StageResult:
     bytes_out = sum(int(a.nbytes) for a in outputs.values())
     figures = {
         "backend": backend, "timer": timed.timer,
-        "iterations": len(timings), "warmup": settings["warmup"],
+        "iterations": len(timings), "warmup": settings.warmup,
         "min_ms": ordered[0] * 1e3, "median_ms": median * 1e3, "p90_ms": percentile(ordered, 0.9) * 1e3,
         "p99_ms": percentile(ordered, 0.99) * 1e3, "mean_ms": sum(ordered) / len(ordered) * 1e3,
         "throughput_per_s": 1.0 / median if median > 0 else float("inf"),
@@ -65,8 +83,7 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
     data = variant.data
     if not data["bench"]["enabled"]:
         return None
-    settings = {k: v for k, v in data["bench"].items() if k != "enabled"}
-    return Planned(Sections({"bench": settings}), {"build": planned["build"], "capture": planned["capture"]},
+    return Planned(BenchSettings.from_keyed(data), {"build": planned["build"], "capture": planned["capture"]},
                    {}, environment.tools("numpy"), {"threads": data["build"]["threads"]})
 
 

@@ -33,14 +33,63 @@ if TYPE_CHECKING:
     from orchestrator.planning.plan import Node
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import backends
 from orchestrator import plugins as catalog
 from orchestrator.backends.base import PluginNodeRun
 from orchestrator.errors import UserError
-from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.stages.base import PlanContext, Planned, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import feeds_for, load_named
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """An atol/rtol pair where either may be left to the global one."""
+
+    atol: float | None = None
+    rtol: float | None = None
+
+    @classmethod
+    def read(cls, given: Mapping[str, float]) -> Tolerance:
+        return cls(given.get("atol"), given.get("rtol"))
+
+    def keyed(self) -> dict[str, float]:
+        return {name: value for name, value in (("atol", self.atol), ("rtol", self.rtol)) if value is not None}
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """The verify section, defaults filled: tolerances, the checks that fail it, what it leaves out."""
+
+    atol: float
+    rtol: float
+    max_mismatch: int
+    fail_on: tuple[str, ...]
+    per_output: Mapping[str, Tolerance]
+    skip: tuple[str, ...]
+    plugin_nodes: Tolerance
+    allow_vacuous: bool
+
+    @classmethod
+    def from_keyed(cls, config: Mapping[str, Any]) -> VerifySettings:
+        section = config["verify"]
+        return cls(section["atol"], section["rtol"], section["max_mismatch"], tuple(section["fail_on"]),
+                   {name: Tolerance.read(given) for name, given in section["per_output"].items()},
+                   tuple(section["skip"]), Tolerance.read(section.get("plugin_nodes") or {}),
+                   section.get("allow_vacuous", False))
+
+    def keyed(self) -> dict[str, Any]:
+        return {"verify": {
+            "atol": self.atol, "rtol": self.rtol, "max_mismatch": self.max_mismatch, "fail_on": list(self.fail_on),
+            "per_output": {name: tolerance.keyed() for name, tolerance in self.per_output.items()},
+            "skip": list(self.skip), "plugin_nodes": self.plugin_nodes.keyed(), "allow_vacuous": self.allow_vacuous,
+        }}
+
+    def tolerance(self, output: str) -> tuple[float, float]:
+        own = self.per_output.get(output, Tolerance())
+        return (self.atol if own.atol is None else own.atol), (self.rtol if own.rtol is None else own.rtol)
 
 
 def reference_outputs(runner: Any, capture: Any) -> list[tuple[str, Any, Any]]:
@@ -269,7 +318,7 @@ def pair_plugin_calls(steps: list[PluginNodeRun], record: dict[str, Any]) -> tup
 
 
 def run(call: StageCall) -> StageResult:
-    settings = call.config["verify"]
+    settings: VerifySettings = call.settings
     build, capture = call.inputs["build"], call.inputs["capture"]
     call.progress("loading the built artifact")
     runner = backends.open_built(build, call.paths.get("threads", 0))
@@ -297,12 +346,12 @@ def run(call: StageCall) -> StageResult:
     return StageResult("; ".join(lines), slim, passed=report["passed"])
 
 
-def left_out(settings: dict[str, Any], references: list[tuple[str, str, Any]], plugin_nodes: bool) -> list[str]:
+def left_out(settings: VerifySettings, references: list[tuple[str, str, Any]], plugin_nodes: bool) -> list[str]:
     """The captured outputs `verify.skip` leaves out, by captured or graph output name.
 
     Checked before anything runs: a misspelt name would otherwise compare the very output the user
     meant to leave out, and a skip of every output would leave a verify that checks nothing."""
-    skip = settings.get("skip", [])
+    skip = settings.skip
     known = [name for name, _, _ in references]
     unknown = [name for name in skip if name not in known and name not in {p for _, p, _ in references}]
     if unknown:
@@ -315,14 +364,13 @@ def left_out(settings: dict[str, Any], references: list[tuple[str, str, Any]], p
     return skipped
 
 
-def _compare_output(name: str, result: Any, reference: Any, settings: dict[str, Any], report: dict[str, Any]) -> str:
+def _compare_output(name: str, result: Any, reference: Any, settings: VerifySettings, report: dict[str, Any]) -> str:
     """One output against its reference, recorded in `report`; its part of the summary line."""
-    tolerance = settings["per_output"].get(name, {})
-    atol, rtol = tolerance.get("atol", settings["atol"]), tolerance.get("rtol", settings["rtol"])
+    atol, rtol = settings.tolerance(name)
     stats = compare(result, reference, atol, rtol, with_distribution=True)
-    field = f"verify.per_output.{name}.atol" if "atol" in tolerance else "verify.atol"
-    problems = failures(stats, settings["fail_on"], settings["max_mismatch"], settings.get("allow_vacuous", False),
-                        field)
+    own = settings.per_output.get(name)
+    field = f"verify.per_output.{name}.atol" if own is not None and own.atol is not None else "verify.atol"
+    problems = failures(stats, list(settings.fail_on), settings.max_mismatch, settings.allow_vacuous, field)
     stats["failed"] = problems
     report["outputs"][name] = stats
     if problems:
@@ -338,16 +386,16 @@ def _compare_output(name: str, result: Any, reference: Any, settings: dict[str, 
     return line
 
 
-def plugin_tolerance(settings: dict[str, Any]) -> tuple[float, float]:
+def plugin_tolerance(settings: VerifySettings) -> tuple[float, float]:
     """atol, rtol for plugin nodes against their calls: `verify.plugin_nodes`, else the global ones.
 
     A single layer's output is often far smaller, or far larger, than the model's, so one tolerance
     rarely suits both."""
-    own = settings.get("plugin_nodes") or {}
-    return own.get("atol", settings["atol"]), own.get("rtol", settings["rtol"])
+    own = settings.plugin_nodes
+    return (settings.atol if own.atol is None else own.atol), (settings.rtol if own.rtol is None else own.rtol)
 
 
-def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
+def _compare_plugin_nodes(call: StageCall, settings: VerifySettings, record: dict[str, Any],
                           steps: list[PluginNodeRun] | None, pairs: list[tuple[PluginNodeRun, dict[str, Any]]],
                           problems: list[str], results: dict[str, Any], report: dict[str, Any]) -> str:
     """Each plugin node's output against its recorded call; one summary line."""
@@ -361,15 +409,14 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
         report["passed"] = False
         report["failed_checks"].append(f"plugin nodes: {problem}")
     atol, rtol = plugin_tolerance(settings)
-    field = "verify.plugin_nodes.atol" if "atol" in (settings.get("plugin_nodes") or {}) else "verify.atol"
+    field = "verify.plugin_nodes.atol" if settings.plugin_nodes.atol is not None else "verify.atol"
     worst, failed, vacuous = 0.0, 0, 0
     declared = {p["op"]: p.get("catalog") for p in call.inputs["build"].manifest["parts"]["config"]["plugins"]}
     for node, entry in pairs:
         reference = np.load(call.inputs["capture"].path / entry["output"]["file"])
         result = as_call_result(results[node.outputs[0]], catalog.lookup(node.op, declared.get(node.op)))
         stats = compare(result, reference, atol, rtol)
-        found = failures(stats, settings["fail_on"], settings["max_mismatch"], settings.get("allow_vacuous", False),
-                         field)
+        found = failures(stats, list(settings.fail_on), settings.max_mismatch, settings.allow_vacuous, field)
         stats.update(failed=found, op=node.op, module=entry["module"], call=entry["sequence"])
         report["plugin_nodes"][node.name or node.outputs[0]] = stats
         if found:
@@ -383,7 +430,7 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
         return f"plugin nodes: FAILED {problems[0]}"
     if failed:
         return f"plugin nodes: FAILED {failed} of {len(pairs)} differ from their calls"
-    own = f" <= atol {atol:g}" if (atol, rtol) != (settings["atol"], settings["rtol"]) else ""
+    own = f" <= atol {atol:g}" if (atol, rtol) != (settings.atol, settings.rtol) else ""
     allowed = f", {vacuous} vacuous (allowed)" if vacuous else ""
     return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}{own}{allowed}"
 
@@ -391,7 +438,7 @@ def _compare_plugin_nodes(call: StageCall, settings: dict[str, Any], record: dic
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
     """The verify's key: its tolerances and checks, the build and the capture it compares."""
     data = variant.data
-    return Planned(Sections({"verify": data["verify"]}), {"build": planned["build"], "capture": planned["capture"]},
+    return Planned(VerifySettings.from_keyed(data), {"build": planned["build"], "capture": planned["capture"]},
                    {}, environment.tools("numpy"))
 
 

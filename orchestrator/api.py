@@ -463,8 +463,7 @@ def _old_failures(store: Store, max_age: float | None, dry_run: bool) -> int:
 
 # ------------------------------------------------------------------------------------------ doctor
 
-DOCTOR_TOOLS = ("torch", "onnx", "onnxruntime", "onnx-graphsurgeon", "onnxscript", "numpy", "numba",
-                "onnxruntime-extensions", "pycuda", "tensorrt")
+DOCTOR_TOOLS = ("torch", "onnx", "onnx-graphsurgeon", "onnxscript", "numpy", "numba")  # and the backends' own
 
 
 @dataclass
@@ -480,7 +479,7 @@ class DoctorResult:
 def doctor() -> DoctorResult:
     from orchestrator import backends, environment
 
-    tools = [(name, environment.tool_version(name)) for name in DOCTOR_TOOLS]
+    tools = [(name, environment.tool_version(name)) for name in (*DOCTOR_TOOLS, *backends.distributions(uses=True))]
     return DoctorResult(tools, backends.doctor(), _plugin_lines(), list(environment.gpus()))
 
 

@@ -140,7 +140,7 @@ def test_partitioned_runner_and_single_session_agree(tmp_path: Path) -> None:
     single = session.run(["output"], {"table": table, "indices": indices})[0]
     np.testing.assert_array_equal(partitioned, expected)
     np.testing.assert_array_equal(single, expected)
-    assert entries["ScaledGatherPlugin"].register_onnxruntime_extensions() == "ai.onnx.contrib"  # again: no-op
+    assert ort_backend.register_python_op(entries["ScaledGatherPlugin"]) == "ai.onnx.contrib"  # again: no-op
 
 
 def test_msda_entry_registers_for_a_single_session(project: Project) -> None:

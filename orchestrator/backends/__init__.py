@@ -28,13 +28,16 @@ class Registered(NamedTuple):
     package: str | None = None  # the Python package (and distribution) it runs on, found without importing it
     program: str | None = None  # the program on PATH it runs
     auto: bool = False  # `auto` picks the first such backend whose package is importable here
+    uses: tuple[str, ...] = ()  # other distributions it may load (doctor shows them; in no key)
 
 
 REGISTRY = {
     "onnxruntime": Registered("orchestrator.backends.onnxruntime", ("runplan.json", "segments/*.onnx",
-                                                                    "constants/*.npy"), package="onnxruntime"),
+                                                                    "constants/*.npy"), package="onnxruntime",
+                          uses=("onnxruntime-extensions",)),
     "tensorrt": Registered("orchestrator.backends.tensorrt", ("model.fp16.onnx", "engine.plan", "engine.json",
-                                                              "build.log"), package="tensorrt", auto=True),
+                                                              "build.log"), package="tensorrt", auto=True,
+                       uses=("pycuda",)),
     "trtexec": Registered("orchestrator.backends.tensorrt.trtexec", ("model.fp16.onnx", "engine.plan",
                                                                      "engine.json", "trtexec.log"), program="trtexec"),
 }
@@ -62,9 +65,12 @@ def outputs() -> tuple[str, ...]:
     return tuple(found)
 
 
-def distributions() -> tuple[str, ...]:
-    """The Python distributions the backends run on (their versions are in build keys)."""
-    return tuple(entry.package for entry in REGISTRY.values() if entry.package)
+def distributions(uses: bool = False) -> tuple[str, ...]:
+    """The Python distributions the backends run on (their versions are in build keys); with `uses`, also
+    those they may load besides."""
+    found = [name for entry in REGISTRY.values() for name in ((entry.package,) if entry.package else ())
+             + (entry.uses if uses else ())]
+    return tuple(found)
 
 
 def programs() -> tuple[str, ...]:

@@ -372,11 +372,44 @@ class Runner(RunnerBase):
         self.steps.clear()
 
 
+_REGISTERED: set[str] = set()  # ops registered with onnxruntime-extensions in this process
+
+
+def register_python_op(entry: catalog.PluginEntry) -> str:
+    """Register the entry's kernel as an onnxruntime-extensions Python op named its op; return its ONNX domain.
+
+    The op takes each input's first contract dtype (float32 for float inputs) and the attributes
+    plugin_version, plugin_namespace and `attributes`. Registering twice is a no-op.
+    """
+    from onnxruntime_extensions import PyCustomOpDef, default_opset_domain, onnx_op
+
+    domain: str = default_opset_domain()
+    if entry.op in _REGISTERED:
+        return domain
+    types = {"float32": PyCustomOpDef.dt_float, "float16": PyCustomOpDef.dt_float16,
+             "int32": PyCustomOpDef.dt_int32, "int64": PyCustomOpDef.dt_int64, "int8": PyCustomOpDef.dt_int8,
+             "uint8": PyCustomOpDef.dt_uint8, "bool": PyCustomOpDef.dt_bool}
+    attribute_types = {"int": PyCustomOpDef.dt_int64, "float": PyCustomOpDef.dt_float,
+                       "string": PyCustomOpDef.dt_string}
+    first = [contract.dtypes[0] for contract in entry.inputs]
+    attrs = {"plugin_version": PyCustomOpDef.dt_string, "plugin_namespace": PyCustomOpDef.dt_string}
+    attrs.update({name: attribute_types[kind] for name, kind in entry.attributes.items()})
+    kernel = entry.load_kernel()
+
+    def run(*arrays: Any, **attributes: Any) -> Any:
+        return kernel(list(arrays), attributes)[0]
+
+    onnx_op(op_type=entry.op, inputs=[types[d] for d in first], outputs=[types[entry.output_dtype(first)]],
+            attrs=attrs)(run)
+    _REGISTERED.add(entry.op)
+    return domain
+
+
 def single_session(model: Any, entries: dict[str, catalog.PluginEntry], threads: int = 0) -> Any:
     """One ONNX Runtime session for the whole plugin graph, the plugins as onnxruntime-extensions ops.
 
     The alternative to the partitioned `Runner` for code that wants a single session: each plugin
-    node is moved into the domain its entry registers (see `PluginEntry.register_onnxruntime_extensions`).
+    node is moved into the domain `register_python_op` registers for its entry.
     onnxruntime-extensions returns a Python op's outputs through Python lists, so this is slower.
     """
     import onnx
@@ -389,7 +422,7 @@ def single_session(model: Any, entries: dict[str, catalog.PluginEntry], threads:
     for node in rewritten.graph.node:
         if is_plugin_node(node, set(entries)):
             entry = entries.get(node.op_type) or catalog.lookup(node.op_type)
-            node.domain = entry.register_onnxruntime_extensions()
+            node.domain = register_python_op(entry)
             domains.add(node.domain)
     present = {o.domain for o in rewritten.opset_import}
     rewritten.opset_import.extend(onnx.helper.make_opsetid(d, 1) for d in sorted(domains - present))

@@ -48,8 +48,8 @@ CLOCK_MARGIN_NS = 10_000_000  # file timestamps come from a coarse clock, up to 
 STALE = "stale: "  # the start of a `current` problem that is no damage: the reason the stage runs again
 PACKAGE = Path(__file__).resolve().parents[1]  # orchestrator/
 # Tools the keys name by version (fastpath.TOOLS and their import names): never listed file by file.
-HEAVY = {"torch", "onnx", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "onnxruntime-extensions", "triton",
-         *backends.distributions()}
+HEAVY = {"torch", "onnx", "numpy", "numba", "onnx-graphsurgeon", "onnxscript", "triton",
+         *backends.distributions(uses=True)}
 
 
 def _normal(name: str) -> str:

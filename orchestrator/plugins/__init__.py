@@ -13,11 +13,9 @@ Registration with ONNX Runtime, two ways, both driven by the entry alone:
   the runner looks the entry up here (built in, or at the catalog path the pipeline declares for
   that op: never an import path read from the artifact) and calls its `kernel(arrays, attributes)`
   between ONNX Runtime sessions of the standard parts, handing NumPy arrays over without copies.
-* one session: `register_onnxruntime_extensions()` registers the kernel as an onnxruntime-extensions
-  Python op (domain `ai.onnx.contrib`) typed from the contract; `backends.onnxruntime.single_session`
-  moves the plugin nodes into that domain and opens one session for the whole graph. Simpler to
-  embed elsewhere, but onnxruntime-extensions passes outputs through Python lists, which costs
-  more than the kernel itself at real sizes.
+* one session: the embedded backend can also register the kernel as a Python op typed from the
+  contract and run the whole graph in one session (the embedded backend: `register_python_op`,
+  `single_session`); simpler to embed elsewhere, but slower at real sizes.
 
 Importing the catalog is cheap: kernels (NumPy, Numba) load only when a plugin node runs.
 """
@@ -108,35 +106,6 @@ class PluginEntry:
     def output_dtype(self, dtypes: Sequence[str]) -> str:
         return dtypes[self.output_dtype_from]
 
-    def register_onnxruntime_extensions(self) -> str:
-        """Register the kernel as an onnxruntime-extensions Python op named `op`; return its ONNX domain.
-
-        The op takes each input's first contract dtype (float32 for float inputs) and the attributes
-        plugin_version, plugin_namespace and `attributes`. Registering twice is a no-op.
-        """
-        from onnxruntime_extensions import PyCustomOpDef, default_opset_domain, onnx_op
-
-        domain: str = default_opset_domain()
-        if self.op in _REGISTERED:
-            return domain
-        types = {"float32": PyCustomOpDef.dt_float, "float16": PyCustomOpDef.dt_float16,
-                 "int32": PyCustomOpDef.dt_int32, "int64": PyCustomOpDef.dt_int64, "int8": PyCustomOpDef.dt_int8,
-                 "uint8": PyCustomOpDef.dt_uint8, "bool": PyCustomOpDef.dt_bool}
-        attribute_types = {"int": PyCustomOpDef.dt_int64, "float": PyCustomOpDef.dt_float,
-                           "string": PyCustomOpDef.dt_string}
-        first = [contract.dtypes[0] for contract in self.inputs]
-        attrs = {"plugin_version": PyCustomOpDef.dt_string, "plugin_namespace": PyCustomOpDef.dt_string}
-        attrs.update({name: attribute_types[kind] for name, kind in self.attributes.items()})
-        kernel = self.load_kernel()
-
-        def run(*arrays: Any, **attributes: Any) -> Any:
-            return kernel(list(arrays), attributes)[0]
-
-        onnx_op(op_type=self.op, inputs=[types[d] for d in first], outputs=[types[self.output_dtype(first)]],
-                attrs=attrs)(run)
-        _REGISTERED.add(self.op)
-        return domain
-
     def contract_problems(self, shapes: Sequence[Dims | None], dtypes: Sequence[str],
                           names: Sequence[str] | None = None, cast_integers: bool = False,
                           values: Sequence[Any] | None = None) -> list[str]:
@@ -174,8 +143,6 @@ class PluginEntry:
             problems = self.check_values(shapes, values)
         return problems
 
-
-_REGISTERED: set[str] = set()  # ops registered with onnxruntime-extensions in this process
 
 BUILTIN = {
     "MultiscaleDeformableAttnPlugin_TRT": "orchestrator.plugins.msda:ENTRY",

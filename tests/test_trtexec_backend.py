@@ -298,6 +298,102 @@ def test_failures_are_diagnosed_from_the_log() -> None:
     assert trtexec.diagnose_failure("[I] all good\n") is None
 
 
+# The ONNX parser's plugin fallback at INFO, as it prints it for every plugin node of a build that then
+# parses (onnx-tensorrt ModelImporter.cpp / FallbackPluginImporter; NVIDIA/TensorRT#2039): not an error.
+PARSED_PLUGIN = (
+    "[11/03/2025-09:10:01] [I] [TRT] No importer registered for op: MultiscaleDeformableAttnPlugin_TRT. "
+    "Attempting to import as plugin.\n"
+    "[11/03/2025-09:10:01] [I] [TRT] Searching for plugin: MultiscaleDeformableAttnPlugin_TRT, plugin_version: 1, "
+    "plugin_namespace: \n"
+    "[11/03/2025-09:10:01] [I] [TRT] Successfully created plugin: MultiscaleDeformableAttnPlugin_TRT\n")
+PARSE_HEADER = """\
+&&&& RUNNING TensorRT.trtexec [TensorRT v101300] # trtexec --onnx=model.onnx --memPoolSize=workspace:4096M --fp16 \
+--saveEngine=engine.plan --skipInference
+[11/03/2025-09:10:01] [I] [TRT] ----------------------------------------------------------------
+[11/03/2025-09:10:01] [I] [TRT] Input filename:   model.onnx
+[11/03/2025-09:10:01] [I] [TRT] ONNX IR version:  0.0.8
+[11/03/2025-09:10:01] [I] [TRT] Opset version:    17
+[11/03/2025-09:10:01] [I] [TRT] Producer name:    pytorch
+[11/03/2025-09:10:01] [I] [TRT] ----------------------------------------------------------------
+"""
+PARSED = "[11/03/2025-09:10:01] [I] Finished parsing network model. Parse time: 0.0213\n"
+LOG_OUT_OF_MEMORY = PARSE_HEADER + PARSED_PLUGIN + PARSED + """\
+[11/03/2025-09:10:09] [E] Error[1]: [defaultAllocator.cpp::allocate::31] Error Code 1: Cuda Runtime (out of memory)
+[11/03/2025-09:10:09] [W] [TRT] Requested amount of GPU memory (34359738368 bytes) could not be allocated. There may \
+not be enough free memory for allocation to succeed.
+[11/03/2025-09:10:09] [E] Error[2]: [builder.cpp::buildSerializedNetwork::1058] Error Code 2: Internal Error \
+(Assertion engine != nullptr failed. )
+[11/03/2025-09:10:09] [E] Engine could not be created from network
+[11/03/2025-09:10:09] [E] Building engine failed
+[11/03/2025-09:10:09] [E] Failed to create engine from model or file.
+[11/03/2025-09:10:09] [E] Engine set up failed
+&&&& FAILED TensorRT.trtexec [TensorRT v101300] # trtexec --onnx=model.onnx
+"""
+LOG_NO_TACTIC = PARSE_HEADER + PARSED_PLUGIN + PARSED + """\
+[11/03/2025-09:10:12] [E] Error[10]: IBuilder::buildSerializedNetwork: Error Code 10: Internal Error (Could not find \
+any implementation for node {ForeignNode[/backbone/Conv_3.../attn/MatMul_1]}.)
+[11/03/2025-09:10:12] [E] Engine could not be created from network
+[11/03/2025-09:10:12] [E] Building engine failed
+&&&& FAILED TensorRT.trtexec [TensorRT v101300] # trtexec --onnx=model.onnx
+"""
+LOG_FORMAT = PARSE_HEADER.replace("v101300", "v8601") + PARSED_PLUGIN + PARSED + """\
+[06/14/2023-17:40:01] [E] Error[9]: [pluginV2Builder.cpp::reportPluginError::24] Error Code 9: Internal Error \
+(/attn/MultiscaleDeformableAttnPlugin_TRT: could not find any supported formats consistent with input/output data types)
+[06/14/2023-17:40:01] [E] Error[2]: [builder.cpp::buildSerializedNetwork::751] Error Code 2: Internal Error \
+(Assertion engine != nullptr failed. )
+[06/14/2023-17:40:01] [E] Engine could not be created from network
+&&&& FAILED TensorRT.trtexec [TensorRT v8601] # trtexec --onnx=model.onnx
+"""
+# A creator the registry lacks (10.x: no getPluginCreator line; here in a namespace nothing registers).
+LOG_10_NAMESPACE = PARSE_HEADER + PARSED_PLUGIN + """\
+[11/03/2025-09:10:01] [I] [TRT] No importer registered for op: MultiscaleDeformableAttnPlugin_TRT. Attempting to \
+import as plugin.
+[11/03/2025-09:10:01] [I] [TRT] Searching for plugin: MultiscaleDeformableAttnPlugin_TRT, plugin_version: 1, \
+plugin_namespace: mine
+[11/03/2025-09:10:01] [E] [TRT] ModelImporter.cpp:959: While parsing node number 3 \
+[MultiscaleDeformableAttnPlugin_TRT -> "/dec/attn_out"]:
+[11/03/2025-09:10:01] [E] [TRT] ModelImporter.cpp:962: ERROR: onnxOpImporters.cpp:6567 In function \
+importFallbackPluginImporter:
+[8] Assertion failed: creator && "Plugin not found, are the plugin name, version, and namespace correct?"
+[11/03/2025-09:10:01] [E] Failed to parse onnx file
+[11/03/2025-09:10:01] [E] Parsing model failed
+[11/03/2025-09:10:01] [E] Failed to create engine from model or file.
+[11/03/2025-09:10:01] [E] Engine set up failed
+&&&& FAILED TensorRT.trtexec [TensorRT v101300] # trtexec --onnx=model.onnx
+"""
+
+
+@pytest.mark.parametrize(("log", "cause"), [
+    (LOG_OUT_OF_MEMORY, "Error Code 1: Cuda Runtime (out of memory)"),
+    (LOG_NO_TACTIC, "Could not find any implementation for node {ForeignNode[/backbone/Conv_3.../attn/MatMul_1]}"),
+    (LOG_FORMAT, "could not find any supported formats consistent with input/output data types"),
+])
+def test_a_plugin_that_parsed_is_not_the_diagnosis_the_error_lines_are(log: str, cause: str) -> None:
+    failure = trtexec.diagnose_failure(log)
+    assert failure is not None and not failure.user_error
+    assert "importer" not in failure.message and "Attempting" not in failure.message
+    assert "[E] Error[" in failure.message and cause in failure.message
+    assert cause in failure.errors[0] and "Engine could not be created from network" in failure.errors
+
+
+def test_a_plugin_that_failed_is_named_with_the_error_lines() -> None:
+    failure = trtexec.diagnose_failure(LOG_10_NAMESPACE)
+    assert failure is not None and failure.user_error
+    assert f"no plugin creator with the node's name, version and namespace ({MSDA} version 1, namespace 'mine')" \
+        in failure.message
+    assert "node 3" in failure.message and "/dec/attn_out" in failure.message
+    assert "[E] Failed to parse onnx file" in failure.message
+    # the assertion text on its own line belongs to the [E] line before it
+    assert any(line.endswith('"Plugin not found, are the plugin name, version, and namespace correct?"')
+               for line in failure.errors)
+    old = trtexec.diagnose_failure(LOG_86_PLUGIN)
+    assert old is not None and "[E] 3: getPluginCreator could not find plugin" in old.message
+    assert len(trtexec.error_lines(LOG_10_NAMESPACE)) == trtexec.MAX_ERROR_LINES
+    many = "".join(f"[E] step {i} failed\n" for i in range(9))
+    assert trtexec.error_lines(many) == ["step 0 failed", "step 1 failed", "step 2 failed", "step 3 failed",
+                                         "... 4 more", "step 8 failed"]
+
+
 def test_engine_io_follows_the_graph_and_8_x_narrows_int64() -> None:
     x = helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])

@@ -324,35 +324,86 @@ def bench_timings(records: Sequence[Mapping[str, float]], warmup: int, iteration
 class Failure:
     message: str
     user_error: bool  # True: the user can fix it (missing plugin, unparsable node, a flag this trtexec refuses)
+    errors: tuple[str, ...] = ()  # the log's [E] lines, as the message quotes them
 
 
-def diagnose_failure(log: str) -> Failure | None:
-    """What a failed trtexec run says about why, from its log: missing plugin creator, parser node, bad flag."""
-    lines = log.splitlines()
+_STAMP = re.compile(r"^\[\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d\] ")
+_ERROR_LINE = re.compile(r"\[E\][ \t]*(?:\[TRT\][ \t]*)?(.*)$")
+_SEARCH = re.compile(r"Searching for plugin: ([^,\s]+), plugin_version: ([^,\s]*), plugin_namespace:[ \t]*(\S*)")
+_CREATED = re.compile(r"Successfully created plugin: (\S+)")
+MAX_ERROR_LINES = 6
+
+
+def error_lines(log: str) -> list[str]:
+    """The messages of the log's [E] lines in order, each once, with their continuation lines joined (the
+    parser's assertion text follows its [E] line on a line of its own); at most MAX_ERROR_LINES, the first
+    ones (the cause) and the last one (what gave up)."""
     found: list[str] = []
-    user = False
+    current: str | None = None
+    for line in log.splitlines():
+        match = _ERROR_LINE.search(line)
+        if match or current is None or not line.strip() or _STAMP.match(line) or line.startswith("&&&&"):
+            if current is not None:
+                found.append(current)
+            current = match.group(1).strip() if match else None
+        else:
+            current += " " + line.strip()
+    if current is not None:
+        found.append(current)
+    found = list(dict.fromkeys(found))
+    if len(found) > MAX_ERROR_LINES:
+        found = [*found[:MAX_ERROR_LINES - 2], f"... {len(found) - MAX_ERROR_LINES + 1} more", found[-1]]
+    return found
+
+
+def _unimported_plugin(log: str) -> tuple[str, str, str] | None:
+    """The plugin (name, version, namespace) the parser searched for last and never created, if any.
+
+    The parser prints 'No importer registered for op: X. Attempting to import as plugin' and the
+    search at INFO for every plugin node, also when the build then succeeds: only a search with no
+    'Successfully created plugin' after it is a plugin that failed."""
+    pending: tuple[str, str, str] | None = None
+    for line in log.splitlines():
+        search = _SEARCH.search(line)
+        if search:
+            pending = (search.group(1), search.group(2), search.group(3))
+        elif pending is not None and (created := _CREATED.search(line)) and created.group(1) == pending[0]:
+            pending = None
+    return pending
+
+
+def _parser_findings(log: str) -> list[str]:
+    """What the log says the user can fix: a flag this trtexec refuses, a plugin creator it lacks, a node."""
+    found: list[str] = []
     unknown = [m.group(1) for m in re.finditer(r"Unknown option: (\S+)", log)]
     if unknown:
         found.append(f"this trtexec rejects {', '.join(dict.fromkeys(unknown))}")
-        user = True
     creators = re.findall(r"getPluginCreator could not find plugin:? (\S+) version:? (\S+)", log)
     for name, version in dict.fromkeys(creators):
         found.append(f"no plugin creator {name} version {version} is registered")
-        user = True
+    failed = _unimported_plugin(log)
     if "Plugin not found, are the plugin name, version, and namespace correct?" in log and not creators:
-        found.append("the parser found no plugin creator with the node's name, version and namespace")
-        user = True
+        sought = f" ({failed[0]} version {failed[1]}, namespace '{failed[2]}')" if failed else ""
+        found.append(f"the parser found no plugin creator with the node's name, version and namespace{sought}")
+    elif failed is not None and not creators and "importFallbackPluginImporter" in log:
+        found.append(f"the parser could not create plugin {failed[0]} version {failed[1]} (namespace '{failed[2]}')")
     for match in re.finditer(r"While parsing node number (\d+) \[(\S+) -> \"([^\"]*)\"\]", log):
         found.append(f"the ONNX parser failed at node {match.group(1)} ({match.group(2)}, output '{match.group(3)}')")
-        user = True
-    for match in re.finditer(r"No importer registered for op: (\S+)", log):
-        found.append(f"no importer for op {match.group(1)}")
-    if not found:
-        errors = [line.strip() for line in lines if "[E]" in line or "ERROR" in line]
-        if not errors:
-            return None
-        return Failure("; ".join(errors[-3:]), False)
-    return Failure("; ".join(dict.fromkeys(found)), user)
+    return found
+
+
+def diagnose_failure(log: str) -> Failure | None:
+    """Why a trtexec run failed, from its log: what the user can fix (a flag, a plugin creator, a node),
+    then the [E] lines themselves; None when the log names no error."""
+    found = list(dict.fromkeys(_parser_findings(log)))
+    errors = error_lines(log)
+    if not errors:
+        errors = list(dict.fromkeys(line.strip() for line in log.splitlines() if "ERROR" in line))[-3:]
+    if not found and not errors:
+        return None
+    quoted = "; ".join(f"[E] {line}" for line in errors)
+    message = "; ".join(found) + (f" (trtexec: {quoted})" if found and quoted else "") if found else quoted
+    return Failure(message, bool(found), tuple(errors))
 
 
 # ---------------------------------------------------------------------------------------------------------------

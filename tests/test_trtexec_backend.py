@@ -17,12 +17,13 @@ import onnx
 import pytest
 from conftest import Project
 from onnx import TensorProto, helper
+from test_preflight import handmade_model
 
 from orchestrator.backends.base import BuildRequest
 from orchestrator.backends.tensorrt import ShapeRange, TensorSpec, trtexec
 from orchestrator.errors import UserError
 from orchestrator.stages import StageCall
-from orchestrator.stages.build import build_request
+from orchestrator.stages.build import build_request, preflight
 
 BUILD = {"workspace": "4GiB", "precision": "fp32"}
 MSDA = "MultiscaleDeformableAttnPlugin_TRT"
@@ -148,6 +149,60 @@ def test_the_equivalent_command_carries_the_yaml_profiles(tmp_path: Path) -> Non
     # without profiles a dynamic graph still gets its command, with no invented shapes
     plain = trtexec.equivalent_command(stage_call(tmp_path, {}), dynamic_graph())
     assert not any(part.startswith("--minShapes") for part in plain)
+
+
+def static_graph() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_static_model_gets_no_explicit_shapes(tmp_path: Path) -> None:
+    # trtexec: "Static model does not take explicit shapes"; a profile may only repeat the graph's dims
+    call = stage_call(tmp_path, {"profiles": [{"x": {"min": [2, 8], "opt": [2, 8], "max": [2, 8]}}]})
+    command = trtexec.equivalent_command(call, static_graph())
+    assert not any(part.startswith(("--minShapes", "--optShapes", "--maxShapes", "--shapes")) for part in command)
+    profile = {"x": ShapeRange((2, 8), (2, 8), (2, 8))}
+    assert trtexec.explicit_profiles([profile], {"x": (2, 8)}) is None
+    assert trtexec.explicit_profiles([profile], {"x": (None, 8)}) == [profile]
+    assert trtexec.explicit_profiles([], {"x": (None, 8)}) is None
+
+
+def msda_model(namespace: str = "", rename: dict[str, str] | None = None) -> onnx.ModelProto:
+    """The preflight's hand-made plugin graph, with its inputs renamed as given."""
+    model = handmade_model(index_type=TensorProto.INT32, namespace=namespace)
+    for old, new in (rename or {}).items():
+        next(i for i in model.graph.input if i.name == old).name = new
+        node = model.graph.node[0]
+        node.input[list(node.input).index(old)] = new
+    return model
+
+
+def declared(namespace: str = "") -> list[dict[str, str]]:
+    return [{"op": MSDA, "version": "1", "namespace": namespace}]
+
+
+def test_a_plugin_namespace_is_refused_for_trtexec_unless_a_library_can_register_it() -> None:
+    with pytest.raises(UserError) as caught:
+        preflight(msda_model("mine"), declared("mine"), "fp32", "trtexec")
+    assert caught.value.field == "export.plugins"
+    assert "namespace 'mine'" in caught.value.message and "only in namespace \"\"" in caught.value.message
+    assert "backend: tensorrt" in (caught.value.hint or "")
+    assert preflight(msda_model("mine"), declared("mine"), "fp32", "trtexec", ["/opt/libmine.so"])
+    assert preflight(msda_model(), declared(), "fp32", "trtexec")
+    assert preflight(msda_model("mine"), declared("mine"), "fp32", "onnxruntime")
+
+
+def test_tensor_names_with_a_comma_are_refused_for_trtexec() -> None:
+    model = msda_model(rename={"value": "value,0"})
+    with pytest.raises(UserError) as caught:
+        preflight(model, declared(), "fp32", "trtexec")
+    assert "input 'value,0'" in caught.value.message and "splits" in caught.value.message
+    assert preflight(model, declared(), "fp32", "onnxruntime")
+    assert preflight(msda_model(rename={"value": "value:0"}), declared(), "fp32", "trtexec")  # quotes carry ':'
+    with pytest.raises(UserError, match="input 'a,b'"):
+        trtexec.load_inputs_option({"a,b": "/in.bin"})
 
 
 # ------------------------------------------------------------------------------------------- files

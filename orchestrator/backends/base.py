@@ -252,6 +252,13 @@ class Backend:
             raise UserError(f"precision {precision}: the {self.name} backend runs {', '.join(self.precisions)}",
                             field="build.precision")
 
+    def check_plugin(self, plugin: DeclaredPlugin, libraries: Sequence[str]) -> None:
+        """Refuse a declared plugin whose creator this backend cannot find (`libraries`: the build's plugin
+        libraries), before any backend work."""
+
+    def check_graph(self, model: Any) -> None:
+        """Refuse a graph this backend cannot build or run as it is (e.g. tensor names its tools cannot carry)."""
+
     def build(self, request: BuildRequest) -> Built:
         raise NotImplementedError
 

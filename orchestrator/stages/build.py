@@ -17,7 +17,7 @@ typed `BuildRequest`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -194,7 +194,8 @@ def _check_node(model: Any, node: Any, plugin: dict[str, Any], types: dict[str, 
     return {"node": node.name, "op": node.op_type, "version": version, "namespace": namespace, "dtypes": dtypes}
 
 
-def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backend: str) -> list[dict[str, Any]]:
+def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backend: str,
+              libraries: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Check each plugin node; return what was checked. Raise UserError naming the node and the mismatch."""
     chosen = backends.get(backend)
     by_op = {p["op"]: p for p in declared}
@@ -209,6 +210,9 @@ def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backen
             raise UserError(f"plugin node '{node.name or node.output[0]}' ({node.op_type}): op is not declared in "
                             f"export.plugins (declared: {', '.join(by_op)})", field="export.plugins")
         checked.append(_check_node(model, node, plugin, types, precision, chosen))
+    for plugin in declared:
+        chosen.check_plugin(DeclaredPlugin.from_config(plugin), libraries)
+    chosen.check_graph(model)
     chosen.check_precision(precision)
     return checked
 
@@ -219,7 +223,8 @@ def run(call: StageCall) -> StageResult:
     settings = call.config["build"]
     graph_path = call.inputs["graph"].path / "model.onnx"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(graph_path)))
-    checked = preflight(model, call.config["plugins"], settings["precision"], settings["backend"])
+    checked = preflight(model, call.config["plugins"], settings["precision"], settings["backend"],
+                        [str(p) for p in call.paths.get("plugin_libraries", [])])
     request = build_request(call, graph_path, model, checked)
     command = backends.write_equivalent_command(request)
     built = backends.get(request.backend).build(request)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import environment
-from orchestrator.backends.base import BuildRequest, Built, RunnerBase, TensorSpec, Timings, Trusted
+from orchestrator.backends.base import BuildRequest, Built, DeclaredPlugin, RunnerBase, TensorSpec, Timings, Trusted
 from orchestrator.backends.tensorrt.api import ApiFeatures, installed_version, short_version, version_tuple
 from orchestrator.backends.tensorrt.backend import TensorRTBackend
 from orchestrator.backends.tensorrt.cache import timing_cache_file, write_atomically
@@ -39,7 +39,6 @@ from orchestrator.backends.tensorrt.runner import cast_for_engine
 from orchestrator.backends.tensorrt.settings import (
     ShapeRange,
     graph_input_dims,
-    needs_profiles,
     parse_size,
     resolve_profiles,
 )
@@ -129,8 +128,32 @@ def precision_options(plan: PrecisionPlan) -> list[str]:
 
 
 def _spec_name(name: str) -> str:
-    """A tensor name inside a trtexec spec: quoted when it holds ':' or ','."""
+    """A tensor name inside a trtexec spec: quoted when it holds ':' or ','.
+
+    Quotes carry a ':', not a ',': trtexec splits the list on ',' before it reads quotes, so the
+    trtexec backend refuses such names (`comma_problem`); the equivalent command of another backend
+    can only show them quoted."""
     return f"'{name}'" if (":" in name or "," in name) else name
+
+
+def comma_problem(names: Sequence[str]) -> UserError | None:
+    """The error for tensor names trtexec's --shapes, --*Shapes and --loadInputs cannot carry (a ','), if any."""
+    bad = [name for name in names if "," in name]
+    if not bad:
+        return None
+    return UserError(f"input {', '.join(repr(n) for n in bad)}: trtexec splits --loadInputs and --shapes lists on "
+                     "',' before it reads quotes, so it cannot name a tensor whose name holds a ','",
+                     field="build.backend",
+                     hint="rename the input in the export (no ',' in input names), or use backend: tensorrt")
+
+
+def explicit_profiles(profiles: Sequence[Mapping[str, ShapeRange]],
+                      inputs: Mapping[str, Sequence[int | None]]) -> Sequence[Mapping[str, ShapeRange]] | None:
+    """The profiles trtexec gets as --minShapes/--optShapes/--maxShapes: only where an input is dynamic.
+
+    trtexec refuses explicit shapes for a static model ("Static model does not take explicit shapes"),
+    and a profile of a static model can only repeat the graph's dims (resolve_profiles checks that)."""
+    return profiles if profiles and any(None in dims for dims in inputs.values()) else None
 
 
 def dims_text(shape: Sequence[int]) -> str:
@@ -201,7 +224,7 @@ def equivalent_command(request: BuildRequest, model: Any) -> list[str]:
         profiles = resolve_profiles(request.profiles, inputs)
     except UserError:
         profiles = []
-    shown_profiles = profiles if needs_profiles(inputs, bool(request.profiles)) else None
+    shown_profiles = explicit_profiles(profiles, inputs)
     cache = None
     if request.timing_cache and request.shared_dir is not None and version:
         cache = timing_cache_file(request.shared_dir, short_version(version), environment.build_gpu())
@@ -220,7 +243,10 @@ def settings_of(request: BuildRequest) -> dict[str, Any]:
 
 
 def load_inputs_option(files: Mapping[str, Path | str]) -> str:
-    """--loadInputs=name:file,... (names quoted when they hold ':' or ',')."""
+    """--loadInputs=name:file,... (names quoted when they hold ':'; a ',' cannot be carried)."""
+    problem = comma_problem(list(files))
+    if problem is not None:
+        raise problem
     return "--loadInputs=" + ",".join(f"{_spec_name(name)}:{path}" for name, path in files.items())
 
 
@@ -503,7 +529,7 @@ def build(request: BuildRequest) -> Built:
     engine = request.out / "engine.plan"
     with borrowed_timing_cache(shared) as cache:
         command = command_line(graph_file, settings_of(request), request.plugin_libraries, version,
-                               profiles=profiles if needs_profiles(inputs, bool(request.profiles)) else None,
+                               profiles=explicit_profiles(profiles, inputs),
                                timing_cache=cache, engine=engine, plan=plan, skip_inference=True)
         command[0] = binary
         request.progress("trtexec building")
@@ -614,6 +640,21 @@ class TrtexecBackend(TensorRTBackend):
 
     def tool_identity(self, tool: str) -> str | None:
         return (detected_version() or "absent") if tool == "trtexec" else None
+
+    def check_plugin(self, plugin: DeclaredPlugin, libraries: Sequence[str]) -> None:
+        """trtexec registers NVIDIA's plugins in namespace "" only: a creator in another namespace can come
+        only from a plugin library of the build's own."""
+        if plugin.namespace and not libraries:
+            raise UserError(f"plugin {plugin.op}: namespace '{plugin.namespace}' has no creator under trtexec, "
+                            "which registers NVIDIA's plugins only in namespace \"\"", field="export.plugins",
+                            hint="declare namespace '' (export.plugins[].namespace), give build.plugin_libraries "
+                                 "a library that registers its creators in that namespace, or use backend: "
+                                 "tensorrt (it registers NVIDIA's plugins in every namespace the graph uses)")
+
+    def check_graph(self, model: Any) -> None:
+        problem = comma_problem(list(graph_input_dims(model)))
+        if problem is not None:
+            raise problem
 
     def build(self, request: BuildRequest) -> Built:
         return build(request)

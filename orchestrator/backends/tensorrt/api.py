@@ -12,11 +12,15 @@ without TensorRT.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from orchestrator import environment
 from orchestrator.errors import UserError
@@ -139,26 +143,85 @@ def require_tensorrt() -> None:
 SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
 
 
-def make_logger(log_path: Path | None = None) -> Any:
-    """A TensorRT logger that keeps warnings and errors for messages, and writes INFO and up to `log_path`."""
+class LogSink:
+    """Where one build's or one runner's TensorRT messages go: warnings and errors kept for messages, INFO and
+    up written to `log_path` (when given)."""
+
+    def __init__(self, log_path: Path | None = None, keep: int = 200) -> None:
+        self.messages: deque[tuple[str, str]] = deque(maxlen=keep)
+        self.stream: TextIO | None = log_path.open("a") if log_path is not None else None
+
+    def log(self, level: str, message: str) -> None:
+        if level in SEVERITIES[:3]:
+            self.messages.append((level, message))
+        if self.stream is not None and level in SEVERITIES[:4]:
+            self.stream.write(f"[{level}] {message}\n")
+            self.stream.flush()
+
+    def errors(self, limit: int = 8) -> str:
+        found = [message for level, message in self.messages if level in SEVERITIES[:2]]
+        return "\n".join(found[-limit:]) or "(TensorRT logged no error)"
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    def __enter__(self) -> LogSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SinkSwitch:
+    """Hands each message to the sink made current last (`capturing`), or to `fallback` when none is.
+
+    TensorRT keeps the first logger of the process (init_libnvinfer_plugins stores its pointer), so
+    a logger per builder or runtime would send a second runner's errors to the first one's list.
+    The process has one logger that writes through this switch instead.
+    """
+
+    def __init__(self) -> None:
+        self.fallback = LogSink()
+        self._current: list[LogSink] = []
+        self._lock = threading.Lock()
+
+    def log(self, level: str, message: str) -> None:
+        with self._lock:
+            sink = self._current[-1] if self._current else self.fallback
+        sink.log(level, message)
+
+    @contextmanager
+    def capturing(self, sink: LogSink) -> Iterator[LogSink]:
+        """Messages logged inside the block go to `sink`; the sink current before gets them again after."""
+        with self._lock:
+            self._current.append(sink)
+        try:
+            yield sink
+        finally:
+            with self._lock:  # the last push of `sink` (one sink may be current in nested blocks)
+                del self._current[len(self._current) - 1 - self._current[::-1].index(sink)]
+
+
+LOG_SWITCH = SinkSwitch()
+
+
+def capturing(sink: LogSink) -> AbstractContextManager[LogSink]:
+    """TensorRT's messages inside the block go to `sink` (see SinkSwitch)."""
+    return LOG_SWITCH.capturing(sink)
+
+
+@functools.cache
+def process_logger() -> Any:
+    """This process's one TensorRT logger, made on first use; it writes to the sink `capturing` made current."""
     import tensorrt as trt
 
-    class CollectingLogger(trt.ILogger):
+    class SwitchedLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.messages: list[tuple[str, str]] = []
-            self.stream = log_path.open("a") if log_path is not None else None
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            level = str(severity).rsplit(".", 1)[-1]
-            if level in SEVERITIES[:3]:
-                self.messages.append((level, msg))
-            if self.stream is not None and level in SEVERITIES[:4]:
-                self.stream.write(f"[{level}] {msg}\n")
-                self.stream.flush()
+            LOG_SWITCH.log(str(severity).rsplit(".", 1)[-1], msg)
 
-        def errors(self, limit: int = 8) -> str:
-            found = [m for level, m in self.messages if level in SEVERITIES[:2]]
-            return "\n".join(found[-limit:]) or "(TensorRT logged no error)"
-
-    return CollectingLogger()
+    return SwitchedLogger()

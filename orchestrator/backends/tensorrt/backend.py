@@ -8,7 +8,7 @@ from pathlib import Path
 from orchestrator import environment
 from orchestrator import plugins as catalog
 from orchestrator.backends.base import Backend, BuildRequest, Built, DeclaredPlugin, Runner, Trusted
-from orchestrator.backends.tensorrt.api import ApiFeatures, installed_version, make_logger
+from orchestrator.backends.tensorrt.api import ApiFeatures, installed_version, process_logger
 from orchestrator.backends.tensorrt.buffers import buffer_library
 from orchestrator.backends.tensorrt.creators import has_creator, register_plugins
 from orchestrator.errors import UserError
@@ -70,7 +70,7 @@ def doctor_lines() -> list[str]:
 
             features = ApiFeatures.of_module(trt)
             lines.append(f"  tensorrt API             {features.describe()}")
-            registry = register_plugins(make_logger(), [], [""])
+            registry = register_plugins(process_logger(), [], [""])
             for op in catalog.BUILTIN:
                 entry = catalog.builtin(op)
                 versions = entry.versions if entry is not None else ("1",)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import pytest
 from conftest import Project
 from test_catalog import TOY_PIPELINE, write_toy_capture
 
+from orchestrator import backends, onnx_graph, stages
 from orchestrator import plugins as catalog
-from orchestrator import stages
+from orchestrator.backends.base import Backend, BuildRequest, Built, Runner, RunnerBase, TensorSpec, Trusted
 from orchestrator.config import spec
 from orchestrator.planning.plan import Node, make_plan
 from orchestrator.run.executor import Executor
@@ -78,6 +80,73 @@ def test_a_stage_is_one_module_and_one_line_in_stages(project: Project, monkeypa
     monkeypatch.setattr(stages, "STAGES", (*stages.STAGES[:-1], newer))  # its version is in its key
     statuses = run_in_process(pipeline, store)
     assert statuses["checksum"] == "ran" and {statuses[s] for s in ("build", "verify")} == {"cached"}
+
+
+# ----------------------------------------------------------------------------- a backend
+
+
+class KernelsRunner(RunnerBase):
+    """Runs a graph of plugin nodes (and the casts the export puts before them), each plugin node with its
+    catalog entry's reference kernel."""
+
+    def __init__(self, graph: Path, trusted: Trusted):
+        import onnx
+
+        self.graph = onnx.load(str(graph)).graph
+        self.trusted = trusted
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(**onnx_graph.value_meta(value)) for value in self.graph.input]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(**onnx_graph.value_meta(value)) for value in self.graph.output]
+
+    def run(self, feeds: Mapping[str, Any], keep: Sequence[str] = ()) -> dict[str, Any]:
+        values = dict(feeds)
+        for node in self.graph.node:
+            if node.op_type == "Cast":
+                to = onnx_graph.dtype_name(onnx_graph.node_attributes(node)["to"])
+                values[node.output[0]] = values[node.input[0]].astype(to)
+                continue
+            declared = self.trusted.plugin(node.op_type)
+            assert declared is not None, f"{node.op_type} is not a declared plugin"
+            kernel = catalog.lookup(node.op_type, declared.get("catalog")).load_kernel()
+            results = kernel([values[name] for name in node.input], onnx_graph.node_attributes(node))
+            values.update(zip(node.output, results, strict=True))
+        return {value.name: values[value.name] for value in self.graph.output}
+
+
+class KernelsBackend(Backend):
+    name = "kernels"
+    title = "reference kernels"
+    precisions = ("fp32",)
+
+    def build(self, request: BuildRequest) -> Built:
+        shutil.copyfile(request.graph, request.out / "graph.onnx")
+        return Built(f"{len(request.plugin_nodes)} plugin node(s), run by their reference kernels", {})
+
+    def open(self, artifact: Path, threads: int = 0, trusted: Trusted | None = None) -> Runner:
+        return KernelsRunner(artifact / "graph.onnx", trusted or Trusted())
+
+
+BACKEND = KernelsBackend()
+
+
+def test_a_backend_is_one_module_and_one_line_in_the_registry(project: Project,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends.REGISTRY, "kernels", backends.Registered(__name__, ("graph.onnx",)))  # the line
+    monkeypatch.chdir(project.root)
+    write_toy_capture(project.root / "tensors")
+    pipeline = project.write("toy.yaml", TOY_PIPELINE.replace("backend: onnxruntime", "backend: kernels"))
+    store = Store(project.store)
+    statuses = run_in_process(pipeline, store)
+    assert statuses["build"] == "ran" and statuses["verify"] == "passed" and statuses["bench"] == "ran"
+    build = next((project.store / "build").iterdir())
+    assert (build / "graph.onnx").is_file()
+    verify = json.loads((next((project.store / "verify").iterdir()) / "verify.json").read_text())
+    assert verify["passed"] and verify["outputs"]["output"]["max_abs"] == 0.0
 
 
 # ----------------------------------------------------------------------------- a plugin

@@ -129,6 +129,19 @@ def plugin_words() -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
+def unlisted_modules() -> list[str]:
+    """Modules of the package that README's Layout section does not name."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    words = set(re.findall(r"[A-Za-z_]+", layout))
+    return [path.relative_to(PACKAGE).as_posix() for path in sorted(PACKAGE.rglob("*.py"))
+            if path.stem not in ("__init__", "__main__") and path.stem not in words]
+
+
+def test_readme_layout_names_every_module() -> None:
+    assert unlisted_modules() == []
+
+
 def test_no_import_cycle() -> None:
     assert import_cycles() == []
 
@@ -151,5 +164,6 @@ if __name__ == "__main__":
     print(f"import cycles: {len(cycles)}", *(" <-> ".join(c) for c in cycles), sep="\n  ")
     for title, hits in (("backend names outside backends/", mentions(backend_names(), "backends/")),
                         ("plugin names outside plugins/", mentions(plugin_words(), "plugins/")),
-                        (f"functions over {LONGEST_FUNCTION} lines", long_functions())):
+                        (f"functions over {LONGEST_FUNCTION} lines", long_functions()),
+                        ("modules README's Layout does not name", unlisted_modules())):
         print(f"{title}: {len(hits)}", *hits, sep="\n  ")

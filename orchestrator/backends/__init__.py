@@ -143,9 +143,10 @@ def open_built(build: Artifact, threads: int = 0) -> Runner:
     """
     from orchestrator.backends.base import LIBRARY_LABEL, Trusted
     from orchestrator.errors import UserError
+    from orchestrator.store.digest import parts_match
 
     parts = build.manifest.get("parts")
-    if not _hash_to(parts, build.key):
+    if not parts_match(parts, build.key):
         raise UserError(f"build {build.key[:8]}: its manifest's parts do not hash to its key; it is not run",
                         hint="remove it (orchestrate fsck --repair) or build again (--force build)")
     assert isinstance(parts, dict)
@@ -153,15 +154,3 @@ def open_built(build: Artifact, threads: int = 0) -> Runner:
     digests = frozenset(digest for label, digest in parts.get("files", {}).items() if label.startswith(LIBRARY_LABEL))
     trusted = Trusted(tuple(config.get("plugins", [])), digests)
     return get(config["build"]["backend"]).open(build.path, threads, trusted)
-
-
-def _hash_to(parts: object, key: str) -> bool:
-    """Whether a manifest's `parts` are what `key` was computed from (as store.parts_match decides)."""
-    from orchestrator.store.digest import digest_json
-
-    if not isinstance(parts, dict):
-        return False
-    try:
-        return digest_json(parts) == key
-    except (TypeError, ValueError):
-        return False

@@ -46,7 +46,14 @@ def schema_path() -> Path:
 
 
 def load_schema() -> dict[str, Any]:
-    return json.loads(schema_path().read_text())
+    """The published schema, with build.backend's choices taken from the backends' registry: the file lists
+    the built-in ones for editors; a backend registered beside them is a valid choice too."""
+    from orchestrator import backends
+
+    schema: dict[str, Any] = json.loads(schema_path().read_text())
+    choice = schema["$defs"]["build"]["properties"]["backend"]
+    choice["enum"] = ["auto", *backends.names()]
+    return schema
 
 
 def dotted(path: FieldPath) -> str:

@@ -32,6 +32,20 @@ def digest_json(value: Any) -> str:
     return digest_bytes(canonical_json(value).encode())
 
 
+def parts_match(parts: Any, key: str) -> bool:
+    """Whether a manifest's `parts` are what `key` was computed from (a key is the digest of its parts).
+
+    The plan makes every key here from the pipeline, so parts that hash to it are the plan's own:
+    the configuration, catalog paths and file digests a stage may act on, whoever wrote the manifest.
+    """
+    if not isinstance(parts, dict):
+        return False
+    try:
+        return digest_json(parts) == key
+    except (TypeError, ValueError):  # not plain JSON (NaN, a non-string key): no key was made from it
+        return False
+
+
 def hash_file(path: str | os.PathLike[str]) -> str:
     """BLAKE3 of a file's bytes (memory-mapped; ~3-4 GB/s on one core from the page cache)."""
     import blake3

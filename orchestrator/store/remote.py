@@ -37,7 +37,8 @@ from typing import Any
 
 from orchestrator import stages
 from orchestrator.errors import UserError
-from orchestrator.store.store import FORMAT, MANIFEST, Artifact, Store, parts_match
+from orchestrator.store.digest import parts_match
+from orchestrator.store.store import FORMAT, MANIFEST, Artifact, Store
 
 ENVIRONMENT = "ORCHESTRATE_REMOTE"  # a URL, or "off": overrides the pipeline's cache.remote
 DISABLED = ("off", "none")

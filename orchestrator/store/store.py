@@ -32,26 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.store.digest import DigestCache, digest_json, hash_file, vouching_signature
+from orchestrator.store.digest import DigestCache, hash_file, parts_match, vouching_signature
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 SHARED_KINDS = ("timing_cache",)  # store folders beside the stages' own
 FAILED_RECORD = "failed.json"
-
-
-def parts_match(parts: Any, key: str) -> bool:
-    """Whether a manifest's `parts` are what `key` was computed from (a key is the digest of its parts).
-
-    The plan makes every key here from the pipeline, so parts that hash to it are the plan's own:
-    the configuration, catalog paths and file digests a stage may act on, whoever wrote the manifest.
-    """
-    if not isinstance(parts, dict):
-        return False
-    try:
-        return digest_json(parts) == key
-    except (TypeError, ValueError):  # not plain JSON (NaN, a non-string key): no key was made from it
-        return False
 
 
 @dataclass

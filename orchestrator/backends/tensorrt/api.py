@@ -179,7 +179,9 @@ class SinkSwitch:
 
     TensorRT keeps the first logger of the process (init_libnvinfer_plugins stores its pointer), so
     a logger per builder or runtime would send a second runner's errors to the first one's list.
-    The process has one logger that writes through this switch instead.
+    The process has one logger that writes through this switch instead. The current sink is the
+    process's, not a thread's (TensorRT may log from threads of its own); stages that build or run
+    at the same time do so in separate processes.
     """
 
     def __init__(self) -> None:

@@ -8,6 +8,7 @@ only by the `tensorrt`-marked test in test_tensorrt_backend.py.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,13 +18,18 @@ import onnx
 import pytest
 from conftest import Project
 from onnx import TensorProto, helper
+from test_catalog import TOY_PIPELINE, write_toy_capture
+from test_extension import run_in_process
 from test_preflight import handmade_model
 
-from orchestrator.backends.base import BuildRequest
+from orchestrator import backends
+from orchestrator.backends import onnxruntime
+from orchestrator.backends.base import BuildRequest, Trusted
 from orchestrator.backends.tensorrt import ShapeRange, TensorSpec, trtexec
 from orchestrator.errors import UserError
 from orchestrator.stages import StageCall
 from orchestrator.stages.build import build_request, preflight
+from orchestrator.store.store import Store
 
 BUILD = {"workspace": "4GiB", "precision": "fp32"}
 MSDA = "MultiscaleDeformableAttnPlugin_TRT"
@@ -245,6 +251,63 @@ def test_exported_outputs_parse_with_non_finite_values() -> None:
         trtexec.outputs_as_arrays(parsed, [TensorSpec("missing", "float32", [1])])
     with pytest.raises(RuntimeError, match="2 values for 'count' of shape"):
         trtexec.outputs_as_arrays({"count": ((3,), [1.0, 2.0])}, [TensorSpec("count", "int32", [3])])
+
+
+# An output whose shape depends on the data: trtexec writes a line of text where its values go.
+EXPORTED_DATA_DEPENDENT = """[
+  { "name" : "boxes"
+  , "dimensions" : "3x4"
+  , "values" : [ the values of a data-dependent output are not dumped here ]
+  }
+]
+"""
+
+
+def test_the_exported_json_limits_are_said_or_refused() -> None:
+    specs = [TensorSpec("logits", "float32", [1, 3]), TensorSpec("mask", "float16", [1, 3]),
+             TensorSpec("count", "int32", [1])]
+    note = trtexec.printed_digits_note(specs)
+    assert note == ("trtexec printed logits with 6 significant digits (--exportOutput): differences below ~1e-5 "
+                    "relative are not meaningful")
+    assert trtexec.printed_digits_note(specs[1:]) is None  # float16 survives 6 digits; integers are exact
+    assert trtexec.unreadable_outputs(specs) is None
+    problem = trtexec.unreadable_outputs([*specs, TensorSpec("labels", "uint8", [1, 3])])
+    assert problem is not None and "output 'labels' is uint8" in problem.message and "characters" in problem.message
+    with pytest.raises(UserError) as caught:
+        trtexec.parse_exported_outputs(EXPORTED_DATA_DEPENDENT, [TensorSpec("boxes", "float32", [None, 4])])
+    assert "cannot be read" in caught.value.message and "'boxes'" in caught.value.message
+    assert "tensorrt" in (caught.value.hint or "")
+
+
+class NotedRunner(onnxruntime.Runner):
+    """The onnxruntime runner, saying what limits its outputs as the trtexec runner does."""
+
+    def result_notes(self) -> list[str]:
+        return ["the outputs were printed with 6 significant digits"]
+
+
+class NotedBackend(onnxruntime.OnnxRuntimeBackend):
+    """The onnxruntime backend, opening its builds with NotedRunner."""
+
+    def open(self, artifact: Path, threads: int = 0, trusted: Trusted | None = None) -> NotedRunner:
+        return NotedRunner(artifact, threads, trusted)
+
+
+BACKEND = NotedBackend()
+
+
+def test_a_runner_note_reaches_the_verify_summary(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends.REGISTRY, "onnxruntime",
+                        backends.REGISTRY["onnxruntime"]._replace(module=__name__))
+    monkeypatch.chdir(project.root)
+    write_toy_capture(project.root / "tensors")
+    pipeline = project.write("toy.yaml", TOY_PIPELINE)
+    assert run_in_process(pipeline, Store(project.store))["verify"] == "passed"
+    verified = next((project.store / "verify").iterdir())
+    assert json.loads((verified / "verify.json").read_text())["notes"] == [
+        "the outputs were printed with 6 significant digits"]
+    summary = json.loads((verified / "manifest.json").read_text())["summary"]
+    assert summary.endswith("; the outputs were printed with 6 significant digits")
 
 
 LOG_10 = """\

@@ -172,6 +172,10 @@ class Runner(Protocol):
         """The plugin nodes in graph order whose outputs `run(keep=...)` returns; None: graph outputs only."""
         ...
 
+    def result_notes(self) -> list[str]:
+        """What limits the outputs `run` returns (e.g. the digits a tool printed them with), for verify's summary."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -201,6 +205,9 @@ class RunnerBase:
 
     def plugin_nodes(self) -> list[PluginNodeRun] | None:
         return None
+
+    def result_notes(self) -> list[str]:
+        return []
 
     def close(self) -> None:
         pass

@@ -331,15 +331,17 @@ def run(call: StageCall) -> StageResult:
     call.progress("running")
     keep = [node.outputs[0] for node, _ in pairs]
     results = runner.run(feeds, keep=keep)
+    notes = runner.result_notes()
     runner.close()
     report: dict[str, Any] = {"outputs": {}, "plugin_nodes": {}, "skipped": skipped, "passed": True,
-                              "failed_checks": [], "notes": []}
+                              "failed_checks": [], "notes": list(notes)}
     lines = [_compare_output(name, results[produced], reference, settings, report)
              for name, produced, reference in references if name not in skipped]
     if skipped:
         lines.append(f"not compared (verify.skip): {', '.join(skipped)}")
     if record.get("calls"):
         lines.append(_compare_plugin_nodes(call, settings, record, steps, pairs, pairing_problems, results, report))
+    lines += notes
     (call.out / "verify.json").write_text(json.dumps(report, indent=1))
     slim = {**report, "outputs": {name: {k: v for k, v in stats.items() if k not in ("histogram", "sample")}
                                   for name, stats in report["outputs"].items()}}

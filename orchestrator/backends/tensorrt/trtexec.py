@@ -9,7 +9,8 @@ timing cache and the engine file.
 The backend builds engine.plan with trtexec, streaming its log into trtexec.log. Its `Runner`
 writes the inputs as raw files for `--loadInputs`, runs `trtexec --loadEngine`, and reads the
 outputs back from the `--exportOutput` JSON and per-iteration timings from `--exportTimes` (the
-printed performance summary is parsed too, for the record).
+printed performance summary is parsed too, for the record). That JSON holds 6 significant digits,
+which verify's summary says (`Runner.result_notes`), and uint8 values as characters, refused.
 """
 
 from __future__ import annotations
@@ -267,16 +268,27 @@ def write_inputs(folder: Path, feeds: Mapping[str, Any], specs: Sequence[TensorS
 _NON_FINITE = re.compile(r"(?<=[\[\s,])(-?)(nan|inf)(?=[\s,\]])", re.IGNORECASE)
 
 
-def parse_exported_outputs(text: str) -> dict[str, tuple[tuple[int, ...], list[float]]]:
+Exported = dict[str, tuple[tuple[int, ...], list[float]]]  # name -> (shape, values)
+
+
+def parse_exported_outputs(text: str, specs: Sequence[TensorSpec] = ()) -> Exported:
     """The --exportOutput JSON: [{"name", "dimensions": "1x2x3", "values": [...]}] -> {name: (shape, values)}.
 
     trtexec prints non-finite values as C++ streams do (nan, -nan, inf), which JSON does not allow.
+    A file that is not JSON even so is a UserError naming the outputs (of `specs`) that can cause it.
     """
     def replace(match: re.Match[str]) -> str:
         sign, word = match.group(1), match.group(2).lower()
         return "NaN" if word == "nan" else f"{sign}Infinity"
 
-    records = json.loads(_NON_FINITE.sub(replace, text))
+    try:
+        records = json.loads(_NON_FINITE.sub(replace, text))
+    except json.JSONDecodeError as exc:
+        dynamic = [spec.name for spec in specs if None in spec.shape]
+        suspects = (f"; trtexec prints a line of text among the values of an output whose shape depends on the "
+                    f"data, which {', '.join(repr(n) for n in dynamic)} may be" if dynamic else "")
+        raise UserError(f"trtexec's --exportOutput file cannot be read: {exc.msg} at line {exc.lineno}{suspects}",
+                        field="build.backend", hint="verify this model with backend: tensorrt") from None
     found = {}
     for record in records:
         dims = str(record.get("dimensions", "")).strip()
@@ -285,8 +297,31 @@ def parse_exported_outputs(text: str) -> dict[str, tuple[tuple[int, ...], list[f
     return found
 
 
-def outputs_as_arrays(parsed: Mapping[str, tuple[tuple[int, ...], list[float]]],
-                      specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+# --exportOutput prints uint8 values with operator<<, as characters: they cannot be read back.
+UNREADABLE_DTYPES = ("uint8",)
+PRINTED_DIGITS = 6  # --exportOutput prints with the stream's default precision
+
+
+def unreadable_outputs(specs: Sequence[TensorSpec]) -> UserError | None:
+    """The error for outputs whose values --exportOutput does not print as numbers, if any."""
+    bad = [spec for spec in specs if spec.dtype in UNREADABLE_DTYPES]
+    if not bad:
+        return None
+    return UserError(f"output {', '.join(repr(s.name) for s in bad)} is {bad[0].dtype}: trtexec's --exportOutput "
+                     "prints its values as raw characters, which cannot be read back", field="build.backend",
+                     hint="cast the output to int32 in the graph, or verify with backend: tensorrt")
+
+
+def printed_digits_note(specs: Sequence[TensorSpec]) -> str | None:
+    """What the printed digits leave of float32 outputs (float16 values survive 6 digits exactly)."""
+    floats = [spec.name for spec in specs if spec.dtype == "float32"]
+    if not floats:
+        return None
+    return (f"trtexec printed {', '.join(floats)} with {PRINTED_DIGITS} significant digits (--exportOutput): "
+            "differences below ~1e-5 relative are not meaningful")
+
+
+def outputs_as_arrays(parsed: Exported, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     import numpy as np
 
     arrays = {}
@@ -522,7 +557,8 @@ def build(request: BuildRequest) -> Built:
     if len(profiles) > 1:
         raise UserError(f"the trtexec backend builds one optimization profile; {len(profiles)} are given",
                         field="build.profiles", hint="use backend: tensorrt for several profiles")
-    graph_file, graph_model = graph_to_build(request.model, request.graph, request.out, plan.cast_graph)
+    graph_file, graph_model = graph_to_build(request.model, request.graph, request.out, plan.cast_graph,
+                                             request.keep_fp32, {node.op for node in request.plugin_nodes})
     shared = None
     if request.timing_cache and request.shared_dir is not None:
         shared = timing_cache_file(request.shared_dir, short_version(version or "unknown"), environment.build_gpu())
@@ -603,12 +639,21 @@ class Runner(RunnerBase):
 
     def run(self, feeds: Mapping[str, Any], keep: Sequence[str] = ()) -> dict[str, Any]:
         """The graph outputs (trtexec exports no intermediate tensor, so `keep` is never given)."""
+        outputs = self.outputs
+        problem = unreadable_outputs(outputs)
+        if problem is not None:
+            raise problem
         with tempfile.TemporaryDirectory(prefix="orchestrate-trtexec-") as name:
             folder = Path(name)
             exported = folder / "outputs.json"
             self._run(self._command(folder, feeds, ["--iterations=1", "--warmUp=0", "--duration=0",
                                                     f"--exportOutput={exported}"]), folder)
-            return outputs_as_arrays(parse_exported_outputs(exported.read_text()), self.outputs)
+            return outputs_as_arrays(parse_exported_outputs(exported.read_text(), outputs), outputs)
+
+    def result_notes(self) -> list[str]:
+        """The digits --exportOutput printed float32 outputs with."""
+        note = printed_digits_note(self.outputs)
+        return [note] if note else []
 
     def bench(self, feeds: Mapping[str, Any], warmup: int, iterations: int, max_seconds: float,
               progress: Callable[[str], None] | None = None) -> Timings:

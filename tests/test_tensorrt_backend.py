@@ -353,24 +353,26 @@ def test_the_float16_graph_computes_what_the_float32_graph_does() -> None:
                                            helper.make_tensor_value_info("ids", TensorProto.INT32, [3, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)  # older ORTs too
-    half, changed = trt_backend.cast_float_graph(model)
-    assert changed == ["x"]
+    half = trt_backend.cast_float_graph(model)
+    assert [v.type.tensor_type.elem_type for v in half.graph.input] == [TensorProto.FLOAT, TensorProto.INT32]
     onnx.checker.check_model(half, full_check=True)
     x = rng.standard_normal((3, 8)).astype(np.float32)
     ids = rng.integers(-2, 3, (3, 4)).astype(np.int32)
     run = lambda m, feeds: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
         None, feeds)[0]
     want = run(model, {"x": x, "ids": ids})
-    got = run(half, {"x": x.astype(np.float16), "ids": ids})
-    assert got.dtype == np.float16 and np.allclose(got, want, atol=2e-2, rtol=2e-2)
+    got = run(half, {"x": x, "ids": ids})  # graph inputs and outputs keep their types; the inside is float16
+    assert got.dtype == np.float32 and np.allclose(got, want, atol=2e-2, rtol=2e-2)
+    assert {i.data_type for i in half.graph.initializer} == {TensorProto.FLOAT16}
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # the original is untouched
 
 
 def test_the_float16_plugin_graph_passes_the_build_preflight() -> None:
     from orchestrator.stages.build import preflight
 
-    half, changed = trt_backend.cast_float_graph(plugin_graph(reshaped=True))
-    assert changed == ["value", "sampling_locations", "attention_weights"]
+    half = trt_backend.cast_float_graph(plugin_graph(reshaped=True), plugin_ops={MSDA})
+    assert [v.type.tensor_type.elem_type for v in half.graph.input] == \
+        [v.type.tensor_type.elem_type for v in plugin_graph(reshaped=True).graph.input]
     declared = [{"op": MSDA, "version": "1", "namespace": ""}]
     [checked] = preflight(onnx.shape_inference.infer_shapes(half), declared, "fp16", "tensorrt")
     assert checked["dtypes"] == ["float16", "int32", "int32", "float16", "float16"]

@@ -109,6 +109,7 @@ class BuildRequest:
     out: Path  # the empty folder the artifact's files go into
     backend: str  # the backend the build runs on (what `auto` resolved to)
     precision: str = "fp32"
+    keep_fp32: tuple[str, ...] = ()  # build.keep_fp32: op types, node names (globs) kept float32 at half precision
     workspace: int | str = "4GiB"  # bytes, or a size such as '4GiB'
     timing_cache: bool = True
     profiles: tuple[Mapping[str, Mapping[str, Sequence[int]]], ...] = ()  # {input: {min, opt, max}} each

@@ -37,7 +37,9 @@ class TensorRTBackend(Backend):
                 "on the CPU")
 
     def key_tools(self, gpu_type: str | None) -> dict[str, str]:
-        return {"tensorrt": installed_version() or "absent", "gpu": environment.gpu_identity(gpu_type)}
+        # The float16 converter makes the graph a strongly typed release builds at half precision.
+        return {"tensorrt": installed_version() or "absent", "gpu": environment.gpu_identity(gpu_type),
+                "onnxconverter-common": environment.tool_version("onnxconverter-common") or "absent"}
 
     def key_modules(self, plugins: Sequence[DeclaredPlugin]) -> list[str]:
         return []  # the plugins run in the engine: their libraries' digests are in the key

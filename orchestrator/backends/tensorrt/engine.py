@@ -29,7 +29,7 @@ from orchestrator.backends.tensorrt.api import (
 from orchestrator.backends.tensorrt.cache import open_timing_cache, save_timing_cache, timing_cache_file
 from orchestrator.backends.tensorrt.creators import check_creators, parser_error_lines, register_plugins
 from orchestrator.backends.tensorrt.graph import graph_to_build, is_quantized, plugin_outputs
-from orchestrator.backends.tensorrt.precision import PrecisionPlan, plugin_precisions, precision_plan
+from orchestrator.backends.tensorrt.precision import PrecisionPlan, hold_kept_layers, plugin_precisions, precision_plan
 from orchestrator.backends.tensorrt.runner import IoTensor, engine_io
 from orchestrator.backends.tensorrt.settings import (
     Dims,
@@ -52,9 +52,10 @@ def build(request: BuildRequest) -> Built:
 
     features = ApiFeatures.of_module(trt)
     plan = precision_plan(request.precision, features, plugin_precisions(request.plugins),
-                          is_quantized(request.model))
+                          is_quantized(request.model), request.keep_fp32)
     inputs = graph_input_dims(request.model)
-    graph_file, _ = graph_to_build(request.model, request.graph, request.out, plan.cast_graph)
+    graph_file, _ = graph_to_build(request.model, request.graph, request.out, plan.cast_graph, request.keep_fp32,
+                                   {node.op for node in request.plugin_nodes})
 
     with LogSink(request.out / "build.log") as sink, capturing(sink):
         logger = process_logger()
@@ -69,6 +70,7 @@ def build(request: BuildRequest) -> Built:
         profiles = build_profiles(request.profiles, inputs, shape_inputs)
         config = builder.create_builder_config()
         configure(config, features, plan, parse_size(request.workspace))
+        hold_kept_layers(network, config, features, plan, request.model, request.keep_fp32)
         if needs_profiles(inputs, bool(request.profiles)) or shape_inputs:
             add_profiles(builder, config, profiles, shape_inputs)
         cache_file = None

@@ -1,19 +1,29 @@
 """How one YAML precision is realised on a TensorRT generation: builder flags, or a cast of the graph.
 
 The plugins' own limits come from their catalog entries (built in, or the user's entry the pipeline
-declares), so a refusal names TensorRT's limits and each plugin's.
+declares), so a refusal names TensorRT's limits and each plugin's. The nodes a float16 build keeps in
+float32 (graph.fp32_nodes: normalisations, softmax, `build.keep_fp32`) stay float32 on every release:
+through the graph cast where TensorRT is strongly typed (11.x), through per-layer precision with
+OBEY_PRECISION_CONSTRAINTS where it has builder flags (8.6, 10.x). `kept_layers` decides which layers
+from their names, types and outputs; `constrain_layers` is the thin call into TensorRT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import plugins as catalog
 from orchestrator.backends.base import DeclaredPlugin
 from orchestrator.backends.tensorrt.api import ApiFeatures
+from orchestrator.backends.tensorrt.graph import fp32_nodes, node_name, node_outputs
 from orchestrator.errors import UserError
 
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+HALF_FLAGS = ("FP16", "BF16")  # builder flags that let TensorRT pick half layers (the kept ones are held to FP32)
 
 @dataclass(frozen=True)
 class PrecisionPlan:
@@ -23,6 +33,11 @@ class PrecisionPlan:
     set_flags: tuple[str, ...] = ()
     clear_flags: tuple[str, ...] = ()
     cast_graph: str | None = None  # dtype the graph's float32 tensors become (strongly typed releases)
+
+    @property
+    def constrains_layers(self) -> bool:
+        """Whether the kept nodes' layers are held to FP32 by builder constraints (half flags, no graph cast)."""
+        return self.cast_graph is None and any(flag in HALF_FLAGS for flag in self.set_flags)
 
     def describe(self) -> str:
         parts = [f"+{f}" for f in self.set_flags] + [f"-{f}" for f in self.clear_flags]
@@ -42,14 +57,16 @@ def _plugins_text(plugin_precisions: Mapping[str, Sequence[str]], precision: str
 
 
 def precision_plan(precision: str, features: ApiFeatures, plugin_precisions: Mapping[str, Sequence[str]],
-                   quantized: bool = False) -> PrecisionPlan:
+                   quantized: bool = False, keep_fp32: Collection[str] = ()) -> PrecisionPlan:
     """Builder flags (or a graph cast) for `precision`; a UserError naming TensorRT and the plugins if impossible.
 
     tf32 and fp32 keep float32 storage, so every plugin that runs fp32 runs them. `best` enables every
     float precision the installed TensorRT offers (INT8 only for a graph with Q/DQ nodes, since
     orchestrate does not calibrate); on a strongly typed release it casts to fp16 when every plugin
-    runs fp16.
+    runs fp16. A plugin named in `keep_fp32` (build.keep_fp32) runs float32 whatever the precision, so
+    its own limits do not refuse it.
     """
+    plugin_precisions = {op: p for op, p in plugin_precisions.items() if op not in keep_fp32}
     label = f"TensorRT {features.version}"
     storage = {"tf32": "fp32", "best": None}.get(precision, precision)
     refusing = {op: p for op, p in plugin_precisions.items() if storage not in (None, "fp32") and storage not in p}
@@ -117,3 +134,86 @@ def plugin_precisions(plugins: Sequence[DeclaredPlugin]) -> dict[str, tuple[str,
         except UserError:
             continue
     return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-layer FP32 on releases with builder precision flags
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer of the parsed network, as the choice of kept layers reads it."""
+
+    name: str
+    kind: str  # its LayerType's name: "NORMALIZATION", "SOFTMAX", "PLUGIN_V2", "PLUGIN_V3", ...
+    outputs: tuple[tuple[str, str], ...]  # (tensor name, DataType name: "FLOAT", "HALF", "INT32", ...)
+
+
+FLOAT_TYPES = ("FLOAT", "HALF", "BF16")
+DEFAULT_LAYER_KINDS = ("NORMALIZATION", "SOFTMAX")  # what the parser makes of the ops kept by default
+
+
+def _made_by(layer: str, node: str) -> bool:
+    """Whether a layer name is a node's: the parser names a node's layer after it, and makes further ones
+    unique with a '_<n>' suffix."""
+    return layer == node or (layer.startswith(f"{node}_") and layer[len(node) + 1:].isdigit())
+
+
+def kept_layers(layers: Sequence[LayerInfo], kept_nodes: Mapping[str, Sequence[str]],
+                graph_nodes: Collection[str] = (), defaults: bool = True) -> dict[int, tuple[int, ...]]:
+    """The layers held to FP32, by index, each with the outputs (by index) whose type is set to FLOAT.
+
+    A layer is a kept node's when it carries the node's name (or that name made unique, unless another
+    node of the graph, `graph_nodes`, has that very name) or writes one of the node's outputs; with
+    `defaults`, every normalisation and softmax layer too. Only layers with a float output are held (a
+    constant or shape layer of a kept node computes no float), and only float outputs are retyped.
+    """
+    outputs_of = {output for outputs in kept_nodes.values() for output in outputs}
+    others = set(graph_nodes) - set(kept_nodes)
+    chosen: dict[int, tuple[int, ...]] = {}
+    for index, layer in enumerate(layers):
+        floats = tuple(slot for slot, (_, dtype) in enumerate(layer.outputs) if dtype in FLOAT_TYPES)
+        if not floats:
+            continue
+        named = layer.name not in others and any(_made_by(layer.name, node) for node in kept_nodes)
+        writes = any(name in outputs_of for name, _ in layer.outputs)
+        if named or writes or (defaults and layer.kind in DEFAULT_LAYER_KINDS):
+            chosen[index] = floats
+    return chosen
+
+
+def describe_layer(layer: trt.ILayer) -> LayerInfo:
+    outputs = []
+    for slot in range(layer.num_outputs):
+        tensor = layer.get_output(slot)
+        outputs.append((tensor.name, str(tensor.dtype).rsplit(".", 1)[-1]))
+    return LayerInfo(layer.name, str(layer.type).rsplit(".", 1)[-1], tuple(outputs))
+
+
+def constrain_layers(network: trt.INetworkDefinition, config: trt.IBuilderConfig, features: ApiFeatures,
+                     kept_nodes: Mapping[str, Sequence[str]], graph_nodes: Collection[str] = (),
+                     defaults: bool = True) -> int:
+    """Hold the kept nodes' layers to FP32 (precision and float output types) and make the builder obey;
+    returns how many layers. Only where builder flags pick precisions (not on strongly typed releases)."""
+    import tensorrt as trt
+
+    layers = [network.get_layer(index) for index in range(network.num_layers)]
+    chosen = kept_layers([describe_layer(layer) for layer in layers], kept_nodes, graph_nodes, defaults)
+    for index, slots in chosen.items():
+        layers[index].precision = trt.float32
+        for slot in slots:
+            layers[index].set_output_type(slot, trt.float32)
+    if chosen and features.has("BuilderFlag", "OBEY_PRECISION_CONSTRAINTS"):
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return len(chosen)
+
+
+def hold_kept_layers(network: trt.INetworkDefinition, config: trt.IBuilderConfig, features: ApiFeatures,
+                     plan: PrecisionPlan, model: Any, keep_fp32: Sequence[str]) -> int:
+    """Where the plan picks half layers by builder flags: the layers of the nodes kept in float32 (graph.fp32_nodes
+    of the parsed `model`) held to FP32; how many."""
+    if not plan.constrains_layers:
+        return 0
+    kept = fp32_nodes(model, keep_fp32)
+    names = [node_name(node, index) for index, node in enumerate(model.graph.node)]
+    return constrain_layers(network, config, features, node_outputs(model, kept), names)

@@ -23,6 +23,7 @@ def check_variant(spec: Spec, variant: Variant) -> None:
     _export(spec, data)
     _plugins(spec, data["export"])
     _plugin_nodes_made(spec, data)
+    _patterns(spec, data)
     for index, library in enumerate(data.get("build", {}).get("plugin_libraries", [])):
         if not spec.resolve_path(library).is_file():
             raise spec.error(f"plugin library '{library}' does not exist", ("build", "plugin_libraries", index))
@@ -112,10 +113,31 @@ def _plugin_nodes_made(spec: Spec, data: dict[str, Any]) -> None:
     edits = data.get("surgery") or []
     made = {p["op"] for p in export["plugins"] if p.get("subgraph")}
     made |= {e["replace_subgraph"]["op"] for e in edits if "replace_subgraph" in e}
+    made |= {e["replace_pattern"]["op"] for e in edits if "replace_pattern" in e}
     made |= {e["rename_op"]["to"] for e in edits if "rename_op" in e}
     for index, plugin in enumerate(export["plugins"]):
         if plugin["op"] not in made:
             raise spec.error(
                 f"export.plugin_nodes is 'surgery' but nothing makes the {plugin['op']} node",
-                f"export.plugins[{index}]", hint="give the plugin a `subgraph` (where its code sits in the "
-                "plain export), or a surgery edit replace_subgraph / rename_op that makes it")
+                f"export.plugins[{index}]", hint="give the surgery a replace_pattern edit for it, the plugin a "
+                "`subgraph` (where its code sits in the plain export), or a surgery edit replace_subgraph / "
+                "rename_op that makes it")
+
+
+def _patterns(spec: Spec, data: dict[str, Any]) -> None:
+    """A replace_pattern edit names a plugin declared in export.plugins whose catalog entry has a pattern."""
+    from orchestrator import plugins as catalog
+
+    declared = {p["op"]: p for p in data["export"]["plugins"]}
+    for index, edit in enumerate(data.get("surgery") or []):
+        if "replace_pattern" not in edit:
+            continue
+        op = edit["replace_pattern"]["op"]
+        at = ("surgery", index, "replace_pattern", "op")
+        if op not in declared:
+            raise spec.error(f"replace_pattern makes {op} nodes, but export.plugins declares no {op} "
+                             f"(it declares {', '.join(declared)})", at,
+                             hint="declare the plugin in export.plugins: the build and verify need its contract")
+        if not catalog.lookup(op, declared[op].get("catalog")).patterns:
+            raise spec.error(f"the catalog entry of {op} has no pattern for replace_pattern to look for", at,
+                             hint="name the subgraph by its tensors with replace_subgraph instead")

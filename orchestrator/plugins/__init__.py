@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import imports
 from orchestrator.errors import UserError
 from orchestrator.plugins.derive import Derivation
+
+if TYPE_CHECKING:
+    from orchestrator.patterns import Pattern
 
 Shape = tuple[int, ...]
 Dim = int | str | None  # a known size, a symbolic dimension's name, or unknown
@@ -74,6 +77,9 @@ class PluginEntry:
     output_dtype_from: int = 0  # the output has the dtype of this input
     # Rules that compute a plugin input from what a call has (see orchestrator.plugins.derive), by name.
     derivations: Mapping[str, Derivation] = field(default_factory=dict)
+    # How the plugin's computation looks in a graph written without it (see orchestrator.patterns): what
+    # the replace_pattern surgery edit looks for.
+    patterns: tuple[Pattern, ...] = ()
     doc: str = ""
 
     def derivation(self, rule: str) -> Derivation:
@@ -101,6 +107,8 @@ class PluginEntry:
         for name, rule in self.derivations.items():
             lines.append(f"  derive rule {name}" + (f": {rule.doc}" if rule.doc else "")
                          + f" (from {'; '.join(rule.sources)})")
+        for pattern in self.patterns:
+            lines.append(f"  replace_pattern finds {pattern.looks_for}")
         return lines
 
     def output_dtype(self, dtypes: Sequence[str]) -> str:

@@ -45,6 +45,7 @@ class Context:
     made: dict[tuple[str, str], Any] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)
     inserted: set[str] = field(default_factory=set)  # names of the nodes this edit made
+    record: dict[str, Any] = field(default_factory=dict)  # what the edit adds to its entry in surgery.json
 
     def unique(self, stem: str) -> str:
         taken = self.names or {n.name for n in self.graph.nodes} | set(self.graph.tensors())
@@ -470,12 +471,70 @@ def _output_shape(ctx: Context, spec: dict[str, Any], entry: Any, inputs: list[A
     return plugin_shape, reshape
 
 
+def edit_replace_pattern(ctx: Context, spec: dict[str, Any]) -> str:
+    """Every subgraph that a pattern of the plugin's catalog entry finds becomes one plugin node (inputs
+    brought to the plugin's layout, the output to the replaced tensor's); near-matches are reported."""
+    from orchestrator import patterns
+    from orchestrator import plugins as catalog
+
+    op = spec["op"]
+    declared = ctx.contracts.get(op)
+    entry = catalog.lookup(op, (declared or {}).get("catalog"))
+    if not entry.patterns:
+        raise ctx.error(f"replace_pattern: the catalog entry of {op} has no pattern to look for",
+                        hint="replace_subgraph names the subgraph by its start and end tensors instead")
+    view = patterns.GraphView.of(ctx.graph, {op: rule for p in entry.patterns for op, rule in p.shape_rules.items()})
+    results = [result for pattern in entry.patterns for result in pattern.find(view)]
+    found = [r for r in results if isinstance(r, patterns.Found)]
+    near = [r for r in results if isinstance(r, patterns.NearMatch)]
+    if not found:
+        raise _no_pattern(ctx, op, entry.patterns, near)
+    attrs = {"plugin_version": declared["version"] if declared else entry.versions[0],
+             "plugin_namespace": declared["namespace"] if declared else "",
+             **(declared or {}).get("attributes", {})}
+    domain = spec.get("domain") or (declared["domain"] if declared else "trt.plugins")
+    before = {id(n) for n in ctx.graph.nodes}
+    replaced = []
+    for match in found:
+        node, mapping = patterns.replace(view, match, op, domain, attrs, ctx.unique, entry.input_names())
+        ctx.inserted.add(node.name)
+        replaced.append({"node": node.name, "op": op, "output": node.outputs[0].name, "original": match.output.name,
+                         "mapping": mapping, "anchors": match.anchors})
+    ctx.graph.cleanup()
+    removed = len(before - {id(n) for n in ctx.graph.nodes})
+    ctx.record = {"replaced": replaced, "near_matches": [{"anchors": n.anchors, "reason": n.reason} for n in near]}
+    text = (f"replaced {len(replaced)} subgraph{'s' if len(replaced) != 1 else ''} ({removed} nodes) by {op}: "
+            + ", ".join(f"{r['node']} (for {_span(r['anchors'])})" for r in replaced))
+    if near:
+        text += (f"; {len(near)} near-match{'es' if len(near) != 1 else ''} left as they are: "
+                 + "; ".join(f"{_span(n.anchors)}: {n.reason}" for n in near))
+    return text
+
+
+def _span(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} nodes)"
+
+
+def _no_pattern(ctx: Context, op: str, found_by: tuple[Any, ...], near: list[Any]) -> NoMatch:
+    """Nothing to replace: what was looked for, and why each place that looked like it is not it."""
+    looked = "; or ".join(pattern.looks_for for pattern in found_by)
+    if near:
+        reasons = "; ".join(f"{_span(n.anchors)}: {n.reason}" for n in near)
+        return NoMatch(f"replace_pattern {op}: no subgraph computes {looked}. Near-matches: {reasons}",
+                       field=ctx.where)
+    anchors = sorted({pattern.anchor_op for pattern in found_by})
+    ops = sorted({n.op for n in ctx.graph.nodes})
+    return NoMatch(f"replace_pattern {op}: no subgraph computes {looked}; the graph has no "
+                   f"{' or '.join(anchors)} node", field=ctx.where, hint=f"ops in the graph: {', '.join(ops[:25])}")
+
+
 EDITS: dict[str, Callable[[Context, dict[str, Any]], str]] = {
     "rename_op": edit_rename_op,
     "set_attrs": edit_set_attrs,
     "remove_attrs": edit_remove_attrs,
     "insert_cast": edit_insert_cast,
     "replace_subgraph": edit_replace_subgraph,
+    "replace_pattern": edit_replace_pattern,
     "cleanup": edit_cleanup,
 }
 
@@ -602,7 +661,7 @@ def run(call: StageCall) -> StageResult:
         if kind not in ("cleanup",):
             graph.cleanup().toposort()
         model = finish(graph, original, where, where, contracts)
-        reports.append({"edit": kind, "field": where, "summary": summary})
+        reports.append({"edit": kind, "field": where, "summary": summary, **ctx.record})
     onnx.save(model, str(call.out / "model.onnx"))
     changes = diff(before, node_table(model))
     info = describe_graph(model)

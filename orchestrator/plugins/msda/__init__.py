@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.plugins import Dim, Dims, PluginEntry, Shape, TensorContract
 from orchestrator.plugins.derive import Derivation, Inexpressible, Ops
+from orchestrator.plugins.msda.pattern import GridSampleAttention
 
 
 def _output_shape(shapes: Sequence[Shape]) -> Shape:
@@ -186,5 +187,6 @@ ENTRY = PluginEntry(
     kernel="orchestrator.plugins.msda.kernel:msda",
     precisions=("fp32", "fp16"),
     derivations=DERIVATIONS,
+    patterns=(GridSampleAttention(),),
     doc="Multi-scale deformable attention; output [N, Lq, M, D].",
 )

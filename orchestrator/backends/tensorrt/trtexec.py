@@ -557,7 +557,8 @@ def build(request: BuildRequest) -> Built:
     if len(profiles) > 1:
         raise UserError(f"the trtexec backend builds one optimization profile; {len(profiles)} are given",
                         field="build.profiles", hint="use backend: tensorrt for several profiles")
-    graph_file, graph_model = graph_to_build(request.model, request.graph, request.out, plan.cast_graph)
+    graph_file, graph_model = graph_to_build(request.model, request.graph, request.out, plan.cast_graph,
+                                             request.keep_fp32, {node.op for node in request.plugin_nodes})
     shared = None
     if request.timing_cache and request.shared_dir is not None:
         shared = timing_cache_file(request.shared_dir, short_version(version or "unknown"), environment.build_gpu())

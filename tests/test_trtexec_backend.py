@@ -279,6 +279,111 @@ def test_the_exported_json_limits_are_said_or_refused() -> None:
     assert "tensorrt" in (caught.value.hint or "")
 
 
+# ------------------------------------------------------------------------------------------- raw outputs
+# --dumpRawBindingsToFile: trtexec writes each binding's host buffer (numpy's tofile writes the same bytes) into
+# its working directory as <name>.<input|output>.<dims joined by '.'>.<dtype>.raw, the name made file-safe
+# (every byte but ASCII letters, digits and '._-,' becomes '_'; 10.x cuts it to 150 characters around '...'), and
+# logs one line per binding (samples/common/sampleInference.cpp, dumpRawBindingToFiles, through gLogInfo).
+
+LONG_NAME = "encoder/" + "layers.0/self_attn/" * 10 + "output:0"  # 206 characters
+LONG_FILE = (LONG_NAME[:73] + "..." + (LONG_NAME + ".output.2.fp32.raw")[-73:]).replace("/", "_").replace(":", "_")
+FLOAT32_BITS = np.array([1 / 3, 1 + 2**-23, -0.0, 1e-45, 3.4028235e38, 0.1], dtype=np.float32)
+
+
+def write_dump(folder: Path) -> str:
+    """Raw files of five outputs and an input, written as trtexec writes them; its log lines."""
+    files = {
+        "decoder/boxes:0": ("decoder_boxes_0.output.1.2.3.fp32.raw", "fp32", "1.2.3", FLOAT32_BITS.reshape(1, 2, 3)),
+        "labels": ("labels.output.1.4.uint8.raw", "uint8", "1.4", np.array([[0, 10, 44, 255]], dtype=np.uint8)),
+        "scores": ("scores.output.3.fp16.raw", "fp16", "3", np.array([0.1, -65504, 2**-24], dtype=np.float16)),
+        "count": ("count.output..int32.raw", "int32", "", np.array(7, dtype=np.int32)),
+        LONG_NAME: (LONG_FILE, "fp32", "2", np.array([1.5, -2.5], dtype=np.float32)),
+        "images": ("images.input.1.3.fp32.raw", "fp32", "1.3", np.zeros((1, 3), dtype=np.float32)),
+    }
+    lines = ["[11/03/2025-09:12:45] [I] Dumping I/O Bindings to RAW Files:"]
+    for name, (file, dtype, dims, array) in files.items():
+        array.tofile(folder / file)
+        kind = "input" if file.endswith(".input.1.3.fp32.raw") else "output"
+        lines.append(f"[11/03/2025-09:12:45] [I] Writing file for {kind} binding {name} (with datatype {dtype} and "
+                     f"dimensions {dims}) to {file}")
+    return "\n".join([*lines, "&&&& PASSED TensorRT.trtexec [TensorRT v101300] # trtexec --loadEngine=engine.plan"])
+
+
+RAW_SPECS = [TensorSpec("decoder/boxes:0", "float32", [1, 2, 3]), TensorSpec("labels", "uint8", [1, 4]),
+             TensorSpec("scores", "float16", [None]), TensorSpec("count", "int32", []),
+             TensorSpec(LONG_NAME, "float32", [2])]
+
+
+def check_raw_outputs(arrays: dict[str, np.ndarray]) -> None:
+    boxes = arrays["decoder/boxes:0"]
+    assert boxes.dtype == np.float32 and boxes.shape == (1, 2, 3)
+    assert np.array_equal(boxes.ravel().view(np.uint32), FLOAT32_BITS.view(np.uint32))  # every bit, -0.0 too
+    assert arrays["labels"].dtype == np.uint8 and arrays["labels"].tolist() == [[0, 10, 44, 255]]
+    assert arrays["scores"].dtype == np.float16 and arrays["scores"].tolist() == [np.float16(0.1), -65504, 2**-24]
+    assert arrays["count"].shape == () and arrays["count"].dtype == np.int32 and int(arrays["count"]) == 7
+    assert arrays[LONG_NAME].tolist() == [1.5, -2.5]
+    assert set(arrays) == {spec.name for spec in RAW_SPECS}  # the input's file is not an output
+
+
+def test_raw_outputs_are_read_back_exactly_by_the_log_lines(tmp_path: Path) -> None:
+    log = write_dump(tmp_path)
+    logged = trtexec.logged_raw_outputs(log, tmp_path)
+    assert set(logged) == {spec.name for spec in RAW_SPECS}
+    assert logged["count"] == trtexec.RawOutput("int32", (), tmp_path / "count.output..int32.raw")
+    assert logged[LONG_NAME].path.name == LONG_FILE
+    (tmp_path / "labels.output.1.4.uint8.raw").rename(tmp_path / "labels.raw")  # a name only the log gives
+    log = log.replace("to labels.output.1.4.uint8.raw", "to labels.raw")
+    check_raw_outputs(trtexec.raw_outputs(log, tmp_path, RAW_SPECS) or {})
+    # what --exportOutput would have printed of 1/3 (6 significant digits) is another float32
+    assert np.float32(json.loads("[0.333333]")[0]) != FLOAT32_BITS[0]
+
+
+def test_raw_outputs_are_found_by_their_file_names_without_the_log(tmp_path: Path) -> None:
+    write_dump(tmp_path)
+    check_raw_outputs(trtexec.raw_outputs("", tmp_path, RAW_SPECS) or {})
+
+
+def test_raw_file_names_follow_trtexecs_safe_names() -> None:
+    assert trtexec.filename_safe("a/b:c d,e-f_g.h") == "a_b_c_d,e-f_g.h"
+    assert trtexec.filename_safe("é") == "__"  # a byte at a time, as C's isalnum sees UTF-8
+    assert trtexec.filename_safe("x" * 150, 150) == "x" * 150
+    assert trtexec.filename_safe("a" * 100 + "b" * 100, 150) == "a" * 73 + "..." + "b" * 73
+    assert trtexec.raw_file_names("out:0", "", "bool") == {"out_0.output..bool.raw"}
+    assert LONG_FILE in trtexec.raw_file_names(LONG_NAME, "2", "fp32")
+    assert "encoder_layers.0" in LONG_FILE and len(LONG_FILE) == 149
+
+
+def test_a_raw_file_of_the_wrong_size_or_missing_is_refused(tmp_path: Path) -> None:
+    log = write_dump(tmp_path)
+    np.zeros(2, dtype=np.float32).tofile(tmp_path / "scores.output.3.fp16.raw")  # 8 bytes where 6 belong
+    with pytest.raises(RuntimeError, match=r"scores\.output\.3\.fp16\.raw of output 'scores' holds 8 bytes; fp16 of "
+                                           r"shape \[3\] is 6 bytes"):
+        trtexec.raw_outputs(log, tmp_path, RAW_SPECS)
+    (tmp_path / "scores.output.3.fp16.raw").unlink()
+    with pytest.raises(RuntimeError, match=r"logged output 'scores' as written to scores\.output\.3\.fp16\.raw, "
+                                           r"which is not there"):
+        trtexec.raw_outputs(log, tmp_path, RAW_SPECS)
+    with pytest.raises(RuntimeError, match="no raw file for output 'scores'"):
+        trtexec.raw_outputs("", tmp_path, RAW_SPECS)
+    np.zeros(2, dtype=np.uint8).tofile(tmp_path / "packed.output.4.int4.raw")
+    with pytest.raises(UserError, match="int4, two values a byte"):
+        trtexec.raw_outputs("", tmp_path, [TensorSpec("packed", "int4", [4])])
+
+
+def test_without_raw_files_the_json_is_read_and_its_digits_noted(tmp_path: Path) -> None:
+    assert trtexec.raw_outputs("[I] no dump here", tmp_path, RAW_SPECS) is None  # -> run with --exportOutput
+    assert trtexec.raw_dump_option("8.6.1") == trtexec.raw_dump_option("11.1.0") == ["--dumpRawBindingsToFile"]
+    assert trtexec.raw_dump_option("8.5.3") == []
+    exported = tmp_path / "outputs.json"
+    exported.write_text(EXPORTED)
+    specs = [TensorSpec("output", "float32", [1, 2, 3])]
+    assert trtexec.exported_outputs(exported, specs)["output"].shape == (1, 2, 3)
+    assert trtexec.read_notes("--exportOutput", specs) == [trtexec.printed_digits_note(specs)]
+    assert trtexec.read_notes("--dumpRawBindingsToFile", specs) == [] and trtexec.read_notes(None, specs) == []
+    with pytest.raises(UserError, match="'labels' is uint8: this trtexec wrote no raw output files"):
+        trtexec.exported_outputs(exported, [*specs, TensorSpec("labels", "uint8", [1, 3])])
+
+
 class NotedRunner(onnxruntime.Runner):
     """The onnxruntime runner, saying what limits its outputs as the trtexec runner does."""
 

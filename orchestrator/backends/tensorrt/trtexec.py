@@ -7,10 +7,12 @@ build there is an fp16 graph), `--staticPlugins` from 8.6 (`--plugins` before), 
 timing cache and the engine file.
 
 The backend builds engine.plan with trtexec, streaming its log into trtexec.log. Its `Runner`
-writes the inputs as raw files for `--loadInputs`, runs `trtexec --loadEngine`, and reads the
-outputs back from the `--exportOutput` JSON and per-iteration timings from `--exportTimes` (the
-printed performance summary is parsed too, for the record). That JSON holds 6 significant digits,
-which verify's summary says (`Runner.result_notes`), and uint8 values as characters, refused.
+writes the inputs as raw files for `--loadInputs`, runs `trtexec --loadEngine`, reads the outputs
+back from the raw files `--dumpRawBindingsToFile` writes (the engine's bytes, every dtype exact) and
+per-iteration timings from `--exportTimes` (the printed performance summary is parsed too, for the
+record). Only where no raw file appears does it read the `--exportOutput` JSON, which holds 6
+significant digits, as verify's summary then says (`Runner.result_notes`), and uint8 values as
+characters, refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import collections
 import contextlib
 import functools
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -32,6 +35,7 @@ from orchestrator import environment
 from orchestrator.backends.base import BuildRequest, Built, DeclaredPlugin, RunnerBase, TensorSpec, Timings, Trusted
 from orchestrator.backends.tensorrt.api import ApiFeatures, installed_version, short_version, version_tuple
 from orchestrator.backends.tensorrt.backend import TensorRTBackend
+from orchestrator.backends.tensorrt.buffers import host_comparable, numpy_dtype
 from orchestrator.backends.tensorrt.cache import timing_cache_file, write_atomically
 from orchestrator.backends.tensorrt.engine import profiles_json
 from orchestrator.backends.tensorrt.graph import graph_to_build, is_quantized, plugin_outputs
@@ -303,12 +307,14 @@ PRINTED_DIGITS = 6  # --exportOutput prints with the stream's default precision
 
 
 def unreadable_outputs(specs: Sequence[TensorSpec]) -> UserError | None:
-    """The error for outputs whose values --exportOutput does not print as numbers, if any."""
+    """The error for outputs whose values --exportOutput does not print as numbers, if any (read only when
+    trtexec wrote no raw files)."""
     bad = [spec for spec in specs if spec.dtype in UNREADABLE_DTYPES]
     if not bad:
         return None
-    return UserError(f"output {', '.join(repr(s.name) for s in bad)} is {bad[0].dtype}: trtexec's --exportOutput "
-                     "prints its values as raw characters, which cannot be read back", field="build.backend",
+    return UserError(f"output {', '.join(repr(s.name) for s in bad)} is {bad[0].dtype}: this trtexec wrote no "
+                     "raw output files (--dumpRawBindingsToFile), and its --exportOutput prints the values as raw "
+                     "characters, which cannot be read back", field="build.backend",
                      hint="cast the output to int32 in the graph, or verify with backend: tensorrt")
 
 
@@ -319,6 +325,12 @@ def printed_digits_note(specs: Sequence[TensorSpec]) -> str | None:
         return None
     return (f"trtexec printed {', '.join(floats)} with {PRINTED_DIGITS} significant digits (--exportOutput): "
             "differences below ~1e-5 relative are not meaningful")
+
+
+def read_notes(read_from: str | None, specs: Sequence[TensorSpec]) -> list[str]:
+    """What limits outputs read by the option `read_from`: raw files nothing; --exportOutput its digits."""
+    note = printed_digits_note(specs) if read_from == "--exportOutput" else None
+    return [note] if note else []
 
 
 def outputs_as_arrays(parsed: Exported, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
@@ -335,6 +347,127 @@ def outputs_as_arrays(parsed: Exported, specs: Sequence[TensorSpec]) -> dict[str
         dtype = "float32" if spec.dtype == "bfloat16" else spec.dtype
         arrays[spec.name] = np.asarray(values, dtype=np.float64).astype(dtype).reshape(shape)
     return arrays
+
+
+def exported_outputs(path: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """The outputs from the --exportOutput file at `path` (a uint8 output refused: it holds characters)."""
+    problem = unreadable_outputs(specs)
+    if problem is not None:
+        raise problem
+    return outputs_as_arrays(parse_exported_outputs(path.read_text(), specs), specs)
+
+
+# --dumpRawBindingsToFile (a flag; 8.6, 10.x and 11.x) writes every I/O tensor's host buffer after the run,
+# C-contiguous in the engine's dtype, into trtexec's working directory as
+# <name>.<input|output>.<runtime dims joined by '.'>.<dtype>.raw, and logs where each went.
+RAW_DUMP_SINCE = (8, 6)
+RAW_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "float8_e4m3fn", "int8": "int8",
+              "uint8": "uint8", "int32": "int32", "int64": "int64", "bool": "bool"}  # trtexec's DataType words
+PACKED_DTYPES = ("int4", "fp4")  # two values a byte
+MAX_FILE_NAME = 150  # genFilenameSafeString in 10.x and later: a longer name keeps both ends around '...'
+_FILE_NAME_SAFE = frozenset(b"._-,")
+_WRITING = re.compile(r"Writing file for output binding (.*) \(with datatype (\w+) and dimensions ([0-9.]*)\) "
+                      r"to (\S+)\s*$")
+_RAW_SUFFIX = re.compile(r"\.output\.([0-9]+(?:\.[0-9]+)*|)\.([a-z0-9]+)\.raw$")
+
+
+@dataclass(frozen=True)
+class RawOutput:
+    """One output file --dumpRawBindingsToFile wrote: its dtype as trtexec names it, its runtime shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    path: Path
+
+
+def raw_dump_option(version: str | None) -> list[str]:
+    """--dumpRawBindingsToFile where the release parses it."""
+    return ["--dumpRawBindingsToFile"] if version_tuple(version)[:2] >= RAW_DUMP_SINCE else []
+
+
+def _safe_bytes(data: bytes) -> str:
+    return "".join(chr(b) if (b < 128 and chr(b).isalnum()) or b in _FILE_NAME_SAFE else "_" for b in data)
+
+
+def filename_safe(text: str, limit: int | None = None) -> str:
+    """trtexec's genFilenameSafeString: every byte but an ASCII letter, digit or one of '._-,' becomes '_'; with
+    `limit`, a longer text keeps its first and last (limit - 3) // 2 bytes around '...'."""
+    data = text.encode("utf-8")
+    if limit is not None and len(data) > limit:
+        half = (limit - 3) // 2
+        return _safe_bytes(data[:half]) + "..." + _safe_bytes(data[-half:])
+    return _safe_bytes(data)
+
+
+def raw_file_names(name: str, dims: str, dtype: str) -> set[str]:
+    """The names trtexec gives output `name`'s raw file: the whole name made safe (8.6), also cut to
+    MAX_FILE_NAME (10.x, 11.x), or the tensor's name alone made safe and cut (the safety runtime's dump)."""
+    suffix = f".output.{dims}.{dtype}.raw"
+    whole = name + suffix
+    return {filename_safe(whole), filename_safe(whole, MAX_FILE_NAME), filename_safe(name, MAX_FILE_NAME) + suffix}
+
+
+def _shape(dims: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in dims.split(".")) if dims else ()
+
+
+def logged_raw_outputs(log: str, folder: Path) -> dict[str, RawOutput]:
+    """Output name -> its raw file in `folder`, from the 'Writing file for output binding' lines of the log."""
+    found = {}
+    for line in log.splitlines():
+        match = _WRITING.search(line)
+        if match:
+            name, dtype, dims, file = match.groups()
+            found[name] = RawOutput(dtype, _shape(dims), folder / file)
+    return found
+
+
+def raw_outputs_in(folder: Path, names: Sequence[str]) -> dict[str, RawOutput]:
+    """Output name -> its raw file in `folder`, by the file names trtexec gives (for a log that lacks the lines)."""
+    found: dict[str, RawOutput] = {}
+    for path in sorted(folder.glob("*.raw")):
+        suffix = _RAW_SUFFIX.search(path.name)
+        if suffix is None:
+            continue
+        dims, dtype = suffix.groups()
+        for name in names:
+            if name not in found and path.name in raw_file_names(name, dims, dtype):
+                found[name] = RawOutput(dtype, _shape(dims), path)
+    return found
+
+
+def read_raw_output(name: str, raw: RawOutput) -> np.ndarray:
+    """One raw file's values in its shape, refused unless its size is what its dtype and shape make; bfloat16
+    and float8 as float32 (the same values), as the TensorRT runner returns them."""
+    import numpy as np
+
+    if raw.dtype in PACKED_DTYPES:
+        raise UserError(f"output '{name}' is {raw.dtype}, two values a byte in trtexec's raw file, which this "
+                        "runner does not unpack", field="build.backend", hint="verify with backend: tensorrt")
+    if raw.dtype not in RAW_DTYPES:
+        raise RuntimeError(f"trtexec wrote output '{name}' as datatype '{raw.dtype}', which has no NumPy dtype here")
+    dtype = numpy_dtype(RAW_DTYPES[raw.dtype])
+    if not raw.path.is_file():
+        raise RuntimeError(f"trtexec logged output '{name}' as written to {raw.path.name}, which is not there")
+    expected, size = math.prod(raw.shape) * dtype.itemsize, raw.path.stat().st_size
+    if size != expected:
+        raise RuntimeError(f"trtexec's raw file {raw.path.name} of output '{name}' holds {size} bytes; "
+                           f"{raw.dtype} of shape {list(raw.shape)} is {expected} bytes")
+    return host_comparable(np.fromfile(raw.path, dtype=dtype).reshape(raw.shape))
+
+
+def raw_outputs(log: str, folder: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray] | None:
+    """The outputs --dumpRawBindingsToFile wrote into `folder` (found by the log's lines, else by their file
+    names), exactly as the engine computed them; None when trtexec wrote none: read --exportOutput then."""
+    names = [spec.name for spec in specs]
+    files = {**raw_outputs_in(folder, names), **logged_raw_outputs(log, folder)}
+    if not files:
+        return None
+    missing = [name for name in names if name not in files]
+    if missing:
+        raise RuntimeError(f"trtexec wrote no raw file for output {', '.join(repr(n) for n in missing)} "
+                           f"(it wrote {', '.join(repr(n) for n in files) or 'none'})")
+    return {name: read_raw_output(name, files[name]) for name in names}
 
 
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
@@ -480,12 +613,12 @@ def require_trtexec() -> str:
 
 
 def run_streaming(command: Sequence[str], log_path: Path | None, progress: Callable[[str], None] | None = None,
-                  keep_lines: int = 4000) -> tuple[int, str]:
-    """Run trtexec, copying its output line by line into `log_path`; (exit code, the last lines)."""
+                  keep_lines: int = 4000, cwd: Path | None = None) -> tuple[int, str]:
+    """Run trtexec (in `cwd`), copying its output line by line into `log_path`; (exit code, the last lines)."""
     tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(log_path.open("w")) if log_path is not None else None
-        process = stack.enter_context(subprocess.Popen(list(command), stdout=subprocess.PIPE,
+        process = stack.enter_context(subprocess.Popen(list(command), stdout=subprocess.PIPE, cwd=cwd,
                                                        stderr=subprocess.STDOUT, text=True, bufsize=1))
         assert process.stdout is not None
         for line in process.stdout:
@@ -595,7 +728,8 @@ def build(request: BuildRequest) -> Built:
 
 
 class Runner(RunnerBase):
-    """Runs engine.plan through `trtexec --loadEngine`: inputs from raw files, outputs from --exportOutput."""
+    """Runs engine.plan through `trtexec --loadEngine`: inputs from raw files, outputs from the raw files of
+    --dumpRawBindingsToFile (from --exportOutput where none appear)."""
 
     timer = "cuda events"
 
@@ -607,6 +741,7 @@ class Runner(RunnerBase):
         # engine.json is data: trtexec loads a library it names only if its bytes are one the pipeline declares.
         self.libraries = [(trusted or Trusted()).library(str(p)) for p in self.description.get("libraries", [])]
         self.last_summary: dict[str, Any] = {}
+        self.outputs_read_from: str | None = None  # the option the last run's outputs came from
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -620,17 +755,19 @@ class Runner(RunnerBase):
                 for m in self.description["outputs"]]
 
     def _command(self, folder: Path, feeds: Mapping[str, Any], extra: Sequence[str]) -> list[str]:
-        files = write_inputs(folder / "inputs", feeds, self.inputs)
-        command = [self.binary, f"--loadEngine={self.artifact / 'engine.plan'}", load_inputs_option(files)]
-        command += plugin_options(self.libraries, self.version)
+        # absolute paths: the run's working directory is where trtexec writes its raw files
+        files = write_inputs(folder.resolve() / "inputs", feeds, self.inputs)
+        engine = (self.artifact / "engine.plan").resolve()
+        command = [self.binary, f"--loadEngine={engine}", load_inputs_option(files)]
+        command += plugin_options([str(Path(library).resolve()) for library in self.libraries], self.version)
         dynamic = [s for s in self.inputs if None in s.shape]
         if dynamic:
             shapes = ",".join(f"{_spec_name(s.name)}:{dims_text(feeds[s.name].shape)}" for s in self.inputs)
             command.append(f"--shapes={shapes}")
         return command + list(extra)
 
-    def _run(self, command: Sequence[str], folder: Path) -> str:
-        code, log = run_streaming(command, folder / "trtexec.log")
+    def _run(self, command: Sequence[str], folder: Path, cwd: Path | None = None) -> str:
+        code, log = run_streaming(command, folder / "trtexec.log", cwd=cwd)
         if code != 0:
             failure = diagnose_failure(log)
             raise RuntimeError(f"trtexec exited with code {code}: {failure.message if failure else log[-2000:]}")
@@ -638,22 +775,29 @@ class Runner(RunnerBase):
         return log
 
     def run(self, feeds: Mapping[str, Any], keep: Sequence[str] = ()) -> dict[str, Any]:
-        """The graph outputs (trtexec exports no intermediate tensor, so `keep` is never given)."""
-        outputs = self.outputs
-        problem = unreadable_outputs(outputs)
-        if problem is not None:
-            raise problem
+        """The graph outputs (trtexec exports no intermediate tensor, so `keep` is never given): from the raw
+        files trtexec writes in a working directory of their own; a release that writes none runs again
+        with --exportOutput."""
+        outputs, once = self.outputs, ["--iterations=1", "--warmUp=0", "--duration=0"]
         with tempfile.TemporaryDirectory(prefix="orchestrate-trtexec-") as name:
-            folder = Path(name)
+            folder = Path(name).resolve()
+            dumped = folder / "raw"
+            dumped.mkdir()
+            raw_option = raw_dump_option(self.version)
+            if raw_option:
+                log = self._run(self._command(folder, feeds, [*once, *raw_option]), folder, cwd=dumped)
+                arrays = raw_outputs(log, dumped, outputs)
+                if arrays is not None:
+                    self.outputs_read_from = raw_option[0]
+                    return arrays
             exported = folder / "outputs.json"
-            self._run(self._command(folder, feeds, ["--iterations=1", "--warmUp=0", "--duration=0",
-                                                    f"--exportOutput={exported}"]), folder)
-            return outputs_as_arrays(parse_exported_outputs(exported.read_text(), outputs), outputs)
+            self._run(self._command(folder, feeds, [*once, f"--exportOutput={exported}"]), folder)
+            self.outputs_read_from = "--exportOutput"
+            return exported_outputs(exported, outputs)
 
     def result_notes(self) -> list[str]:
-        """The digits --exportOutput printed float32 outputs with."""
-        note = printed_digits_note(self.outputs)
-        return [note] if note else []
+        """The digits float32 outputs had, when the last run read them from --exportOutput."""
+        return read_notes(self.outputs_read_from, self.outputs)
 
     def bench(self, feeds: Mapping[str, Any], warmup: int, iterations: int, max_seconds: float,
               progress: Callable[[str], None] | None = None) -> Timings:

@@ -96,6 +96,15 @@ class CheckedNode:
     namespace: str = ""
 
 
+@dataclass(frozen=True)
+class RegisteredVersions:
+    """What a backend's TensorRT says of a plugin's versions, for `version: auto`: the versions it registers
+    (None: it cannot be asked) and its release (None: no TensorRT, as on the embedded backend)."""
+
+    versions: frozenset[str] | None = None
+    release: str | None = None
+
+
 def _quiet(message: str) -> None:
     """Progress nobody shows."""
 
@@ -266,6 +275,13 @@ class Backend:
 
     def check_graph(self, model: Any) -> None:
         """Refuse a graph this backend cannot build or run as it is (e.g. tensor names its tools cannot carry)."""
+
+    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str,
+                        libraries: Sequence[str]) -> RegisteredVersions:
+        """Which of `versions` of plugin `op` (in `namespace`, the build's plugin `libraries` loaded) the
+        TensorRT this backend builds with registers, and its release; what `version: auto` resolves against.
+        A backend without TensorRT knows neither: it runs every version its catalog entry lists."""
+        return RegisteredVersions()
 
     def build(self, request: BuildRequest) -> Built:
         raise NotImplementedError

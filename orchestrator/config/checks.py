@@ -81,9 +81,9 @@ def _plugins(spec: Spec, export: dict[str, Any]) -> None:
             entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
         except catalog.CatalogError as exc:
             raise spec.error(exc.message, (*at, exc.leaf), hint=exc.hint) from None
-        if plugin["version"] not in entry.versions:
-            raise spec.error(f"{entry.op} has versions {', '.join(entry.versions)}; got '{plugin['version']}'",
-                             (*at, "version"))
+        if plugin["version"] not in (*entry.versions, "auto"):
+            raise spec.error(f"{entry.op} has versions {', '.join(entry.versions)} (or auto: the newest the build's "
+                             f"TensorRT registers); got '{plugin['version']}'", (*at, "version"))
         names = plugin.get("inputs") or [i.name for i in entry.inputs]
         if len(names) != len(entry.inputs):
             raise spec.error(f"{entry.op} takes {len(entry.inputs)} inputs "

@@ -1,23 +1,33 @@
 """Each declared plugin with its catalog contract resolved, and the checks that need the contract.
 
 The contract (input names, ranks, dtypes) shapes the capture, the export and the surgery, so it is
-resolved once per variant, here, and handed to every stage's `plan` with the variant.
+resolved once per variant, here, and handed to every stage's `plan` with the variant. So is the
+plugin's version: the export writes it into the node (plugin_version), so `version: auto` must be
+known before the export, and it depends on the build: the build backend says which versions its
+TensorRT registers (Backend.plugin_versions) and the catalog entry picks (PluginEntry.choose_version).
+The resolved version replaces `auto`, so it is what the export's and the build's keys hold; why it
+was chosen, and a deprecation warning, go to the export's summary as `version_note` (in no key).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.config.spec import Spec
 
+NOTE = "version_note"  # why the version was chosen, and any deprecation warning (for the export's summary)
 
-def resolve(spec: Spec, export: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each plugin with its catalog contract resolved (the contract shapes the export)."""
+
+def resolve(spec: Spec, export: dict[str, Any], build: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each plugin with its catalog contract and its version resolved (both shape the export); `build` is
+    the variant's build section (None: no TensorRT is asked, as for the embedded backend)."""
     from orchestrator import plugins as catalog
 
     resolved = []
     for index, plugin in enumerate(export["plugins"]):
         entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
+        plugin = {**plugin, **version_of(spec, entry, plugin, build)}
         names = plugin.get("inputs") or entry.input_names()
         for name, rule in plugin.get("derive", {}).items():
             check_derivation(spec, entry, names, name, rule, f"export.plugins[{index}].derive.{name}")
@@ -29,6 +39,25 @@ def resolve(spec: Spec, export: dict[str, Any]) -> list[dict[str, Any]]:
                          "contract": [{"name": c.name, "rank": c.rank, "dtypes": list(c.dtypes)}
                                       for c in entry.inputs]})
     return resolved
+
+
+def version_of(spec: Spec, entry: Any, plugin: Mapping[str, Any], build: Mapping[str, Any] | None
+               ) -> dict[str, Any]:
+    """The plugin's version (`auto` resolved against the build backend's TensorRT) and, where there is
+    something to say, its note: {"version": ..., "version_note": ...}."""
+    from orchestrator import backends
+    from orchestrator.backends.base import RegisteredVersions
+
+    requested = str(plugin.get("version", "1"))
+    facts = RegisteredVersions()
+    if build is not None:
+        backend = backends.get(backends.resolve(build.get("backend", "auto"))[0])
+        libraries = [str(spec.resolve_path(lib)) for lib in build.get("plugin_libraries", [])]
+        facts = backend.plugin_versions(entry.op, entry.versions, str(plugin.get("namespace", "")), libraries)
+    choice = entry.choose_version(requested, facts.versions, facts.release)
+    notes = ([f"{entry.op} v{choice.version} ({choice.reason})"] if requested != choice.version else []) + \
+        ([f"warning: {choice.warning}"] if choice.warning else [])
+    return {"version": choice.version, **({NOTE: "; ".join(notes)} if notes else {})}
 
 
 def check_derivation(spec: Spec, entry: Any, names: list[str], name: str, rule: dict[str, Any], at: str) -> None:

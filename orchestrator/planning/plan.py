@@ -98,7 +98,7 @@ def variant_nodes(context: Inputs, variant: Variant) -> list[Node]:
     """The nodes of one variant, each stage planned with the nodes planned before it."""
     spec = context.spec
     try:
-        plugins = contracts.resolve(spec, variant.data["export"])
+        plugins = contracts.resolve(spec, variant.data["export"], variant.data["build"])
     except UserError as exc:
         raise exc.located(str(spec.path), spec.line_of("export.plugins")) from None
     planning = PlannedVariant(variant.name, variant.data, tuple(plugins))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import imports
 from orchestrator.errors import UserError
 from orchestrator.plugins.derive import Derivation
+from orchestrator.plugins.versions import PluginVersion, VersionChoice, choose_version
 
 if TYPE_CHECKING:
     from orchestrator.patterns import Pattern
@@ -67,6 +68,8 @@ class PluginEntry:
     kernel: str  # import path of `kernel(inputs: list[np.ndarray], attrs: dict) -> list[np.ndarray]`
     precisions: tuple[str, ...] = ("fp32", "fp16")
     attributes: dict[str, str] = field(default_factory=dict)  # plugin field name -> "int", "float" or "string"
+    # Per version: the TensorRT release that added it and the one that deprecated it (`version: auto`).
+    lifecycle: Mapping[str, PluginVersion] = field(default_factory=dict)
     # Cross-input shape rules. Shapes may hold unknown dims (None, or a symbolic name) and be None
     # where the rank is unknown: only what is known can be compared.
     check_shapes: Callable[[Sequence[Dims | None]], list[str]] | None = None
@@ -88,6 +91,12 @@ class PluginEntry:
             known = ", ".join(self.derivations) or "none"
             raise UserError(f"{self.op} has no derivation '{rule}'; its rules are: {known}")
         return self.derivations[rule]
+
+    def choose_version(self, requested: str, registered: Sequence[str] | frozenset[str] | None = None,
+                       release: str | None = None) -> VersionChoice:
+        """The version a node gets for `requested` ('auto' or a version), given what the build's TensorRT
+        registers and its release where known (see orchestrator.plugins.versions)."""
+        return choose_version(self.op, self.versions, self.lifecycle, requested, registered, release)
 
     def input_names(self) -> list[str]:
         return [contract.name for contract in self.inputs]

@@ -34,7 +34,7 @@ import logging
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -481,7 +481,8 @@ def _use_given(call: StageCall, source: Path, out: Path) -> StageResult:
     shutil.copyfile(source, out)
     info = describe_graph(model)
     (call.out / "export.json").write_text(json.dumps(info, indent=1))
-    return StageResult(f"given ONNX {source.name}, {_plugin_summary(info)}", info)
+    return StageResult(f"given ONNX {source.name}, {_plugin_summary(info, call.unkeyed.get('plugin_notes', []))}",
+                       info)
 
 
 def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any], table: dict[Any, Any],
@@ -746,7 +747,7 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
     text = f"{settings['exporter']} opset {opset}"
     if opset != settings["opset"]:
         text += f" ({settings['opset']} asked; the exporter could not convert)"
-    text += f", {what}, {_plugin_summary(info)}"
+    text += f", {what}, {_plugin_summary(info, call.unkeyed.get('plugin_notes', []))}"
     if settings["scope"] == "model" and settings.get("plugin_nodes") != "surgery" and counts:
         text += f" ({calls} call{'s' if calls != 1 else ''} in the captured forward)" if calls == nodes else \
             f"; the captured forward made {calls} call(s), the graph has {nodes} plugin node(s)"
@@ -854,7 +855,8 @@ def _declare_plugin_input_shapes(model: Any, shapes: dict[str, list[Any]]) -> No
     onnx.checker.check_model(model)
 
 
-def _plugin_summary(info: dict[str, Any]) -> str:
+def _plugin_summary(info: dict[str, Any], notes: Sequence[str] = ()) -> str:
+    """The plugin nodes and casts, then the planner's notes on plugin versions (why `auto` chose one, warnings)."""
     nodes = info["plugin_nodes"]
     ops = sorted({n["op"] for n in nodes})
     text = f"{len(nodes)} plugin node{'s' if len(nodes) != 1 else ''} {', '.join(ops)}" if nodes else "no plugin node"
@@ -864,17 +866,20 @@ def _plugin_summary(info: dict[str, Any]) -> str:
         text += f", integer inputs cast to {', '.join(integer)}"
     if floats:
         text += f", float inputs cast to {', '.join(floats)}"
-    return text
+    return text + "".join(f"; {note}" for note in notes)
 
 
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
     """The export's key: the export section with the plugins' contracts, the callables it swaps, the model."""
-    data, plugins = variant.data, [dict(p) for p in variant.plugins]
+    data, plugins = variant.data, [{k: v for k, v in p.items() if k != contracts.NOTE} for p in variant.plugins]
     export = {k: v for k, v in data["export"].items() if k not in ("plugins", "onnx")}
     config: dict[str, Any] = {"export": {**export, "plugins": plugins}}
     files: dict[str, str] = {}
     env: dict[str, str | None] = {}
     paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
+    notes = [p[contracts.NOTE] for p in variant.plugins if p.get(contracts.NOTE)]
+    if notes:  # why `version: auto` chose a version, deprecations: for the summary, in no key
+        paths["plugin_notes"] = notes
     for index, plugin in enumerate(plugins):
         if plugin.get("replace"):
             where = f"export.plugins[{index}].replace"

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator import environment
 from orchestrator import plugins as catalog
-from orchestrator.backends.base import Backend, BuildRequest, Built, DeclaredPlugin, Runner, Trusted
-from orchestrator.backends.tensorrt.api import ApiFeatures, installed_version, process_logger
+from orchestrator.backends.base import (
+    Backend,
+    BuildRequest,
+    Built,
+    DeclaredPlugin,
+    RegisteredVersions,
+    Runner,
+    Trusted,
+)
+from orchestrator.backends.tensorrt.api import ApiFeatures, LogSink, capturing, installed_version, process_logger
 from orchestrator.backends.tensorrt.buffers import buffer_library
 from orchestrator.backends.tensorrt.creators import has_creator, register_plugins
 from orchestrator.errors import UserError
@@ -61,6 +70,27 @@ class TensorRTBackend(Backend):
         version = installed_version()
         status = f"available, TensorRT {version}" if version else self.unavailable()
         return [f"  {self.name:<24} {status}", *doctor_lines()]
+
+    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str,
+                        libraries: Sequence[str]) -> RegisteredVersions:
+        """The installed TensorRT's creator registry, asked for each version (None where it is not importable)."""
+        release = installed_version()
+        if release is None:
+            return RegisteredVersions()
+        return RegisteredVersions(registered_versions(op, tuple(versions), namespace, tuple(libraries)), release)
+
+
+@functools.cache
+def registered_versions(op: str, versions: tuple[str, ...], namespace: str,
+                        libraries: tuple[str, ...]) -> frozenset[str]:
+    """Which of `versions` of `op` the creator registry holds in `namespace`, NVIDIA's plugins and `libraries`
+    loaded (get_creator finds IPluginV3 creators too); asked once per process."""
+    import tensorrt as trt
+
+    features = ApiFeatures.of_module(trt)
+    with LogSink() as sink, capturing(sink):
+        registry = register_plugins(process_logger(), list(libraries), [namespace])
+        return frozenset(v for v in versions if has_creator(registry, features, op, v, namespace))
 
 
 def doctor_lines() -> list[str]:

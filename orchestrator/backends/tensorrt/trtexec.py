@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import environment
-from orchestrator.backends.base import BuildRequest, Built, DeclaredPlugin, RunnerBase, TensorSpec, Timings, Trusted
+from orchestrator.backends.base import (
+    BuildRequest,
+    Built,
+    DeclaredPlugin,
+    RegisteredVersions,
+    RunnerBase,
+    TensorSpec,
+    Timings,
+    Trusted,
+)
 from orchestrator.backends.tensorrt.api import ApiFeatures, installed_version, short_version, version_tuple
 from orchestrator.backends.tensorrt.backend import TensorRTBackend
 from orchestrator.backends.tensorrt.buffers import host_comparable, numpy_dtype
@@ -844,6 +853,11 @@ class TrtexecBackend(TensorRTBackend):
         problem = comma_problem(list(graph_input_dims(model)))
         if problem is not None:
             raise problem
+
+    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str,
+                        libraries: Sequence[str]) -> RegisteredVersions:
+        """trtexec cannot be asked what it registers: `version: auto` goes by the release it reports."""
+        return RegisteredVersions(None, detected_version())
 
     def build(self, request: BuildRequest) -> Built:
         return build(request)

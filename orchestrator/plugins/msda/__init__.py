@@ -20,6 +20,7 @@ from typing import Any
 from orchestrator.plugins import Dim, Dims, PluginEntry, Shape, TensorContract
 from orchestrator.plugins.derive import Derivation, Inexpressible, Ops
 from orchestrator.plugins.msda.pattern import GridSampleAttention
+from orchestrator.plugins.versions import PluginVersion
 
 
 def _output_shape(shapes: Sequence[Shape]) -> Shape:
@@ -171,6 +172,10 @@ DERIVATIONS = {
 ENTRY = PluginEntry(
     op="MultiscaleDeformableAttnPlugin_TRT",
     versions=("1", "2"),
+    # v1 (IPluginV2DynamicExt) moved to the legacy sources and was deprecated in 10.11, which added v2
+    # (IPluginV3, same I/O); both are registered through 11.1. The parser takes "1" when a node says none.
+    lifecycle={"1": PluginVersion(deprecated="10.11", interface="IPluginV2DynamicExt"),
+               "2": PluginVersion(added="10.11", interface="IPluginV3")},
     inputs=(
         TensorContract("value", 4, ("float32", "float16"), doc="[N, S, M, D]"),
         TensorContract("spatial_shapes", 2, ("int32",), doc="[L, 2] (H, W) per level"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT, Project
 from onnx import TensorProto, helper, numpy_helper
 
 from orchestrator.backends.tensorrt import ApiFeatures
@@ -253,3 +254,23 @@ def test_the_layers_held_to_fp32_are_the_kept_nodes_by_name_type_and_output() ->
     assert chosen == {1: (0,), 2: (0,), 3: (0,), 4: (0,), 5: (0,), 8: (0,)}  # no SHAPE layer, no int output
     assert kept_layers(layers, {}, nodes, defaults=False) == {}
     assert set(kept_layers(layers, {"relu": ("r",)}, ["relu"])) == {1, 2, 5, 6}  # relu_2 is relu's when no node has it
+
+
+# ------------------------------------------------------------------------------------------- the YAML
+
+def test_keep_fp32_is_in_the_build_key_only_when_given(project: Project) -> None:
+    from orchestrator import imports
+    from orchestrator.config import spec
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.store.digest import DigestCache
+
+    def keys(path: Path) -> dict[str, str]:
+        with imports.search_path([ROOT]):
+            return {node.kind: node.key for node in make_plan(spec.load(path), DigestCache(None)).order()}
+
+    base = keys(project.small("base.yaml", **{"verify:": "build:\n  backend: onnxruntime\nverify:"}))
+    kept = keys(project.small("kept.yaml", **{"verify:": f"build:\n  backend: onnxruntime\n  keep_fp32: [{MSDA}]\n"
+                                                         "verify:"}))
+    assert {stage for stage in base if base[stage] != kept[stage]} == {"build", "verify", "bench"}
+    with pytest.raises(UserError, match="keep_fp32"):
+        keys(project.small("bad.yaml", **{"verify:": "build:\n  keep_fp32: [1]\nverify:"}))

@@ -236,6 +236,7 @@ def build_request(call: StageCall, graph_path: Path, model: Any, checked: list[d
     settings = call.config["build"]
     return BuildRequest(
         graph=graph_path, model=model, out=call.out, backend=settings["backend"], precision=settings["precision"],
+        keep_fp32=tuple(settings.get("keep_fp32", ())),
         workspace=settings["workspace"], timing_cache=bool(settings.get("timing_cache")),
         profiles=tuple(settings.get("profiles", [])), gpu_type=settings.get("gpu_type"),
         plugins=tuple(DeclaredPlugin.from_config(p) for p in call.config["plugins"]),

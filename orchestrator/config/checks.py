@@ -22,8 +22,8 @@ def check_variant(spec: Spec, variant: Variant) -> None:
     _capture_scope(spec, data)
     _export(spec, data)
     _plugins(spec, data["export"])
-    _plugin_nodes_made(spec, data)
     _patterns(spec, data)
+    _plugin_nodes_made(spec, data)
     for index, library in enumerate(data.get("build", {}).get("plugin_libraries", [])):
         if not spec.resolve_path(library).is_file():
             raise spec.error(f"plugin library '{library}' does not exist", ("build", "plugin_libraries", index))

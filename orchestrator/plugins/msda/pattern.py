@@ -34,6 +34,7 @@ from orchestrator.patterns import (
     Part,
     ShapeRule,
     Step,
+    affine_of,
     broadcast_layout,
     layout_down,
     part_of,
@@ -108,12 +109,13 @@ class GridSampleAttention:
         for node in view.graph.nodes:
             if node.op != "GridSample" or (node.domain or "") not in SAMPLER_DOMAINS:
                 continue
-            source = value_source(view, node)
+            source = part_source(view, node.inputs[0])
             if source is None:
                 results.append(NearMatch([node.name], f"GridSample '{node.name}' does not sample a part (Split or "
                                          "Slice) of a value tensor through reshapes and transposes"))
-            else:
-                groups.setdefault(source.name, []).append(node)
+            else:  # one attention call: the levels of one value tensor, sampled at one tensor of locations
+                grids = part_source(view, node.inputs[1])
+                groups.setdefault(f"{source.name}\n{grids.name if grids is not None else ''}", []).append(node)
         for nodes in groups.values():
             try:
                 results.append(attention(view, nodes))
@@ -122,18 +124,21 @@ class GridSampleAttention:
         return results
 
 
-def value_source(view: GraphView, node: Any) -> Any | None:
-    """The tensor GridSample's input 0 is a part of (through data-moving ops), or None."""
-    tensor = node.inputs[0]
+def part_source(view: GraphView, tensor: Any) -> Any | None:
+    """The tensor `tensor` is a part of (a Split, Slice or Gather) through data-moving and scalar affine ops."""
     for _ in range(32):
         producer = view.producer(tensor)
         if producer is None:
             return None
         if producer.op in ("Split", "Slice", "Gather"):
             return producer.inputs[0]
-        if producer.op not in MOVES and producer.op != "Transpose":
+        if producer.op in MOVES or producer.op == "Transpose":
+            tensor = producer.inputs[0]
+            continue
+        affine = affine_of(view, producer, tensor)
+        if affine is None:
             return None
-        tensor = producer.inputs[0]
+        tensor = affine[0]
     return None
 
 

@@ -71,6 +71,8 @@ def test_backends_without_a_registry_to_ask() -> None:
     assert embedded.versions is None and embedded.release is None
     trtexec = get("trtexec").plugin_versions(MSDA, ("1", "2"), "", [])
     assert trtexec.versions is None  # trtexec cannot be asked: it goes by the release it reports
+    if get("tensorrt").unavailable() is not None:  # no TensorRT here: nothing to ask, as on the embedded backend
+        assert get("tensorrt").plugin_versions(MSDA, ("1", "2"), "", []).release is None
 
 
 # ------------------------------------------------------------------------------------------- planning

@@ -276,11 +276,12 @@ class Backend:
     def check_graph(self, model: Any) -> None:
         """Refuse a graph this backend cannot build or run as it is (e.g. tensor names its tools cannot carry)."""
 
-    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str,
-                        libraries: Sequence[str]) -> RegisteredVersions:
+    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str, libraries: Sequence[str],
+                        ask_registry: bool = True) -> RegisteredVersions:
         """Which of `versions` of plugin `op` (in `namespace`, the build's plugin `libraries` loaded) the
-        TensorRT this backend builds with registers, and its release; what `version: auto` resolves against.
-        A backend without TensorRT knows neither: it runs every version its catalog entry lists."""
+        TensorRT this backend builds with registers, and its release; what `version: auto` resolves against
+        (without `ask_registry`, the release only: what a deprecation warning needs). A backend without
+        TensorRT knows neither: it runs every version its catalog entry lists."""
         return RegisteredVersions()
 
     def build(self, request: BuildRequest) -> Built:

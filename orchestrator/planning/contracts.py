@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.config.spec import Spec
+from orchestrator.plugins.versions import AUTO
 
 NOTE = "version_note"  # why the version was chosen, and any deprecation warning (for the export's summary)
 
@@ -53,7 +54,8 @@ def version_of(spec: Spec, entry: Any, plugin: Mapping[str, Any], build: Mapping
     if build is not None:
         backend = backends.get(backends.resolve(build.get("backend", "auto"))[0])
         libraries = [str(spec.resolve_path(lib)) for lib in build.get("plugin_libraries", [])]
-        facts = backend.plugin_versions(entry.op, entry.versions, str(plugin.get("namespace", "")), libraries)
+        facts = backend.plugin_versions(entry.op, entry.versions, str(plugin.get("namespace", "")), libraries,
+                                        ask_registry=requested == AUTO)
     choice = entry.choose_version(requested, facts.versions, facts.release)
     notes = ([f"{entry.op} v{choice.version} ({choice.reason})"] if requested != choice.version else []) + \
         ([f"warning: {choice.warning}"] if choice.warning else [])

@@ -71,12 +71,12 @@ class TensorRTBackend(Backend):
         status = f"available, TensorRT {version}" if version else self.unavailable()
         return [f"  {self.name:<24} {status}", *doctor_lines()]
 
-    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str,
-                        libraries: Sequence[str]) -> RegisteredVersions:
+    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str, libraries: Sequence[str],
+                        ask_registry: bool = True) -> RegisteredVersions:
         """The installed TensorRT's creator registry, asked for each version (None where it is not importable)."""
         release = installed_version()
-        if release is None:
-            return RegisteredVersions()
+        if release is None or not ask_registry:
+            return RegisteredVersions(None, release)
         return RegisteredVersions(registered_versions(op, tuple(versions), namespace, tuple(libraries)), release)
 
 

@@ -854,8 +854,8 @@ class TrtexecBackend(TensorRTBackend):
         if problem is not None:
             raise problem
 
-    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str,
-                        libraries: Sequence[str]) -> RegisteredVersions:
+    def plugin_versions(self, op: str, versions: Sequence[str], namespace: str, libraries: Sequence[str],
+                        ask_registry: bool = True) -> RegisteredVersions:
         """trtexec cannot be asked what it registers: `version: auto` goes by the release it reports."""
         return RegisteredVersions(None, detected_version())
 

@@ -645,3 +645,31 @@ def output_mapping(found: Found) -> dict[str, list[int]] | None:
     if have == want:
         return None
     return {"factors": [found.atoms.sizes[a] for a in have], "perm": [have.index(a) for a in want]}
+
+
+# ---------------------------------------------------------------------- checking a replacement
+
+def as_replaced(output: Any, mapping: Mapping[str, list[int]] | None) -> Any:
+    """A plugin node's output in the element order of the tensor it replaced (see output_mapping)."""
+    if mapping is None:
+        return output
+    return output.reshape(mapping["factors"]).transpose(mapping["perm"])
+
+
+def original_values(model_path: Any, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The values of tensors `names` in the graph at `model_path` (the one a surgery replaced subgraphs of),
+    run on ONNX Runtime with them as extra outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    typed = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    present = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in present:
+            model.graph.output.append(typed.get(name) or onnx.helper.ValueInfoProto(name=name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    accepted = {i.name for i in session.get_inputs()}
+    values = session.run(list(names), {name: value for name, value in feeds.items() if name in accepted})
+    return dict(zip(names, values, strict=True))

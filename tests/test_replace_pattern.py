@@ -42,10 +42,11 @@ class Attention(nn.Module):
     """Multi-scale deformable attention in plain PyTorch, in the variations models write it."""
 
     def __init__(self, split: str = "split", combine: str = "stack", weights: str = "stacked",
-                 sum_levels: bool = True, points: list[int] | None = None):
+                 sum_levels: bool = True, points: list[int] | None = None, channels_first: bool = False):
         super().__init__()
         self.split, self.combine, self.weights_at, self.sum_levels, self.points = \
             split, combine, weights, sum_levels, points
+        self.channels_first = channels_first
 
     def forward(self, value: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         n, _, m, d = value.shape
@@ -63,7 +64,8 @@ class Attention(nn.Module):
             if not self.sum_levels:  # sums each level's points, never the levels
                 return product.view(n * m, d, queries, levels, -1).sum(-1)
             out = product.sum(-1)
-        return out.view(n, m * d, queries).transpose(1, 2)
+        result = out.view(n, m * d, queries)
+        return result if self.channels_first else result.transpose(1, 2)
 
     def _values(self, value: torch.Tensor) -> list[torch.Tensor]:
         n, _, m, d = value.shape
@@ -165,6 +167,14 @@ def test_the_ways_models_write_it(tmp_path: Path, variant: dict[str, str]) -> No
     written, _ = replaced_once(tmp_path, original)
     assert same_result(original, written) < 1e-5
     assert "Transpose" not in [n.op_type for n in written.graph.node]  # the inputs were found in the plugin's layout
+
+
+def test_a_result_in_another_layout_gets_the_plugin_output_rearranged(tmp_path: Path) -> None:
+    original = exported(Attention(channels_first=True), tmp_path / "plain.onnx")  # [N, M*D, Lq]
+    written, edit = replaced_once(tmp_path, original)
+    assert same_result(original, written) < 1e-5
+    mapping = edit["replaced"][0]["mapping"]  # how verify brings the plugin's [N, Lq, M, D] to the replaced tensor
+    assert mapping == {"factors": [2, 5, 2, 4], "perm": [0, 2, 3, 1]}
 
 
 # ---------------------------------------------------------------------- nothing, or almost

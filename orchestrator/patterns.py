@@ -649,6 +649,8 @@ def output_mapping(found: Found) -> dict[str, list[int]] | None:
 
 # ---------------------------------------------------------------------- checking a replacement
 
+REFERENCE_RUNTIME = "onnxruntime"  # runs the graph a surgery replaced subgraphs of (a tool in verify's key)
+
 def as_replaced(output: Any, mapping: Mapping[str, list[int]] | None) -> Any:
     """A plugin node's output in the element order of the tensor it replaced (see output_mapping)."""
     if mapping is None:
@@ -659,9 +661,11 @@ def as_replaced(output: Any, mapping: Mapping[str, list[int]] | None) -> Any:
 def original_values(model_path: Any, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """The values of tensors `names` in the graph at `model_path` (the one a surgery replaced subgraphs of),
     run on ONNX Runtime with them as extra outputs."""
-    import onnx
-    import onnxruntime as ort
+    import importlib
 
+    import onnx
+
+    ort = importlib.import_module(REFERENCE_RUNTIME)
     model = onnx.load(str(model_path))
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     typed = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}

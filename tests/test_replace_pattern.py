@@ -274,6 +274,15 @@ def test_a_library_encoder_reaches_a_verified_plugin_graph_without_tensor_names(
     assert [r["original"] for r in edit["replaced"]] == [f"/model/layers.{k}/self_attn/Transpose_7_output_0"
                                                          for k in (0, 1)]
 
+    plain = next(project.store.glob("export/*/model.onnx"))  # the same graph as a user's own ONNX file
+    own = project.write("own.yaml", pipeline.read_text().replace(
+        "  plugin_nodes: surgery ", f"  onnx: {plain}\n  plugin_nodes: surgery "))
+    result = project.run("run", str(own))
+    assert result.code == 0, result.text
+    lines = stage_lines(result.out)
+    assert "cached" in lines["capture"] and "given ONNX model.onnx" in lines["export"]
+    assert "2 plugin nodes" in lines["surgery"] and "FAILED" not in lines["verify"]  # the same plugin graph
+
 
 def test_rt_detr_exported_whole_gets_every_attention_replaced_and_verifies(project: Project) -> None:
     pytest.importorskip("transformers")

@@ -103,7 +103,8 @@ class GridSampleAttention:
     }
 
     def find(self, view: GraphView) -> list[Found | NearMatch]:
-        """Every group of GridSample nodes that sample parts of one value tensor: found, or why not."""
+        """Every group of GridSample nodes that sample the levels of one value tensor at one tensor of
+        locations (one attention call): found, or why not."""
         groups: dict[str, list[Any]] = {}
         results: list[Found | NearMatch] = []
         for node in view.graph.nodes:

@@ -33,6 +33,7 @@ from orchestrator.plugins.versions import PluginVersion, VersionChoice, choose_v
 
 if TYPE_CHECKING:
     from orchestrator.patterns import Pattern
+    from orchestrator.plugins.recognise import Recogniser
 
 Shape = tuple[int, ...]
 Dim = int | str | None  # a known size, a symbolic dimension's name, or unknown
@@ -83,6 +84,9 @@ class PluginEntry:
     # How the plugin's computation looks in a graph written without it (see orchestrator.patterns): what
     # the replace_pattern surgery edit looks for.
     patterns: tuple[Pattern, ...] = ()
+    # Which calls of a live model the plugin can stand for (see orchestrator.plugins.recognise): what
+    # `orchestrate init` looks for.
+    recogniser: Recogniser | None = None
     doc: str = ""
 
     def derivation(self, rule: str) -> Derivation:

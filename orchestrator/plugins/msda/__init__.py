@@ -20,6 +20,7 @@ from typing import Any
 from orchestrator.plugins import Dim, Dims, PluginEntry, Shape, TensorContract
 from orchestrator.plugins.derive import Derivation, Inexpressible, Ops
 from orchestrator.plugins.msda.pattern import GridSampleAttention
+from orchestrator.plugins.msda.recognise import CallSignatures
 from orchestrator.plugins.versions import PluginVersion
 
 
@@ -193,5 +194,6 @@ ENTRY = PluginEntry(
     precisions=("fp32", "fp16"),
     derivations=DERIVATIONS,
     patterns=(GridSampleAttention(),),
+    recogniser=CallSignatures(),
     doc="Multi-scale deformable attention; output [N, Lq, M, D].",
 )

@@ -669,3 +669,31 @@ def test_pipeline_with_trtexec_backend_exits_2_without_it(project: Project) -> N
     assert done.code == 2, done.text
     assert "trtexec" in done.err and "not on PATH" in done.err and "Traceback" not in done.text
     assert not (project.store / "build").exists() or not any((project.store / "build").iterdir())
+
+
+def softmax_graph(name: str = "attn/softmax") -> onnx.ModelProto:
+    """x -> MatMul (unnamed) -> Softmax (named) -> y: a kept-by-default node beside one TensorRT may halve."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], name=name)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_kept_nodes_are_held_to_fp32_by_layer_precisions_where_flags_pick_half() -> None:
+    model = softmax_graph()
+    options = trtexec.layer_precision_options(plan("fp16", "10.13.0", plugins={}), model, [])
+    assert options == ["--precisionConstraints=obey", "--layerPrecisions=attn/softmax:fp32"]
+    command = trtexec.command_line("model.onnx", {"workspace": "1GiB", "precision": "fp16"}, [], "10.13.0",
+                                   plan=plan("fp16", "10.13.0", plugins={}), layers=options)
+    assert "--fp16" in command and command.index("--precisionConstraints=obey") > command.index("--fp16")
+    assert trtexec.layer_precision_options(plan("fp32", "10.13.0", plugins={}), model, []) == []
+
+
+def test_strongly_typed_releases_get_no_layer_precisions() -> None:
+    assert trtexec.layer_precision_options(plan("fp16", "11.0.0", plugins={}), softmax_graph(), []) == []
+
+
+def test_a_kept_node_whose_name_trtexec_cannot_write_is_refused() -> None:
+    with pytest.raises(UserError, match="splits on ',' and ':'"):
+        trtexec.layer_precision_options(plan("fp16", "10.13.0", plugins={}), softmax_graph("attn:softmax"), [])

@@ -47,7 +47,7 @@ from orchestrator.backends.tensorrt.backend import TensorRTBackend
 from orchestrator.backends.tensorrt.buffers import host_comparable, numpy_dtype
 from orchestrator.backends.tensorrt.cache import timing_cache_file, write_atomically
 from orchestrator.backends.tensorrt.engine import profiles_json
-from orchestrator.backends.tensorrt.graph import graph_to_build, is_quantized, plugin_outputs
+from orchestrator.backends.tensorrt.graph import fp32_nodes, graph_to_build, is_quantized, plugin_outputs
 from orchestrator.backends.tensorrt.precision import PrecisionPlan, plugin_precisions, precision_plan
 from orchestrator.backends.tensorrt.runner import cast_for_engine
 from orchestrator.backends.tensorrt.settings import (
@@ -137,6 +137,29 @@ def precision_options(plan: PrecisionPlan) -> list[str]:
     return options
 
 
+def layer_precision_options(plan: PrecisionPlan, model: Any, keep_fp32: Sequence[str]) -> list[str]:
+    """--precisionConstraints=obey with --layerPrecisions holding the layers of the nodes kept in float32
+    (graph.fp32_nodes: normalisations, softmax, build.keep_fp32) to fp32, where builder flags pick half
+    precision; the Python backend does the same with layer constraints. Strongly typed releases keep those
+    nodes in the graph's types instead, so they get no option.
+
+    trtexec's layers carry the names the ONNX parser gives them, its nodes' names: an unnamed node cannot
+    be named here (TensorRT chooses its precision), and a name holding ',' or ':' cannot be written in the
+    spec, which trtexec splits on both."""
+    if not plan.constrains_layers:
+        return []
+    named = {str(node.name) for node in model.graph.node if node.name}
+    names = [name for name in fp32_nodes(model, keep_fp32) if name in named]
+    unwritable = [name for name in names if "," in name or ":" in name]
+    if unwritable:
+        raise UserError(f"node {', '.join(repr(n) for n in unwritable)}: trtexec's --layerPrecisions splits on ',' "
+                        "and ':', so it cannot hold this node's layer to fp32", field="build.keep_fp32",
+                        hint="rename the node in the export, or use backend: tensorrt (layer constraints by API)")
+    if not names:
+        return []
+    return ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in names)]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Command lines
 
@@ -192,7 +215,7 @@ def plugin_options(libraries: Sequence[str], version: str | None) -> list[str]:
 def command_line(onnx_path: Path | str, build: Mapping[str, Any], libraries: Sequence[str], version: str | None, *,
                  profiles: Sequence[Mapping[str, ShapeRange]] | None = None, timing_cache: Path | str | None = None,
                  engine: Path | str | None = "engine.plan", plan: PrecisionPlan | None = None,
-                 skip_inference: bool = False) -> list[str]:
+                 skip_inference: bool = False, layers: Sequence[str] = ()) -> list[str]:
     """The trtexec invocation that builds what a build with these settings builds, for TensorRT `version`."""
     major, minor, _ = version_tuple(version)
     workspace_mib = max(1, parse_size(build["workspace"]) >> 20)
@@ -212,6 +235,7 @@ def command_line(onnx_path: Path | str, build: Mapping[str, Any], libraries: Seq
             plan = None
     if plan is not None:
         command += precision_options(plan)
+    command += layers
     command += plugin_options(libraries, version)
     if profiles:
         command += shapes_options(profiles[0])
@@ -243,8 +267,12 @@ def equivalent_command(request: BuildRequest, model: Any) -> list[str]:
     if request.timing_cache and request.shared_dir is not None and version:
         cache = timing_cache_file(request.shared_dir, short_version(version), environment.build_gpu())
     graph = "model.fp16.onnx" if plan is not None and plan.cast_graph else "model.onnx"
+    try:
+        layers = layer_precision_options(plan, model, request.keep_fp32) if plan is not None else []
+    except UserError:
+        layers = []
     return command_line(graph, settings_of(request), request.plugin_libraries, version, profiles=shown_profiles,
-                        timing_cache=cache, plan=plan)
+                        timing_cache=cache, plan=plan, layers=layers)
 
 
 def settings_of(request: BuildRequest) -> dict[str, Any]:
@@ -701,6 +729,7 @@ def build(request: BuildRequest) -> Built:
                         field="build.profiles", hint="use backend: tensorrt for several profiles")
     graph_file, graph_model = graph_to_build(request.model, request.graph, request.out, plan.cast_graph,
                                              request.keep_fp32, {node.op for node in request.plugin_nodes})
+    layers = layer_precision_options(plan, request.model, request.keep_fp32)
     shared = None
     if request.timing_cache and request.shared_dir is not None:
         shared = timing_cache_file(request.shared_dir, short_version(version or "unknown"), environment.build_gpu())
@@ -708,7 +737,7 @@ def build(request: BuildRequest) -> Built:
     with borrowed_timing_cache(shared) as cache:
         command = command_line(graph_file, settings_of(request), request.plugin_libraries, version,
                                profiles=explicit_profiles(profiles, inputs),
-                               timing_cache=cache, engine=engine, plan=plan, skip_inference=True)
+                               timing_cache=cache, engine=engine, plan=plan, skip_inference=True, layers=layers)
         command[0] = binary
         request.progress("trtexec building")
         code, log = run_streaming(command, request.out / "trtexec.log", request.progress)

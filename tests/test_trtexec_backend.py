@@ -697,3 +697,11 @@ def test_strongly_typed_releases_get_no_layer_precisions() -> None:
 def test_a_kept_node_whose_name_trtexec_cannot_write_is_refused() -> None:
     with pytest.raises(UserError, match="splits on ',' and ':'"):
         trtexec.layer_precision_options(plan("fp16", "10.13.0", plugins={}), softmax_graph("attn:softmax"), [])
+
+
+def test_a_plugin_kept_in_fp32_does_not_refuse_a_half_trtexec_build() -> None:
+    only_fp32 = {"MultiscaleDeformableAttnPlugin_TRT": ("fp32",)}
+    with pytest.raises(UserError, match="precision fp16"):
+        trtexec.precision_for("fp16", "10.13.0", only_fp32)
+    kept = trtexec.precision_for("fp16", "10.13.0", only_fp32, keep_fp32=["MultiscaleDeformableAttnPlugin_TRT"])
+    assert "FP16" in kept.set_flags

@@ -122,9 +122,10 @@ def features_for(version: str | None) -> ApiFeatures:
 
 
 def precision_for(precision: str, version: str | None, plugin_precisions: Mapping[str, Sequence[str]],
-                  quantized: bool = False) -> PrecisionPlan:
-    """The precision plan trtexec of `version` can carry out (a UserError when it cannot)."""
-    return precision_plan(precision, features_for(version), plugin_precisions, quantized)
+                  quantized: bool = False, keep_fp32: Sequence[str] = ()) -> PrecisionPlan:
+    """The precision plan trtexec of `version` can carry out (a UserError when it cannot); a plugin kept
+    in float32 (build.keep_fp32) does not refuse a half precision."""
+    return precision_plan(precision, features_for(version), plugin_precisions, quantized, keep_fp32)
 
 
 FLAG_OPTIONS = {"FP16": "--fp16", "BF16": "--bf16", "INT8": "--int8", "FP8": "--fp8"}
@@ -254,7 +255,7 @@ def equivalent_command(request: BuildRequest, model: Any) -> list[str]:
         installed_version() or detected_version()
     try:
         plan: PrecisionPlan | None = precision_for(request.precision, version, plugin_precisions(request.plugins),
-                                                   is_quantized(model))
+                                                   is_quantized(model), request.keep_fp32)
     except UserError:
         plan = None
     inputs = graph_input_dims(model)
@@ -721,7 +722,8 @@ def build(request: BuildRequest) -> Built:
     """Build engine.plan with trtexec (log in trtexec.log); write engine.json for the Runner."""
     binary = require_trtexec()
     version = detected_version()
-    plan = precision_for(request.precision, version, plugin_precisions(request.plugins), is_quantized(request.model))
+    plan = precision_for(request.precision, version, plugin_precisions(request.plugins), is_quantized(request.model),
+                         request.keep_fp32)
     inputs = graph_input_dims(request.model)
     profiles = resolve_profiles(request.profiles, inputs)
     if len(profiles) > 1:

@@ -6,7 +6,9 @@ from here, so the two see the same model, the same argument names and the same o
 
 from __future__ import annotations
 
+import copy
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,26 +41,49 @@ def _move(value: Any, device: str) -> Any:
     return value
 
 
-def build_model(model_cfg: dict[str, Any], python_path: list[str]) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model section as keyed: its factory, its inputs callable, their keyword arguments, the device.
+
+    `sources` are keyed by their content and `env` by the digests of the values (the plan's files and
+    env), so neither is here."""
+
+    factory: str
+    inputs: str
+    kwargs: Mapping[str, object]  # the schema takes any object: whatever the factory accepts
+    inputs_kwargs: Mapping[str, object]
+    device: str
+
+    @classmethod
+    def from_keyed(cls, model: Mapping[str, Any]) -> ModelSettings:
+        """From the model section (validated, defaults filled) or from its keyed JSON."""
+        return cls(model["factory"], model["inputs"], copy.deepcopy(dict(model["kwargs"])),
+                   copy.deepcopy(dict(model["inputs_kwargs"])), model["device"])
+
+    def keyed(self) -> dict[str, Any]:
+        return {"factory": self.factory, "kwargs": copy.deepcopy(dict(self.kwargs)), "inputs": self.inputs,
+                "inputs_kwargs": copy.deepcopy(dict(self.inputs_kwargs)), "device": self.device}
+
+
+def build_model(settings: ModelSettings, python_path: list[str]) -> tuple[Any, Any]:
     """The user's model (eval mode, on its device) and its forward arguments."""
     import torch
 
     with imports.search_path(python_path):
-        factory = imports.resolve(model_cfg["factory"], "model.factory")
-        make_inputs = imports.resolve(model_cfg["inputs"], "model.inputs")
+        factory = imports.resolve(settings.factory, "model.factory")
+        make_inputs = imports.resolve(settings.inputs, "model.inputs")
     # The planner checked the kwargs where the source shows the signature simply; the live signature
     # covers the rest (classes with an inherited __init__, decorated or library callables).
-    check_call(factory, model_cfg["kwargs"], model_cfg["factory"], "model.kwargs")
-    model = factory(**model_cfg["kwargs"])
+    check_call(factory, dict(settings.kwargs), settings.factory, "model.kwargs")
+    model = factory(**settings.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"the factory returned a {type(model).__name__}, expected a torch.nn.Module",
                         field="model.factory")
-    check_call(make_inputs, model_cfg["inputs_kwargs"], model_cfg["inputs"], "model.inputs_kwargs")
-    inputs = make_inputs(**model_cfg["inputs_kwargs"])
-    device = model_cfg["device"]
-    if device == "cuda" and not torch.cuda.is_available():
+    check_call(make_inputs, dict(settings.inputs_kwargs), settings.inputs, "model.inputs_kwargs")
+    inputs = make_inputs(**settings.inputs_kwargs)
+    if settings.device == "cuda" and not torch.cuda.is_available():
         raise UserError("model.device is cuda but torch sees no CUDA device", field="model.device")
-    return model.eval().to(device), _move(inputs, device)
+    return model.eval().to(settings.device), _move(inputs, settings.device)
 
 
 @dataclass

@@ -119,10 +119,6 @@ class Inputs:
     def python_path(self) -> list[Path]:
         return [self.spec.resolve_path(p) for p in self.spec.data.get("python_path", [])]
 
-    def keyed_model(self, model: dict[str, Any]) -> dict[str, Any]:
-        """The model section as keyed config: its sources are keyed by content, its env by value (`env_digests`)."""
-        return {k: v for k, v in model.items() if k not in ("sources", "env")}
-
     def env_digests(self, model: dict[str, Any] | None) -> dict[str, str | None]:
         """The digest of each environment variable the pipeline declares in model.env (None: unset).
 
@@ -135,11 +131,9 @@ class Inputs:
             found[name] = None if value is None else digest_bytes(value.encode("utf-8", "surrogateescape"))
         return found
 
-    def keyed_python_path(self, config: dict[str, Any]) -> None:
+    def keyed_python_path(self) -> tuple[str, ...]:
         """python_path as written (normalised) goes into the keys of the stages that import user code: which
         folders come first decides which helper module an import finds. Their content is checked through
         the stage's discovered inputs."""
-        entries = [os.path.normpath(entry) for entry in self.spec.data.get("python_path") or []]
-        if entries:
-            config["python_path"] = entries
+        return tuple(os.path.normpath(entry) for entry in self.spec.data.get("python_path") or [])
 

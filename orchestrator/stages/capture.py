@@ -19,7 +19,6 @@ so a wrong capture is refused before anything is published.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping
@@ -30,14 +29,122 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import arguments, environment, imports
 from orchestrator.errors import UserError
 from orchestrator.planning import contracts
-from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.stages.base import PlanContext, Planned, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import describe, save_named, to_numpy, torch_dtype_name
-from orchestrator.torch_model import ModuleStack, build_model, flatten_outputs, name_inputs, resolve_module
+from orchestrator.torch_model import (
+    ModelSettings,
+    ModuleStack,
+    build_model,
+    flatten_outputs,
+    name_inputs,
+    resolve_module,
+)
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Node
 
 SUFFIXES = (".npy", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the plugin takes for one captured input: its rank and the dtypes of its kind."""
+
+    name: str
+    rank: int
+    dtypes: tuple[str, ...]
+
+    @classmethod
+    def from_keyed(cls, given: Mapping[str, Any]) -> Expected:
+        return cls(given["name"], given["rank"], tuple(given["dtypes"]))
+
+    def keyed(self) -> dict[str, Any]:
+        return {"name": self.name, "rank": self.rank, "dtypes": list(self.dtypes)}
+
+
+@dataclass(frozen=True)
+class CatalogRules:
+    """Whose catalog rules the captured tensors must meet together: the op, its inputs in the plugin's
+    order, and the user's catalog entry where one is given."""
+
+    op: str
+    inputs: tuple[str, ...]
+    catalog: str | None = None
+
+    @classmethod
+    def from_keyed(cls, given: Mapping[str, Any]) -> CatalogRules:
+        return cls(given["op"], tuple(given["inputs"]), given.get("catalog"))
+
+    def keyed(self) -> dict[str, Any]:
+        return {"op": self.op, "inputs": list(self.inputs), **({"catalog": self.catalog} if self.catalog else {})}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A plugin's `replace` callable whose calls a whole-model capture counts."""
+
+    callable: str
+    op: str
+
+    def keyed(self) -> dict[str, Any]:
+        return {"callable": self.callable, "op": self.op}
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The capture's keyed settings: from a folder (`source` 'dir': the tensors matched, by name) or from
+    the live model (`source` 'model': the capture section, the model section, python_path as written).
+
+    `expect` and `rules` are the plugin's contract the tensors are checked against; `rules` is None where
+    the graph is given (export.onnx), or for a whole-model capture, which has no `expect`."""
+
+    source: str  # "dir" or "model"
+    outputs: tuple[str, ...]
+    expect: tuple[Expected, ...] = ()
+    rules: CatalogRules | None = None
+    names: tuple[str, ...] | None = None  # dir: the tensors matched (inputs, then outputs); model: capture.names
+    model: ModelSettings | None = None  # source 'model'
+    module: str | None = None
+    call: str | None = None
+    occurrence: int = 0
+    calls: str | tuple[str, ...] | None = None  # 'all', or the modules inside which calls are kept
+    scope: str | None = None  # "model": the whole forward is recorded
+    record: tuple[Recorded, ...] = ()  # scope model: the callables whose calls are counted
+    python_path: tuple[str, ...] = ()
+
+    @classmethod
+    def from_keyed(cls, config: Mapping[str, Any]) -> CaptureSettings:
+        section = config["capture"]
+        calls = section.get("calls")
+        return cls(
+            section["source"], tuple(section["outputs"]), tuple(Expected.from_keyed(e) for e in section["expect"]),
+            CatalogRules.from_keyed(section["rules"]) if section.get("rules") else None,
+            tuple(section["names"]) if "names" in section else None,
+            ModelSettings.from_keyed(config["model"]) if "model" in config else None,
+            section.get("module"), section.get("call"), section.get("occurrence", 0),
+            calls if calls is None or isinstance(calls, str) else tuple(calls), section.get("scope"),
+            tuple(Recorded(r["callable"], r["op"]) for r in section.get("record", [])),
+            tuple(config.get("python_path", ())))
+
+    def keyed(self) -> dict[str, Any]:
+        section: dict[str, Any] = {"source": self.source, "outputs": list(self.outputs),
+                                   "expect": [e.keyed() for e in self.expect]}
+        if self.source == "model":
+            given = {"module": self.module, "call": self.call, "occurrence": self.occurrence,
+                     "calls": list(self.calls) if isinstance(self.calls, tuple) else self.calls}
+            section.update({name: value for name, value in given.items() if value is not None})
+            if self.scope is not None:
+                section.update(scope=self.scope, record=[r.keyed() for r in self.record])
+        if self.names is not None:
+            section["names"] = list(self.names)
+        if self.expect:
+            section["rules"] = self.rules.keyed() if self.rules else {}
+        keyed: dict[str, Any] = {"capture": section}
+        if self.model is not None:
+            keyed["model"] = self.model.keyed()
+        if self.python_path:
+            keyed["python_path"] = list(self.python_path)
+        return keyed
 
 
 def candidates(name: str) -> list[str]:
@@ -90,68 +197,68 @@ def _load_file(path: Path) -> Any:
     return to_numpy(value)
 
 
-def check_contract(tensors: dict[str, Any], settings: dict[str, Any], origin: str, field: str) -> None:
+def check_contract(tensors: dict[str, Any], settings: CaptureSettings, origin: str, field: str) -> None:
     """Refuse tensors the plugin cannot take (the capture's `expect`): wrong rank, or a float where an
     integer belongs (and back); then tensors that do not fit together by the shape and value rules of the
     plugin's catalog entry (`rules`: `check_shapes`, `check_values`; `orchestrate doctor` lists a plugin's
     rules). A plugin checks none of that and reads out of bounds, so it is bad input here, not a crash later.
     """
-    rules = settings.get("rules")
-    for rule in settings["expect"]:
-        name = rule["name"]
+    rules = settings.rules
+    for rule in settings.expect:
+        name = rule.name
         if name not in tensors:
             raise UserError(f"the capture has no tensor '{name}' (it has {', '.join(tensors) or 'none'})",
                             field=field)
         array = tensors[name]
         dtype = str(array.dtype)
-        if array.ndim != rule["rank"]:
+        if array.ndim != rule.rank:
             raise UserError(f"tensor '{name}' from {origin} has shape {list(array.shape)} (rank {array.ndim}); "
-                            f"the plugin takes rank {rule['rank']}", field=field)
-        wants_int = all(d.startswith(("int", "uint")) for d in rule["dtypes"])
+                            f"the plugin takes rank {rule.rank}", field=field)
+        wants_int = all(d.startswith(("int", "uint")) for d in rule.dtypes)
         is_int = dtype.startswith(("int", "uint"))
         if wants_int != is_int or not (is_int or dtype.startswith(("float", "bfloat"))):
             raise UserError(f"tensor '{name}' from {origin} is {dtype}; the plugin takes "
-                            f"{' or '.join(rule['dtypes'])} (other {'integer' if wants_int else 'float'} dtypes "
+                            f"{' or '.join(rule.dtypes)} (other {'integer' if wants_int else 'float'} dtypes "
                             "are cast on export)", field=field)
-    if rules:
+    if rules is not None:
         problems = _catalog_problems(tensors, rules)
         if problems:
-            raise UserError(f"the tensors from {origin} do not fit {rules['op']} together: {'; '.join(problems)}",
+            raise UserError(f"the tensors from {origin} do not fit {rules.op} together: {'; '.join(problems)}",
                             field=field, hint="capture them again, or fix the files; the plugin does not check "
                                               "them and would read outside its inputs")
 
 
-def _catalog_problems(tensors: dict[str, Any], rules: dict[str, Any]) -> list[str]:
+def _catalog_problems(tensors: dict[str, Any], rules: CatalogRules) -> list[str]:
     """The catalog entry's shape and value rules on the captured tensors, in the plugin's input order;
     inputs the export derives are unknown (None) here, as the rules allow."""
     from orchestrator import plugins as catalog
 
-    entry = catalog.lookup(rules["op"], rules.get("catalog"))
-    arrays = [tensors.get(name) for name in rules["inputs"]]
+    entry = catalog.lookup(rules.op, rules.catalog)
+    arrays = [tensors.get(name) for name in rules.inputs]
     shapes = [tuple(int(d) for d in array.shape) if array is not None else None for array in arrays]
     return entry.rule_problems(shapes, arrays)
 
 
 def run(call: StageCall) -> StageResult:
-    settings = call.config["capture"]
-    if settings["source"] == "dir":
+    settings: CaptureSettings = call.settings
+    if settings.source == "dir":
         return _from_dir(call, settings)
-    if settings.get("scope") == "model":
+    if settings.scope == "model":
         return _whole_model(call, settings)
     return _from_model(call, settings)
 
 
-def _from_dir(call: StageCall, settings: dict[str, Any]) -> StageResult:
-    folder = Path(call.paths["folder"])
-    files: dict[str, str] = call.paths["files"]
+def _from_dir(call: StageCall, settings: CaptureSettings) -> StageResult:
+    folder = Path(call.unkeyed["folder"])
+    files: dict[str, str] = call.unkeyed["files"]
     tensors = {}
     for name, file in files.items():
         call.progress(f"loading {file}")
         tensors[name] = _load_file(folder / file)
-    outputs = settings["outputs"]
+    outputs = settings.outputs
     inputs = {n: t for n, t in tensors.items() if n not in outputs}
     check_contract(inputs, settings, f"{folder.name}/", "capture.from_dir")
-    notes = [f"ignored {name} (no tensor asks for it)" for name in call.paths["ignored"]]
+    notes = [f"ignored {name} (no tensor asks for it)" for name in call.unkeyed["ignored"]]
     args = [{"name": n, "kind": "tensor"} for n in inputs]
     return _write(call, inputs, {n: tensors[n] for n in outputs}, args, {}, notes, f"from {folder.name}/")
 
@@ -178,31 +285,37 @@ class _Call:
     signature_of: Any
 
 
-def _from_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
+def _model(call: StageCall, settings: CaptureSettings) -> tuple[Any, Any]:
+    """The user's model and its forward arguments, as the capture's model section builds them."""
+    assert settings.model is not None  # a capture from the model keys its model section
+    call.progress("building the model")
+    return build_model(settings.model, list(call.unkeyed.python_path))
+
+
+def _from_model(call: StageCall, settings: CaptureSettings) -> StageResult:
     import torch
 
-    call.progress("building the model")
-    model, inputs = build_model(call.config["model"], call.paths["python_path"])
-    target = resolve_module(model, settings["module"]) if settings.get("module") else model
-    call_path = settings.get("call")
+    model, inputs = _model(call, settings)
+    target = resolve_module(model, settings.module) if settings.module else model
+    call_path = settings.call
     call.progress("running the model")
     with torch.inference_mode():
         if call_path:
-            recorded = _record_function(call, settings, model, inputs, target)
+            recorded = _record_function(call, call_path, settings, model, inputs, target)
         else:
             recorded = _record_module(settings, model, inputs, target)
-    tensors, extras, args = _bind(recorded.signature_of, recorded.args, recorded.kwargs, settings.get("names"),
-                                  _module_namer(model))
-    outputs = _call_outputs(recorded.result, settings["outputs"])
+    names = list(settings.names) if settings.names is not None else None
+    tensors, extras, args = _bind(recorded.signature_of, recorded.args, recorded.kwargs, names, _module_namer(model))
+    outputs = _call_outputs(recorded.result, list(settings.outputs))
     check_contract(tensors, settings, "the call", "capture.call" if call_path else "capture.module")
-    where = settings.get("module") or type(model).__name__
+    where = settings.module or type(model).__name__
     return _write(call, tensors, outputs, args, extras, [], f"from {where}")
 
 
-def _record_function(call: StageCall, settings: dict[str, Any], model: Any, inputs: Any, target: Any) -> _Call:
+def _record_function(call: StageCall, call_path: str, settings: CaptureSettings, model: Any, inputs: Any,
+                     target: Any) -> _Call:
     """The `occurrence`-th call of capture.call made while `target` runs; the rest of the forward is skipped."""
-    call_path = settings["call"]
-    with imports.search_path(call.paths["python_path"]):
+    with imports.search_path(list(call.unkeyed.python_path)):
         original = imports.resolve(call_path, "capture.call")
     recorded: list[_Call] = []
     inside = [0]
@@ -217,7 +330,7 @@ def _record_function(call: StageCall, settings: dict[str, Any], model: Any, inpu
     def recorder(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
         if inside[0] > 0:
-            if seen[0] == settings["occurrence"]:
+            if seen[0] == settings.occurrence:
                 recorded.append(_Call(args, kwargs, result, original))
                 raise _Recorded
             seen[0] += 1
@@ -233,20 +346,20 @@ def _record_function(call: StageCall, settings: dict[str, Any], model: Any, inpu
         for handle in handles:
             handle.remove()
     if not recorded:
-        where = f"inside '{settings['module']}'" if settings.get("module") else "during the forward"
+        where = f"inside '{settings.module}'" if settings.module else "during the forward"
         raise UserError(f"'{call_path}' was called {seen[0]} time(s) {where}; "
-                        f"occurrence {settings['occurrence']} was asked for", field="capture.call",
+                        f"occurrence {settings.occurrence} was asked for", field="capture.call",
                         hint="check capture.module, or that the model calls this function by this name")
     return recorded[0]
 
 
-def _record_module(settings: dict[str, Any], model: Any, inputs: Any, target: Any) -> _Call:
+def _record_module(settings: CaptureSettings, model: Any, inputs: Any, target: Any) -> _Call:
     """The `occurrence`-th call of the target module (its forward's signature names the arguments)."""
     recorded: list[_Call] = []
     seen = [0]
 
     def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
-        if seen[0] == settings["occurrence"]:
+        if seen[0] == settings.occurrence:
             recorded.append(_Call(args, kwargs, result, module.forward))
         seen[0] += 1
 
@@ -340,7 +453,7 @@ class _PluginCalls:
     """Every call of each plugin's `replace` callable during the forward, counted; the results of those
     made inside the modules capture.calls names (or of all, with 'all') kept for verify."""
 
-    def __init__(self, model: Any, wanted: Any):
+    def __init__(self, model: Any, wanted: str | tuple[str, ...] | None):
         self.wanted = wanted
         self.stack = ModuleStack(model)
         self.counts: dict[str, int] = {}
@@ -349,7 +462,7 @@ class _PluginCalls:
     def _inside_wanted(self) -> bool:
         if self.wanted == "all":
             return True
-        return isinstance(self.wanted, list) and any(name in self.stack.names for name in self.wanted)
+        return isinstance(self.wanted, tuple) and any(name in self.stack.names for name in self.wanted)
 
     def _recorder(self, path: str, op: str, original: list[Any]) -> Any:
         def recorder(*args: Any, **kwargs: Any) -> Any:
@@ -365,14 +478,14 @@ class _PluginCalls:
         return recorder
 
     @contextlib.contextmanager
-    def swapped(self, record: list[dict[str, Any]], python_path: list[str]) -> Iterator[None]:
+    def swapped(self, record: tuple[Recorded, ...], python_path: list[str]) -> Iterator[None]:
         """Each callable of `record` swapped for its recorder for the duration of the block."""
         with contextlib.ExitStack() as swaps:
             with imports.search_path(python_path):
                 for entry in record:
                     original: list[Any] = []  # filled by the swap, read when the model calls
-                    recorder = self._recorder(entry["callable"], entry["op"], original)
-                    original.append(swaps.enter_context(imports.swap_callable(entry["callable"], recorder,
+                    recorder = self._recorder(entry.callable, entry.op, original)
+                    original.append(swaps.enter_context(imports.swap_callable(entry.callable, recorder,
                                                                               "export.plugins.replace")))
             yield
 
@@ -380,31 +493,30 @@ class _PluginCalls:
         self.stack.close()
 
 
-def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
+def _whole_model(call: StageCall, settings: CaptureSettings) -> StageResult:
     import torch
 
-    call.progress("building the model")
-    model, raw_inputs = build_model(call.config["model"], call.paths["python_path"])
+    model, raw_inputs = _model(call, settings)
     inputs = name_inputs(model, raw_inputs)
-    wanted = settings.get("calls")
-    for path in wanted if isinstance(wanted, list) else []:
+    wanted = settings.calls
+    for path in wanted if isinstance(wanted, tuple) else ():
         resolve_module(model, path, "capture.calls")  # a typo is an error that names the module
-    record = settings.get("record", [])
+    record = settings.record
     plugin_calls = _PluginCalls(model, wanted)
     call.progress("running the model")
     try:
-        with torch.inference_mode(), plugin_calls.swapped(record, call.paths["python_path"]):
+        with torch.inference_mode(), plugin_calls.swapped(record, list(call.unkeyed.python_path)):
             result = inputs.call(model, inputs.tensors)
     finally:
         plugin_calls.close()
-    outputs = _model_outputs(result, settings["outputs"])
+    outputs = _model_outputs(result, list(settings.outputs))
     tensors = {name: to_numpy(tensor) for name, tensor in inputs.tensors.items()}
     args = [{"name": name, "kind": "tensor" if name in inputs.tensors else "extra"} for name in inputs.order]
     counts = plugin_calls.counts
-    notes = [f"the model never called {entry['callable']}" for entry in record if not counts.get(entry["callable"])]
+    notes = [f"the model never called {entry.callable}" for entry in record if not counts.get(entry.callable)]
     if wanted and not plugin_calls.records:
         where = "during the forward" if wanted == "all" else f"inside {', '.join(wanted)}"
-        raise UserError(f"no call of {', '.join(e['callable'] for e in record) or 'a plugin'} "
+        raise UserError(f"no call of {', '.join(e.callable for e in record) or 'a plugin'} "
                         f"{where} to record", field="capture.calls",
                         hint="check capture.calls and export.plugins[].replace")
     calls = []
@@ -412,7 +524,7 @@ def _whole_model(call: StageCall, settings: dict[str, Any]) -> StageResult:
         saved = save_named(call.out / "calls", {f"call_{index:03d}": recorded.pop("result")})
         calls.append({**recorded, "output": next(iter(saved.values()))})
     summary_calls = f", {len(calls)} plugin call result{'s' if len(calls) != 1 else ''}" if calls else ""
-    counted = {entry["callable"]: counts.get(entry["callable"], 0) for entry in record}
+    counted = {entry.callable: counts.get(entry.callable, 0) for entry in record}
     return _write(call, tensors, outputs, args, inputs.extras, notes,
                   f"from the whole {type(model).__name__}{summary_calls}",
                   {"scope": "model", "input_kind": inputs.kind, "calls": calls, "call_counts": counted})
@@ -431,52 +543,67 @@ def _model_outputs(result: Any, declared: list[str]) -> dict[str, Any]:
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
     """The capture's key: the model and capture sections, the model's sources, or the folder's tensors."""
     data, plugins = variant.data, [dict(p) for p in variant.plugins]
-    capture = copy.deepcopy(data["capture"])
-    export = data["export"]
-    expect, rules = contracts.capture_contract(export, plugins)
-    whole = export["scope"] == "model" and not capture.get("from_dir")  # config/checks.py checked the fields
+    capture = data["capture"]
+    expect, rules = contracts.capture_contract(data["export"], plugins)
     files: dict[str, str] = {}
     paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
+    contract = {"expect": tuple(Expected.from_keyed(e) for e in expect),
+                "rules": CatalogRules.from_keyed(rules) if rules else None,
+                "python_path": ctx.keyed_python_path()}
     if capture.get("from_dir"):
-        folder = ctx.spec.resolve_path(capture["from_dir"])
-        ctx.watch_folder(folder)  # a file added there can make a tensor's file ambiguous
-        wanted = [e["name"] for e in expect] or list(capture.get("names") or [])
-        try:
-            matched, ignored = match_folder(folder, wanted, capture["outputs"], capture["files"])
-        except UserError as exc:
-            raise ctx.error(exc.message, "capture.from_dir", hint=exc.hint) from None
-        for name, file in matched.items():
-            files[f"tensor:{name}"] = ctx.file_digest(folder / file, "capture.from_dir")
-            ctx.origins[f"tensor:{name}"] = str(folder / file)
-        config = {"capture": {"source": "dir", "names": list(matched), "outputs": capture["outputs"],
-                              "expect": expect}}
-        paths.update(folder=str(folder), files=matched, ignored=ignored)
+        matched = _plan_folder(ctx, capture, [e["name"] for e in expect], files, paths)
+        settings = CaptureSettings("dir", tuple(capture["outputs"]), names=tuple(matched), **contract)
     else:
-        model = data["model"]
-        config = {"model": ctx.keyed_model(model),
-                  "capture": {**{k: v for k, v in capture.items() if k not in ("files", "from_dir")},
-                              "source": "model", "expect": expect}}
-        if whole:
-            recorded = [{"callable": p["replace"], "op": p["op"]} for p in plugins if p.get("replace")]
-            config["capture"].update(scope="model", record=recorded)
-            for index, plugin in enumerate(plugins):
-                if plugin.get("replace"):
-                    label, digest = ctx.source_digest(plugin["replace"], f"export.plugins[{index}].replace")
-                    files[label] = digest
-        files.update(ctx.model_sources(model))
-        if capture.get("call"):
-            label, digest = ctx.source_digest(capture["call"], "capture.call")
-            files[label] = digest
-        files.update(ctx.paths_digests(model.get("sources", []), "model.sources"))
-    if expect:
-        config["capture"]["rules"] = rules
-        if rules.get("catalog"):
-            label, digest = ctx.source_digest(rules["catalog"], "export.plugins[0].catalog")
-            files[label] = digest
+        settings = _plan_model(ctx, data, plugins, files, contract)
+    if expect and rules.get("catalog"):
+        label, digest = ctx.source_digest(rules["catalog"], "export.plugins[0].catalog")
+        files[label] = digest
     tools = environment.tools("numpy") | (environment.tools("torch"))
-    ctx.keyed_python_path(config)
     env = ctx.env_digests(data.get("model")) if not capture.get("from_dir") else {}
-    return Planned(Sections(config), {}, files, tools, paths, env)
+    return Planned(settings, {}, files, tools, paths, env)
+
+
+def _plan_folder(ctx: PlanContext, capture: Mapping[str, Any], expected: list[str], files: dict[str, str],
+                 paths: dict[str, Any]) -> list[str]:
+    """The tensors a folder capture reads (inputs, then outputs), their files digested into `files`."""
+    folder = ctx.spec.resolve_path(capture["from_dir"])
+    ctx.watch_folder(folder)  # a file added there can make a tensor's file ambiguous
+    wanted = expected or list(capture.get("names") or [])
+    try:
+        matched, ignored = match_folder(folder, wanted, capture["outputs"], capture["files"])
+    except UserError as exc:
+        raise ctx.error(exc.message, "capture.from_dir", hint=exc.hint) from None
+    for name, file in matched.items():
+        files[f"tensor:{name}"] = ctx.file_digest(folder / file, "capture.from_dir")
+        ctx.origins[f"tensor:{name}"] = str(folder / file)
+    paths.update(folder=str(folder), files=matched, ignored=ignored)
+    return list(matched)
+
+
+def _plan_model(ctx: PlanContext, data: Mapping[str, Any], plugins: list[dict[str, Any]], files: dict[str, str],
+                contract: dict[str, Any]) -> CaptureSettings:
+    """A capture from the live model: its settings, with the model's sources (and for a whole-model
+    capture each `replace` callable's) digested into `files`."""
+    capture, model = data["capture"], data["model"]
+    calls = capture.get("calls")
+    record: tuple[Recorded, ...] = ()
+    whole = data["export"]["scope"] == "model"  # config/checks.py checked the fields
+    if whole:
+        record = tuple(Recorded(p["replace"], p["op"]) for p in plugins if p.get("replace"))
+        for index, plugin in enumerate(plugins):
+            if plugin.get("replace"):
+                label, digest = ctx.source_digest(plugin["replace"], f"export.plugins[{index}].replace")
+                files[label] = digest
+    files.update(ctx.model_sources(model))
+    if capture.get("call"):
+        label, digest = ctx.source_digest(capture["call"], "capture.call")
+        files[label] = digest
+    files.update(ctx.paths_digests(model.get("sources", []), "model.sources"))
+    return CaptureSettings(
+        "model", tuple(capture["outputs"]), names=tuple(capture["names"]) if "names" in capture else None,
+        model=ModelSettings.from_keyed(model), module=capture.get("module"), call=capture.get("call"),
+        occurrence=capture["occurrence"], calls=calls if calls is None or isinstance(calls, str) else tuple(calls),
+        scope="model" if whole else None, record=record, **contract)
 
 
 STAGE = Stage(

@@ -27,6 +27,7 @@ Writes model.onnx and export.json (graph inputs/outputs, plugin nodes, casts, ho
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import io
 import json
@@ -35,6 +36,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +46,16 @@ from orchestrator.errors import UserError
 from orchestrator.onnx_graph import describe_graph
 from orchestrator.planning import contracts, sources
 from orchestrator.plugins.derive import Inexpressible, TorchOps
-from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.stages.base import PlanContext, Planned, Stage, StageCall, StageResult, Variant
 from orchestrator.tensors import torch_dtype_name
-from orchestrator.torch_model import ModuleStack, build_model, flatten_outputs, name_inputs, resolve_module
+from orchestrator.torch_model import (
+    ModelSettings,
+    ModuleStack,
+    build_model,
+    flatten_outputs,
+    name_inputs,
+    resolve_module,
+)
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Node
@@ -54,10 +63,119 @@ if TYPE_CHECKING:
 ONNX_ATTR_SUFFIX = {bool: "i", int: "i", float: "f", str: "s"}
 
 
-def _attributes(plugin: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Derivation:
+    """How a plugin input the call does not pass is computed: a rule of the plugin's catalog entry, from
+    the call's arguments or other derived inputs (`given`: one name, or a list, as written)."""
+
+    rule: str
+    given: str | tuple[str, ...]
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.given) if isinstance(self.given, tuple) else [self.given]
+
+    def keyed(self) -> dict[str, Any]:
+        return {"rule": self.rule, "from": list(self.given) if isinstance(self.given, tuple) else self.given}
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """One plugin input as its catalog entry takes it: rank and dtypes."""
+
+    name: str
+    rank: int
+    dtypes: tuple[str, ...]
+
+    def keyed(self) -> dict[str, Any]:
+        return {"name": self.name, "rank": self.rank, "dtypes": list(self.dtypes)}
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One declared plugin with its catalog contract resolved (planning/contracts.py): the node it
+    becomes, which arguments feed it and how, and the callable it stands for."""
+
+    op: str
+    domain: str
+    version: str
+    namespace: str
+    inputs: tuple[str, ...]  # the call's arguments (or derived inputs) feeding it, in the plugin's order
+    dtypes: Mapping[str, str]  # plugin input -> the dtype it is cast to
+    contract: tuple[InputContract, ...]
+    replace: str | None = None
+    catalog: str | None = None  # the user's PluginEntry; None: the built-in one
+    attributes: Mapping[str, object] = field(default_factory=dict)  # the plugin's own fields (schema: any object)
+    require: Mapping[str, object] = field(default_factory=dict)  # argument -> the value the plugin assumes
+    derive: Mapping[str, Derivation] = field(default_factory=dict)
+    subgraph: Mapping[str, object] | None = None  # where the surgery stage finds the plugin's code (keyed here)
+
+    @classmethod
+    def from_keyed(cls, given: Mapping[str, Any]) -> Plugin:
+        derive = {name: Derivation(rule["rule"], rule["from"] if isinstance(rule["from"], str) else
+                                   tuple(rule["from"])) for name, rule in given["derive"].items()}
+        return cls(given["op"], given["domain"], given["version"], given["namespace"], tuple(given["inputs"]),
+                   dict(given["dtypes"]), tuple(InputContract(c["name"], c["rank"], tuple(c["dtypes"]))
+                                                for c in given["contract"]),
+                   given.get("replace"), given.get("catalog"), copy.deepcopy(dict(given["attributes"])),
+                   copy.deepcopy(dict(given["require"])), derive,
+                   copy.deepcopy(dict(given["subgraph"])) if "subgraph" in given else None)
+
+    def keyed(self) -> dict[str, Any]:
+        optional = {"replace": self.replace, "catalog": self.catalog, "subgraph": copy.deepcopy(self.subgraph)}
+        return {"op": self.op, "domain": self.domain, "version": self.version, "namespace": self.namespace,
+                "inputs": list(self.inputs), "dtypes": dict(self.dtypes),
+                "contract": [c.keyed() for c in self.contract], "attributes": copy.deepcopy(dict(self.attributes)),
+                "require": copy.deepcopy(dict(self.require)),
+                "derive": {name: rule.keyed() for name, rule in self.derive.items()},
+                **{name: value for name, value in optional.items() if value is not None}}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The export section (its plugins typed, a given graph's file keyed by content instead), and for a
+    model built again (a whole model, or a method's `self`) the model section and python_path as written."""
+
+    exporter: str
+    opset: int
+    scope: str  # "call" or "model"
+    plugin_nodes: str  # "call", or "surgery": exported as written, the surgery stage makes the nodes
+    plugins: tuple[Plugin, ...]
+    dynamic_axes: Mapping[str, Mapping[str, str]]  # tensor -> axis (as text) -> its name
+    constants: tuple[str, ...]
+    model: ModelSettings | None = None
+    python_path: tuple[str, ...] = ()
+
+    @classmethod
+    def from_keyed(cls, config: Mapping[str, Any]) -> ExportSettings:
+        section = config["export"]
+        return cls(section["exporter"], section["opset"], section["scope"], section["plugin_nodes"],
+                   tuple(Plugin.from_keyed(p) for p in section["plugins"]),
+                   {name: dict(axes) for name, axes in section["dynamic_axes"].items()}, tuple(section["constants"]),
+                   ModelSettings.from_keyed(config["model"]) if "model" in config else None,
+                   tuple(config.get("python_path", ())))
+
+    def keyed(self) -> dict[str, Any]:
+        keyed: dict[str, Any] = {"export": {
+            "exporter": self.exporter, "opset": self.opset, "scope": self.scope, "plugin_nodes": self.plugin_nodes,
+            "dynamic_axes": {name: dict(axes) for name, axes in self.dynamic_axes.items()},
+            "constants": list(self.constants), "plugins": [p.keyed() for p in self.plugins]}}
+        if self.model is not None:
+            keyed["model"] = self.model.keyed()
+        if self.python_path:
+            keyed["python_path"] = list(self.python_path)
+        return keyed
+
+    @property
+    def swaps(self) -> bool:
+        """Whether the export makes the plugin nodes (else the surgery stage does)."""
+        return self.plugin_nodes != "surgery"
+
+
+def _attributes(plugin: Plugin) -> dict[str, Any]:
     """The plugin node's attributes: plugin_version, plugin_namespace and the plugin's own fields."""
-    attrs: dict[str, Any] = {"plugin_version": plugin["version"], "plugin_namespace": plugin["namespace"]}
-    for name, value in plugin.get("attributes", {}).items():
+    attrs: dict[str, Any] = {"plugin_version": plugin.version, "plugin_namespace": plugin.namespace}
+    for name, value in plugin.attributes.items():
         sample = value[0] if isinstance(value, list) and value else value
         if type(sample) not in ONNX_ATTR_SUFFIX:
             raise UserError(f"attribute '{name}' has a {type(value).__name__} value; use numbers or strings",
@@ -66,37 +184,32 @@ def _attributes(plugin: dict[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def _attr_kwargs(plugin: dict[str, Any]) -> dict[str, Any]:
+def _attr_kwargs(plugin: Plugin) -> dict[str, Any]:
     attrs = _attributes(plugin)
     return {f"{name}_{ONNX_ATTR_SUFFIX[type(v[0] if isinstance(v, list) and v else v)]}": v
             for name, v in attrs.items()}
 
 
-def _sources(rule: dict[str, Any]) -> list[str]:
-    return rule["from"] if isinstance(rule["from"], list) else [rule["from"]]
-
-
-def derive_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, values: dict[str, Any]) -> dict[str, Any]:
+def derive_inputs(plugin: Plugin, entry: catalog.PluginEntry, values: dict[str, Any]) -> dict[str, Any]:
     """`values` (the call's arguments by name) with the plugin's derived inputs added, by the catalog's rules.
 
     A source names the call's argument when the call has one of that name, else another derived input,
     so rules chain (one derived input computed from another that was derived from a Python list).
     """
-    derive: dict[str, dict[str, Any]] = plugin.get("derive", {})
     derived: dict[str, Any] = {}
-    pending = dict(derive)
+    pending = dict(plugin.derive)
     while pending:
         ready = {name: rule for name, rule in pending.items()
-                 if all(src in values or src in derived for src in _sources(rule))}
+                 if all(src in values or src in derived for src in rule.sources)}
         if not ready:
-            missing = sorted({src for rule in pending.values() for src in _sources(rule)
+            missing = sorted({src for rule in pending.values() for src in rule.sources
                               if src not in values and src not in derived and src not in pending})
             raise UserError(f"derive reads {', '.join(missing) or 'a cycle of derived inputs'}, which the call "
                             f"does not pass (it passes {', '.join(values)})", field="export.plugins.derive")
         for name, rule in ready.items():
-            sources = [values[src] if src in values else derived[src] for src in _sources(rule)]
+            sources = [values[src] if src in values else derived[src] for src in rule.sources]
             try:
-                derived[name] = entry.derivation(rule["rule"]).run(TorchOps(), sources)
+                derived[name] = entry.derivation(rule.rule).run(TorchOps(), sources)
             except Inexpressible as exc:
                 raise UserError(f"{entry.op} cannot express this call: {exc}", field=f"export.plugins.derive.{name}",
                                 hint="the call is computed by the model as written where the plugin cannot "
@@ -105,9 +218,9 @@ def derive_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, values: di
     return {**values, **derived}
 
 
-def _check_required(plugin: dict[str, Any], entry: catalog.PluginEntry, values: dict[str, Any]) -> None:
+def _check_required(plugin: Plugin, entry: catalog.PluginEntry, values: dict[str, Any]) -> None:
     """Arguments whose value the plugin's computation assumes (export.plugins[].require), e.g. method: default."""
-    for name, wanted in plugin.get("require", {}).items():
+    for name, wanted in plugin.require.items():
         if name in values and values[name] != wanted:
             raise UserError(f"the call passes {name}={values[name]!r}; {entry.op} computes only {name}={wanted!r}",
                             field=f"export.plugins.require.{name}",
@@ -117,15 +230,15 @@ def _check_required(plugin: dict[str, Any], entry: catalog.PluginEntry, values: 
 class _Binder:
     """Maps a call of the replaced callable to the plugin's inputs (by name, derived, cast to the contract)."""
 
-    def __init__(self, plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any]):
+    def __init__(self, plugin: Plugin, entry: catalog.PluginEntry, original: Callable[..., Any]):
         try:
             self.signature: inspect.Signature | None = inspect.signature(original)
         except (TypeError, ValueError):
             self.signature = None
         self.plugin = plugin
         self.entry = entry
-        self.names: list[str] = plugin["inputs"]
-        self.derive: dict[str, dict[str, Any]] = plugin.get("derive", {})
+        self.names = list(plugin.inputs)
+        self.derive = plugin.derive
         self.passed = [n for n in self.names if n not in self.derive]
 
     def _values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[inspect.BoundArguments | None,
@@ -166,16 +279,15 @@ class _Binder:
         return original(**bound)
 
 
-def contract_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, tensors: list[Any]) -> list[Any]:
+def contract_inputs(plugin: Plugin, entry: catalog.PluginEntry, tensors: list[Any]) -> list[Any]:
     """The plugin's inputs cast to its dtype contract: declared dtypes (export.plugins[].dtypes), and float
     inputs of a dtype the plugin does not take (float64 from torch.linspace) to the dtype of the input they
     must match, else the contract's first."""
     import torch
 
-    declared = plugin["dtypes"]
-    names: list[str] = plugin["inputs"]
+    declared = plugin.dtypes
     result: list[Any] = []
-    for contract, name, tensor in zip(entry.inputs, names, tensors, strict=True):
+    for contract, name, tensor in zip(entry.inputs, plugin.inputs, tensors, strict=True):
         wanted = declared.get(name) if contract.is_integer else None
         current = torch_dtype_name(tensor.dtype)
         if wanted is None and tensor.is_floating_point() and current not in contract.dtypes:
@@ -190,7 +302,7 @@ def contract_inputs(plugin: dict[str, Any], entry: catalog.PluginEntry, tensors:
 
 # ---------------------------------------------------------------------- TorchScript: autograd.Function symbolic
 
-def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry,
+def plugin_function(plugin: Plugin, entry: catalog.PluginEntry,
                     shapes: list[list[list[int | None] | None]] | None = None) -> Any:
     """An autograd.Function whose forward computes the real output and whose symbolic is the plugin node.
 
@@ -200,7 +312,7 @@ def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry,
     """
     import torch
 
-    op_name = f"{plugin['domain']}::{plugin['op']}"
+    op_name = f"{plugin.domain}::{plugin.op}"
     attrs = _attr_kwargs(plugin)
 
     class PluginNode(torch.autograd.Function):
@@ -221,11 +333,11 @@ def plugin_function(plugin: dict[str, Any], entry: catalog.PluginEntry,
                     node.setType(inputs[0].type().with_sizes(shape))
             return node
 
-    PluginNode.__name__ = f"{plugin['op']}Node"
+    PluginNode.__name__ = f"{plugin.op}Node"
     return PluginNode
 
 
-def make_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any],
+def make_replacement(plugin: Plugin, entry: catalog.PluginEntry, original: Callable[..., Any],
                      shapes: list[list[list[int | None] | None]] | None = None) -> Any:
     """The function that stands in for `original` during a TorchScript export (see plugin_function for `shapes`)."""
     import torch
@@ -278,11 +390,13 @@ _REAL: dict[str, Callable[..., Any]] = {}  # qualified name -> the real computat
 _SHAPES: dict[str, Callable[..., Any]] = {}  # qualified name -> output shape rule of the current export
 
 
-def _custom_op(plugin: dict[str, Any], count: int) -> tuple[str, Any]:
-    """The torch.library custom op standing for the plugin (its implementation is looked up per export)."""
+def _custom_op(plugin: Plugin | Mapping[str, Any], count: int) -> tuple[str, Any]:
+    """The torch.library custom op standing for the plugin (its implementation is looked up per export);
+    only the op names it, so the plugin may be given as declared (keyed JSON) too."""
     import torch
 
-    stem = "".join(c if c.isalnum() else "_" for c in plugin["op"]).lower()
+    op = plugin.op if isinstance(plugin, Plugin) else str(plugin["op"])
+    stem = "".join(c if c.isalnum() else "_" for c in op).lower()
     qualified = f"orchestrate::{stem}_{count}"
     if qualified not in _CUSTOM_OPS:
         schema = "(" + ", ".join(f"Tensor i{k}" for k in range(count)) + ") -> Tensor"
@@ -299,7 +413,7 @@ def _custom_op(plugin: dict[str, Any], count: int) -> tuple[str, Any]:
     return qualified, _CUSTOM_OPS[qualified]
 
 
-def _op_schema(plugin: dict[str, Any], count: int, attrs: dict[str, Any]) -> Any:
+def _op_schema(plugin: Plugin, count: int, attrs: dict[str, Any]) -> Any:
     from onnx import defs
 
     types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)", "tensor(int32)",
@@ -315,19 +429,19 @@ def _op_schema(plugin: dict[str, Any], count: int, attrs: dict[str, Any]) -> Any
         else:
             attributes.append(defs.OpSchema.Attribute(name, kinds[type(value)], ""))
     return defs.OpSchema(
-        plugin["op"], plugin["domain"], 1,
+        plugin.op, plugin.domain, 1,
         inputs=[defs.OpSchema.FormalParameter(f"i{k}", f"T{k}") for k in range(count)],
         outputs=[defs.OpSchema.FormalParameter("output", "T0")],
         type_constraints=[(f"T{k}", types, "") for k in range(count)],
         attributes=attributes)
 
 
-def _translation(plugin: dict[str, Any], count: int) -> Callable[..., Any]:
+def _translation(plugin: Plugin, count: int) -> Callable[..., Any]:
     """The onnxscript function that writes the plugin node (an Op with an explicit schema on the plugin's domain)."""
     from onnxscript import values
 
     attrs = {k: (int(v) if isinstance(v, bool) else v) for k, v in _attributes(plugin).items()}
-    op = values.Op(values.Opset(plugin["domain"], 1), plugin["op"], _op_schema(plugin, count, attrs))
+    op = values.Op(values.Opset(plugin.domain, 1), plugin.op, _op_schema(plugin, count, attrs))
 
     def translate(*inputs: Any) -> Any:
         return op(*inputs, **attrs)
@@ -337,13 +451,13 @@ def _translation(plugin: dict[str, Any], count: int) -> Callable[..., Any]:
     return translate
 
 
-def make_dynamo_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any],
+def make_dynamo_replacement(plugin: Plugin, entry: catalog.PluginEntry, original: Callable[..., Any],
                             table: dict[Any, Any]) -> Any:
     """The stand-in for `original` during a dynamo export: the plugin's custom op, registered in `table`."""
     import torch
 
     binder = _Binder(plugin, entry, original)
-    count = len(plugin["inputs"])
+    count = len(plugin.inputs)
     qualified, custom = _custom_op(plugin, count)
     _REAL[qualified] = _real_computation(plugin, entry, original, binder)
     _SHAPES[qualified] = entry.output_shape
@@ -360,7 +474,7 @@ def make_dynamo_replacement(plugin: dict[str, Any], entry: catalog.PluginEntry, 
     return replacement
 
 
-def _real_computation(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any],
+def _real_computation(plugin: Plugin, entry: catalog.PluginEntry, original: Callable[..., Any],
                       binder: _Binder) -> Callable[..., Any]:
     """What the custom op computes when run for real: the replaced callable where the plugin's inputs
     cover its parameters, else the catalog's reference kernel."""
@@ -377,7 +491,7 @@ def _real_computation(plugin: dict[str, Any], entry: catalog.PluginEntry, origin
     def compute(*inputs: Any) -> Any:
         plugin_shape = tuple(int(d) for d in entry.output_shape([tuple(t.shape) for t in inputs]))
         if covered:
-            values = dict(zip(plugin["inputs"], inputs, strict=True))
+            values = dict(zip(plugin.inputs, inputs, strict=True))
             result = original(**{p.name: values[p.name] for p in parameters if p.name in values})
         else:
             assert kernel is not None
@@ -389,7 +503,7 @@ def _real_computation(plugin: dict[str, Any], entry: catalog.PluginEntry, origin
 
 # ---------------------------------------------------------------------- the reference kernel as a callable
 
-def kernel_callable(plugin: dict[str, Any], entry: catalog.PluginEntry,
+def kernel_callable(plugin: Plugin, entry: catalog.PluginEntry,
                     with_derived: bool = False) -> Callable[..., Any]:
     """Without a `replace` callable, the catalog's reference kernel computes the real result.
 
@@ -400,10 +514,10 @@ def kernel_callable(plugin: dict[str, Any], entry: catalog.PluginEntry,
     import torch
 
     kernel = entry.load_kernel()
-    attrs = plugin.get("attributes", {})
-    names = plugin["inputs"]
-    derive = plugin.get("derive", {})
-    sources = [src for rule in derive.values() for src in _sources(rule) if src not in names]
+    attrs = dict(plugin.attributes)
+    names = list(plugin.inputs)
+    derive = plugin.derive
+    sources = [src for rule in derive.values() for src in rule.sources if src not in names]
     taken = list(names) if with_derived else [n for n in names if n not in derive] + list(dict.fromkeys(sources))
 
     def compute(*args: Any, **kwargs: Any) -> Any:
@@ -423,23 +537,23 @@ def kernel_callable(plugin: dict[str, Any], entry: catalog.PluginEntry,
 # ---------------------------------------------------------------------- the stage
 
 def run(call: StageCall) -> StageResult:
-    settings = call.config["export"]
+    settings: ExportSettings = call.settings
     capture = call.inputs["capture"]
     out = call.out / "model.onnx"
-    if call.paths.get("onnx"):
-        return _use_given(call, Path(call.paths["onnx"]), out)
+    if call.unkeyed.get("onnx"):
+        return _use_given(call, Path(call.unkeyed["onnx"]), out)
     record = json.loads((capture.path / "capture.json").read_text())
     table: dict[Any, Any] = {}  # dynamo: custom op -> onnxscript translation
     shapes: dict[str, list[Any]] = {}  # TorchScript: op -> each plugin node's input shapes, in graph order
-    with imports.search_path(call.paths["python_path"]):
-        if settings["scope"] == "model":
-            module, args, input_names, output_names, what = _whole_model(call, record)
+    with imports.search_path(list(call.unkeyed.python_path)):
+        if settings.scope == "model":
+            module, args, input_names, output_names, what = _whole_model(call, settings, record)
         else:
             module, args, input_names, output_names, what = _one_call(call, settings, record, table, shapes)
         output_names = [f"{name}_output" if name in input_names else name for name in output_names]
         with _swapped(settings, table, shapes):
-            call.progress(f"exporting ({settings['exporter']})")
-            if settings["exporter"] == "dynamo":
+            call.progress(f"exporting ({settings.exporter})")
+            if settings.exporter == "dynamo":
                 strategy = _dynamo_export(module, args, out, settings, input_names, output_names, table)
             else:
                 _torch_export(module, args, out, settings, input_names, output_names)
@@ -448,26 +562,25 @@ def run(call: StageCall) -> StageResult:
 
 
 @contextlib.contextmanager
-def _swapped(settings: dict[str, Any], table: dict[Any, Any], shapes: dict[str, list[Any]]) -> Iterator[None]:
+def _swapped(settings: ExportSettings, table: dict[Any, Any], shapes: dict[str, list[Any]]) -> Iterator[None]:
     """Every plugin's `replace` callable swapped for its stand-in (scope model; scope call uses the first)."""
-    plugins = settings["plugins"] if settings["scope"] == "model" else []
-    if settings.get("plugin_nodes") == "surgery":
-        plugins = []
+    plugins = settings.plugins if settings.scope == "model" and settings.swaps else ()
     with contextlib.ExitStack() as stack:
         for index, plugin in enumerate(plugins):
-            field = f"export.plugins[{index}].replace"
-            entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
-            original = imports.resolve(plugin["replace"], field)
-            stand_in = _stand_in(plugin, entry, original, settings["exporter"], table, shapes)
-            stack.enter_context(imports.swap_callable(plugin["replace"], stand_in, field))
+            where = f"export.plugins[{index}].replace"
+            assert plugin.replace is not None  # a whole-model export replaces a callable (the schema's checks)
+            entry = catalog.lookup(plugin.op, plugin.catalog)
+            original = imports.resolve(plugin.replace, where)
+            stand_in = _stand_in(plugin, entry, original, settings.exporter, table, shapes)
+            stack.enter_context(imports.swap_callable(plugin.replace, stand_in, where))
         yield
 
 
-def _stand_in(plugin: dict[str, Any], entry: catalog.PluginEntry, original: Callable[..., Any], exporter: str,
+def _stand_in(plugin: Plugin, entry: catalog.PluginEntry, original: Callable[..., Any], exporter: str,
               table: dict[Any, Any], shapes: dict[str, list[Any]]) -> Any:
     if exporter == "dynamo":
         return make_dynamo_replacement(plugin, entry, original, table)
-    return make_replacement(plugin, entry, original, shapes.setdefault(plugin["op"], []))
+    return make_replacement(plugin, entry, original, shapes.setdefault(plugin.op, []))
 
 
 def _use_given(call: StageCall, source: Path, out: Path) -> StageResult:
@@ -485,37 +598,36 @@ def _use_given(call: StageCall, source: Path, out: Path) -> StageResult:
                        info)
 
 
-def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any], table: dict[Any, Any],
+def _one_call(call: StageCall, settings: ExportSettings, record: dict[str, Any], table: dict[Any, Any],
               shapes: dict[str, list[Any]]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
     """The seed's test model: the plugin call alone, fed the captured tensors."""
     import numpy as np
     import torch
 
-    plugin = settings["plugins"][0]
-    entry = catalog.lookup(plugin["op"], plugin.get("catalog"))
-    if plugin.get("replace"):
-        original = imports.resolve(plugin["replace"], "export.plugins[0].replace")
+    plugin = settings.plugins[0]
+    entry = catalog.lookup(plugin.op, plugin.catalog)
+    if plugin.replace:
+        original = imports.resolve(plugin.replace, "export.plugins[0].replace")
     else:  # plugin_nodes 'surgery' needs a replace callable here (config/checks.py)
         original = kernel_callable(plugin, entry)
-    if settings.get("plugin_nodes") == "surgery":
+    if not settings.swaps:
         function = original
-    elif settings["exporter"] == "dynamo":
+    elif settings.exporter == "dynamo":
         function = make_dynamo_replacement(plugin, entry, original, table)
     else:
-        function = make_replacement(plugin, entry, original, shapes.setdefault(plugin["op"], []))
-    derived = plugin.get("derive", {})
-    names = [n for n in plugin["inputs"] if n not in derived]
+        function = make_replacement(plugin, entry, original, shapes.setdefault(plugin.op, []))
+    names = [n for n in plugin.inputs if n not in plugin.derive]
     inputs = {name: torch.from_numpy(np.load(call.inputs["capture"].path / meta["file"]))
               for name, meta in record["inputs"].items()}
     missing = [n for n in names if n not in inputs]
     if missing:
         raise UserError(f"the capture has no tensor(s) {', '.join(missing)} for the plugin inputs; it has "
                         f"{', '.join(inputs)}", field="export.plugins[0].inputs")
-    modules = _recorded_modules(call, record)
+    modules = _recorded_modules(call, settings, record)
     extras = {name: arguments.decode(value, modules.__getitem__) for name, value in record.get("extras", {}).items()}
     constants = {name: tensor for name, tensor in inputs.items() if name not in names}
     order = [a["name"] for a in record.get("args", [])] or names
-    if not plugin.get("replace"):  # the reference kernel takes the plugin inputs and the derivations' sources
+    if not plugin.replace:  # the reference kernel takes the plugin inputs and the derivations' sources
         accepted = set(inspect.signature(original).parameters)
         order = [name for name in order if name in accepted] or names
 
@@ -531,24 +643,31 @@ def _one_call(call: StageCall, settings: dict[str, Any], record: dict[str, Any],
     return OneCall(), tuple(inputs[n] for n in names), names, list(record["outputs"])[:1], "one call"
 
 
-def _recorded_modules(call: StageCall, record: dict[str, Any]) -> dict[str, Any]:
+def _model(call: StageCall, settings: ExportSettings) -> tuple[Any, Any]:
+    """The user's model and its forward arguments, built again from the keyed model section."""
+    assert settings.model is not None  # keyed wherever the export builds the model
+    return build_model(settings.model, list(call.unkeyed.python_path))
+
+
+def _recorded_modules(call: StageCall, settings: ExportSettings, record: dict[str, Any]) -> dict[str, Any]:
     """The modules the recorded call received (`self` of a method), from a freshly built model."""
     paths = sorted({path for value in record.get("extras", {}).values() for path in arguments.modules_in(value)})
     if not paths:
         return {}
     call.progress("building the model (the call is a method of one of its modules)")
-    model, _ = build_model(call.config["model"], call.paths["python_path"])
+    model, _ = _model(call, settings)
     return {path: resolve_module(model, path, "capture.module") if path else model for path in paths}
 
 
-def _whole_model(call: StageCall, record: dict[str, Any]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
+def _whole_model(call: StageCall, settings: ExportSettings,
+                 record: dict[str, Any]) -> tuple[Any, tuple[Any, ...], list[str], list[str], str]:
     """The user's model, called with its captured arguments; tensor arguments become graph inputs."""
     import torch
 
     call.progress("building the model")
-    model, raw_inputs = build_model(call.config["model"], call.paths["python_path"])
+    model, raw_inputs = _model(call, settings)
     inputs = name_inputs(model, raw_inputs)
-    frozen = _frozen_inputs(call.config["export"].get("constants", []), inputs.tensors)
+    frozen = _frozen_inputs(list(settings.constants), inputs.tensors)
     names = [name for name in inputs.tensors if name not in frozen]
 
     class WholeModel(torch.nn.Module):
@@ -597,29 +716,29 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _torch_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict[str, Any], input_names: list[str],
+def _torch_export(module: Any, args: tuple[Any, ...], out: Path, settings: ExportSettings, input_names: list[str],
                   output_names: list[str]) -> None:
     import torch
 
     dynamic_axes = {name: {int(axis): label for axis, label in axes.items()}
-                    for name, axes in settings.get("dynamic_axes", {}).items()} or None
+                    for name, axes in settings.dynamic_axes.items()} or None
     with _quiet(), torch.no_grad():
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                torch.onnx.export(module, args, str(out), opset_version=settings["opset"], input_names=input_names,
+                torch.onnx.export(module, args, str(out), opset_version=settings.opset, input_names=input_names,
                                   output_names=output_names, dynamic_axes=dynamic_axes, dynamo=False,
                                   do_constant_folding=True)
         except torch.onnx.errors.UnsupportedOperatorError as exc:
             raise _unsupported(str(exc), settings, lambda op: _module_using(module, args, op)) from None
 
 
-def _unsupported(text: str, settings: dict[str, Any], locate: Callable[[str], str | None]) -> UserError:
+def _unsupported(text: str, settings: ExportSettings, locate: Callable[[str], str | None]) -> UserError:
     """An op the exporter cannot write: name it, the module that used it, and the ways out."""
     found = re.search(r"operator '([^']+)'", text)
     op = found.group(1) if found else "an operator"
     module = locate(op) if found else None
     where = "" if not module else f" (used in {module})" if " " in module else f" (used in module '{module}')"
-    return UserError(f"the {settings['exporter']} exporter cannot write {op} at opset {settings['opset']}{where}",
+    return UserError(f"the {settings.exporter} exporter cannot write {op} at opset {settings.opset}{where}",
                      field="export.exporter",
                      hint="ways out: another opset (export.opset), the other exporter (export.exporter), or, where "
                           "the op only depends on some model inputs (text masks from input_ids), freeze those inputs "
@@ -652,11 +771,11 @@ def _module_using(module: Any, args: tuple[Any, ...], op: str) -> str | None:
     return "the model's own forward" if seen[0] in ("", "model") else seen[0].removeprefix("model.")
 
 
-def _dynamic_shapes(settings: dict[str, Any], input_names: list[str]) -> tuple[Any, ...] | None:
+def _dynamic_shapes(settings: ExportSettings, input_names: list[str]) -> tuple[Any, ...] | None:
     """export.dynamic_axes as torch.export dynamic shapes (one Dim per axis name, shared across inputs)."""
     import torch
 
-    declared = settings.get("dynamic_axes", {})
+    declared = settings.dynamic_axes
     if not any(name in declared for name in input_names):
         return None
     dims: dict[str, Any] = {}
@@ -668,7 +787,7 @@ def _dynamic_shapes(settings: dict[str, Any], input_names: list[str]) -> tuple[A
     return (tuple(shapes),)  # the wrapper's forward takes *tensors: one argument, a tuple
 
 
-def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict[str, Any], input_names: list[str],
+def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: ExportSettings, input_names: list[str],
                    output_names: list[str], table: dict[Any, Any]) -> str:
     """torch.export (draft_export when the model branches on tensor values), then torch.onnx.export."""
     import torch
@@ -687,7 +806,7 @@ def _dynamo_export(module: Any, args: tuple[Any, ...], out: Path, settings: dict
             strategy = "torch.export.draft_export (values the model branches on fixed to the captured ones)"
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                torch.onnx.export(program, (), str(out), opset_version=settings["opset"], input_names=input_names,
+                torch.onnx.export(program, (), str(out), opset_version=settings.opset, input_names=input_names,
                                   output_names=output_names, custom_translation_table=table, dynamo=True,
                                   external_data=False, verbose=False, optimize=True)
         except Exception as exc:  # an op with no ONNX function is named; anything else stays a crash
@@ -712,43 +831,42 @@ def _program_module(program: Any, op: str) -> str | None:
     return None
 
 
-def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, strategy: str,
+def _finish(call: StageCall, out: Path, settings: ExportSettings, what: str, strategy: str,
             record: dict[str, Any], shapes: dict[str, list[Any]]) -> StageResult:
     import onnx
 
     model = onnx.load(str(out))
-    domains = {p["domain"] for p in settings["plugins"]} if settings.get("plugin_nodes") != "surgery" else set()
+    domains = {p.domain for p in settings.plugins} if settings.swaps else set()
     present = {o.domain for o in model.opset_import}
     for domain in sorted(domains - present):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     _name_dynamic_axes(model, settings, record)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    if settings.get("plugin_nodes") != "surgery" and _cast_float_inputs(model, settings["plugins"]):
+    if settings.swaps and _cast_float_inputs(model, settings.plugins):
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     _declare_plugin_input_shapes(model, shapes)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0][:300]
-        raise UserError(f"the {settings['exporter']} exporter wrote an invalid model at opset {settings['opset']}: "
+        raise UserError(f"the {settings.exporter} exporter wrote an invalid model at opset {settings.opset}: "
                         f"{first}", field="export.opset",
                         hint="dynamo builds at opset 18 and converts down, which can leave newer attributes behind: "
-                             "ask for opset 18 or more, or use exporter: torchscript" if settings["exporter"] ==
+                             "ask for opset 18 or more, or use exporter: torchscript" if settings.exporter ==
                         "dynamo" else "try another opset, or exporter: dynamo") from None
     onnx.save(model, str(out))
     info = describe_graph(model)
-    opset = info["opset"].get("ai.onnx", settings["opset"])
-    info.update(exporter=settings["exporter"], strategy=strategy, scope=settings["scope"],
-                opset_requested=settings["opset"])
+    opset = info["opset"].get("ai.onnx", settings.opset)
+    info.update(exporter=settings.exporter, strategy=strategy, scope=settings.scope, opset_requested=settings.opset)
     counts = record.get("call_counts") or {}
     nodes = len(info["plugin_nodes"])
     calls = sum(counts.values())
     (call.out / "export.json").write_text(json.dumps(info, indent=1))
-    text = f"{settings['exporter']} opset {opset}"
-    if opset != settings["opset"]:
-        text += f" ({settings['opset']} asked; the exporter could not convert)"
+    text = f"{settings.exporter} opset {opset}"
+    if opset != settings.opset:
+        text += f" ({settings.opset} asked; the exporter could not convert)"
     text += f", {what}, {_plugin_summary(info, call.unkeyed.get('plugin_notes', []))}"
-    if settings["scope"] == "model" and settings.get("plugin_nodes") != "surgery" and counts:
+    if settings.scope == "model" and settings.swaps and counts:
         text += f" ({calls} call{'s' if calls != 1 else ''} in the captured forward)" if calls == nodes else \
             f"; the captured forward made {calls} call(s), the graph has {nodes} plugin node(s)"
     if strategy.startswith("torch.export.draft_export"):
@@ -756,14 +874,14 @@ def _finish(call: StageCall, out: Path, settings: dict[str, Any], what: str, str
     return StageResult(text, info)
 
 
-def _cast_float_inputs(model: Any, plugins: list[dict[str, Any]]) -> int:
+def _cast_float_inputs(model: Any, plugins: tuple[Plugin, ...]) -> int:
     """Cast float plugin inputs of a dtype the plugin does not take (TorchScript writes torch.linspace as
     double even where the traced tensor was float32) to the contract's dtype, in the graph; the count cast."""
     import numpy as np
     import onnx
     from onnx import helper
 
-    entries = {p["op"]: catalog.lookup(p["op"], p.get("catalog")) for p in plugins}
+    entries = {p.op: catalog.lookup(p.op, p.catalog) for p in plugins}
     types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
     types.update({i.name: i.data_type for i in model.graph.initializer})
     floats = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -791,9 +909,9 @@ def _cast_float_inputs(model: Any, plugins: list[dict[str, Any]]) -> int:
     return len(casts)
 
 
-def _name_dynamic_axes(model: Any, settings: dict[str, Any], record: dict[str, Any]) -> None:
+def _name_dynamic_axes(model: Any, settings: ExportSettings, record: dict[str, Any]) -> None:
     """Check that every declared dynamic axis came out dynamic, and give it its declared name."""
-    declared = settings.get("dynamic_axes") or {}
+    declared = settings.dynamic_axes
     if not declared:
         return
     graph = model.graph
@@ -821,7 +939,7 @@ def _name_dynamic_axes(model: Any, settings: dict[str, Any], record: dict[str, A
     if fixed:
         hint = ("torch.export treats an axis of size 1 in the captured inputs as a constant: capture with that axis "
                 "of size 2 or more (model.inputs_kwargs), or use exporter: torchscript"
-                if settings["exporter"] == "dynamo" else None)
+                if settings.exporter == "dynamo" else None)
         raise UserError("; ".join(fixed), field="export.dynamic_axes", hint=hint)
     for value in [*graph.input, *graph.output, *graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
@@ -872,14 +990,40 @@ def _plugin_summary(info: dict[str, Any], notes: Sequence[str] = ()) -> str:
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
     """The export's key: the export section with the plugins' contracts, the callables it swaps, the model."""
     data, plugins = variant.data, [{k: v for k, v in p.items() if k != contracts.NOTE} for p in variant.plugins]
-    export = {k: v for k, v in data["export"].items() if k not in ("plugins", "onnx")}
-    config: dict[str, Any] = {"export": {**export, "plugins": plugins}}
-    files: dict[str, str] = {}
+    export = data["export"]
+    files = _plugin_sources(ctx, plugins)
     env: dict[str, str | None] = {}
     paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
     notes = [p[contracts.NOTE] for p in variant.plugins if p.get(contracts.NOTE)]
     if notes:  # why `version: auto` chose a version, deprecations: for the summary, in no key
         paths["plugin_notes"] = notes
+    if export.get("onnx"):
+        onnx_path = ctx.spec.resolve_path(export["onnx"])
+        files["onnx"] = ctx.file_digest(onnx_path, "export.onnx")
+        ctx.origins["onnx"] = str(onnx_path)
+        paths["onnx"] = str(onnx_path)
+        _check_onnx(ctx, onnx_path, export["onnx"])
+    model = None
+    if data.get("model") and not data["capture"].get("from_dir"):  # scope call: a method's `self` is rebuilt
+        model = ModelSettings.from_keyed(data["model"])
+        env = ctx.env_digests(data["model"])
+        files.update(ctx.model_sources(data["model"]))
+        files.update(ctx.paths_digests(data["model"].get("sources", []), "model.sources"))
+    tools = environment.tools("onnx") if export.get("onnx") else environment.tools("torch", "onnx")
+    if export["exporter"] == "dynamo":
+        tools |= environment.tools("onnxscript")
+    settings = ExportSettings(
+        export["exporter"], export["opset"], export["scope"], export["plugin_nodes"],
+        tuple(Plugin.from_keyed(p) for p in plugins),
+        {name: dict(axes) for name, axes in export["dynamic_axes"].items()}, tuple(export["constants"]), model,
+        ctx.keyed_python_path())
+    return Planned(settings, {"capture": planned["capture"]}, files, tools, paths, env)
+
+
+def _plugin_sources(ctx: PlanContext, plugins: list[dict[str, Any]]) -> dict[str, str]:
+    """The digests of the callables the export swaps and of the users' catalog entries; a callable that
+    lacks a parameter the plugin's inputs name is an error here."""
+    files: dict[str, str] = {}
     for index, plugin in enumerate(plugins):
         if plugin.get("replace"):
             where = f"export.plugins[{index}].replace"
@@ -899,23 +1043,7 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
         if plugin.get("catalog"):  # a user's own PluginEntry: its output-shape rule shapes the export
             label, digest = ctx.source_digest(plugin["catalog"], f"export.plugins[{index}].catalog")
             files[label] = digest
-    if data["export"].get("onnx"):
-        onnx_path = ctx.spec.resolve_path(data["export"]["onnx"])
-        files["onnx"] = ctx.file_digest(onnx_path, "export.onnx")
-        ctx.origins["onnx"] = str(onnx_path)
-        paths["onnx"] = str(onnx_path)
-        _check_onnx(ctx, onnx_path, data["export"]["onnx"])
-    if data.get("model") and not data["capture"].get("from_dir"):  # scope call: a method's `self` is rebuilt
-        model = data["model"]
-        config["model"] = ctx.keyed_model(model)
-        env = ctx.env_digests(model)
-        files.update(ctx.model_sources(model))
-        files.update(ctx.paths_digests(model.get("sources", []), "model.sources"))
-    tools = environment.tools("onnx") if data["export"].get("onnx") else environment.tools("torch", "onnx")
-    if data["export"]["exporter"] == "dynamo":
-        tools |= environment.tools("onnxscript")
-    ctx.keyed_python_path(config)
-    return Planned(Sections(config), {"capture": planned["capture"]}, files, tools, paths, env)
+    return files
 
 
 def _check_onnx(ctx: PlanContext, path: Path, value: str) -> None:

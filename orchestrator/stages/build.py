@@ -17,7 +17,9 @@ typed `BuildRequest`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +34,38 @@ from orchestrator.backends.base import Backend, BuildRequest, CheckedNode, Decla
 from orchestrator.errors import UserError
 from orchestrator.onnx_graph import dtype_name, node_attributes, plugin_nodes, value_dims
 from orchestrator.plugins import Dims
-from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.stages.base import PlanContext, Planned, Stage, StageCall, StageResult, Variant
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """The build section as keyed, with the backend `auto` resolved to (plugin libraries are keyed by
+    content and threads by nothing, so neither is here), and the declared plugins the graph's nodes name."""
+
+    backend: str
+    precision: str
+    workspace: int | str  # bytes, or a size such as '4GiB'
+    timing_cache: bool
+    profiles: tuple[Mapping[str, Mapping[str, Sequence[int]]], ...]  # {input: {min, opt, max}} each
+    plugins: tuple[DeclaredPlugin, ...]
+    gpu_type: str | None = None
+    keep_fp32: tuple[str, ...] | None = None  # None: not given (keyed only when given, as written)
+
+    @classmethod
+    def from_keyed(cls, config: Mapping[str, Any]) -> BuildSettings:
+        """From the keyed JSON, as a build's manifest holds it."""
+        section = config["build"]
+        return cls(section["backend"], section["precision"], section["workspace"], section["timing_cache"],
+                   tuple(copy.deepcopy(list(section["profiles"]))),
+                   tuple(DeclaredPlugin.from_config(p) for p in config["plugins"]), section.get("gpu_type"),
+                   tuple(section["keep_fp32"]) if "keep_fp32" in section else None)
+
+    def keyed(self) -> dict[str, Any]:
+        section = {"precision": self.precision, "workspace": self.workspace, "timing_cache": self.timing_cache,
+                   "profiles": copy.deepcopy(list(self.profiles)),
+                   **({"gpu_type": self.gpu_type} if self.gpu_type is not None else {}), "backend": self.backend,
+                   **({"keep_fp32": list(self.keep_fp32)} if self.keep_fp32 is not None else {})}
+        return {"build": section, "plugins": [p.as_config() for p in self.plugins]}
 
 
 def tensor_types(model: Any) -> dict[str, tuple[str, Dims | None]]:
@@ -165,18 +198,18 @@ def _plugin_attributes(node: Any) -> tuple[str, str]:
     return str(attrs.get("plugin_version", "1")), str(attrs.get("plugin_namespace", ""))
 
 
-def _check_node(model: Any, node: Any, plugin: dict[str, Any], types: dict[str, tuple[str, Dims | None]],
+def _check_node(model: Any, node: Any, plugin: DeclaredPlugin, types: dict[str, tuple[str, Dims | None]],
                 precision: str, backend: Backend) -> dict[str, Any]:
     """One plugin node against its catalog entry and declaration: what was checked, or a UserError."""
     label = f"plugin node '{node.name or node.output[0]}' ({node.op_type})"
-    entry = catalog.lookup(node.op_type, plugin.get("catalog"))
+    entry = catalog.lookup(node.op_type, plugin.catalog)
     version, namespace = _plugin_attributes(node)
     if version not in entry.versions:
         raise UserError(f"{label}: plugin_version '{version}' is not one of {', '.join(entry.versions)}",
                         field="export.plugins")
-    if version != plugin["version"] or namespace != plugin["namespace"]:
+    if version != plugin.version or namespace != plugin.namespace:
         raise UserError(f"{label}: has plugin_version '{version}', namespace '{namespace}'; the pipeline "
-                        f"declares version '{plugin['version']}', namespace '{plugin['namespace']}'",
+                        f"declares version '{plugin.version}', namespace '{plugin.namespace}'",
                         field="export.plugins")
     unknown = [name for name in node.input if name not in types]
     if unknown:
@@ -194,11 +227,14 @@ def _check_node(model: Any, node: Any, plugin: dict[str, Any], types: dict[str, 
     return {"node": node.name, "op": node.op_type, "version": version, "namespace": namespace, "dtypes": dtypes}
 
 
-def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backend: str,
+def preflight(model: Any, declared: Sequence[DeclaredPlugin | Mapping[str, Any]], precision: str, backend: str,
               libraries: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Check each plugin node; return what was checked. Raise UserError naming the node and the mismatch."""
+    """Check each plugin node; return what was checked. Raise UserError naming the node and the mismatch.
+
+    `declared`: the build's plugins, or their declarations as JSON (op, version, namespace, catalog)."""
     chosen = backends.get(backend)
-    by_op = {p["op"]: p for p in declared}
+    plugins = [p if isinstance(p, DeclaredPlugin) else DeclaredPlugin.from_config(p) for p in declared]
+    by_op = {p.op: p for p in plugins}
     types = tensor_types(model)
     nodes = plugin_nodes(model, set(by_op))
     if not nodes:
@@ -210,8 +246,8 @@ def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backen
             raise UserError(f"plugin node '{node.name or node.output[0]}' ({node.op_type}): op is not declared in "
                             f"export.plugins (declared: {', '.join(by_op)})", field="export.plugins")
         checked.append(_check_node(model, node, plugin, types, precision, chosen))
-    for plugin in declared:
-        chosen.check_plugin(DeclaredPlugin.from_config(plugin), libraries)
+    for plugin in plugins:
+        chosen.check_plugin(plugin, libraries)
     chosen.check_graph(model)
     chosen.check_precision(precision)
     return checked
@@ -220,11 +256,11 @@ def preflight(model: Any, declared: list[dict[str, Any]], precision: str, backen
 def run(call: StageCall) -> StageResult:
     import onnx
 
-    settings = call.config["build"]
+    settings: BuildSettings = call.settings
     graph_path = call.inputs["graph"].path / "model.onnx"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(graph_path)))
-    checked = preflight(model, call.config["plugins"], settings["precision"], settings["backend"],
-                        [str(p) for p in call.paths.get("plugin_libraries", [])])
+    checked = preflight(model, settings.plugins, settings.precision, settings.backend,
+                        [str(p) for p in call.unkeyed.get("plugin_libraries", [])])
     request = build_request(call, graph_path, model, checked)
     command = backends.write_equivalent_command(request)
     built = backends.get(request.backend).build(request)
@@ -232,18 +268,17 @@ def run(call: StageCall) -> StageResult:
 
 
 def build_request(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str, Any]]) -> BuildRequest:
-    """What the backend builds from: the keyed build section and plugins, typed, and where things are."""
-    settings = call.config["build"]
+    """What the backend builds from: the build's settings (or their keyed JSON), the checked plugin nodes,
+    and where things are."""
+    settings = call.settings if isinstance(call.settings, BuildSettings) else BuildSettings.from_keyed(call.settings)
     return BuildRequest(
-        graph=graph_path, model=model, out=call.out, backend=settings["backend"], precision=settings["precision"],
-        keep_fp32=tuple(settings.get("keep_fp32", ())),
-        workspace=settings["workspace"], timing_cache=bool(settings.get("timing_cache")),
-        profiles=tuple(settings.get("profiles", [])), gpu_type=settings.get("gpu_type"),
-        plugins=tuple(DeclaredPlugin.from_config(p) for p in call.config["plugins"]),
+        graph=graph_path, model=model, out=call.out, backend=settings.backend, precision=settings.precision,
+        workspace=settings.workspace, timing_cache=settings.timing_cache, profiles=settings.profiles,
+        gpu_type=settings.gpu_type, plugins=settings.plugins, keep_fp32=settings.keep_fp32 or (),
         plugin_nodes=tuple(CheckedNode(n["node"], n["op"], n["version"], n["namespace"]) for n in checked),
-        plugin_libraries=tuple(str(p) for p in call.paths.get("plugin_libraries", [])),
-        threads=call.paths.get("threads", 0), shared_dir=call.shared_dir, progress=call.progress,
-        chosen_because=call.paths.get("backend_reason"))
+        plugin_libraries=tuple(str(p) for p in call.unkeyed.get("plugin_libraries", [])),
+        threads=call.unkeyed.get("threads", 0), shared_dir=call.shared_dir, progress=call.progress,
+        chosen_because=call.unkeyed.get("backend_reason"))
 
 
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
@@ -256,10 +291,10 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
     problem = chosen.planning_problem()
     if problem is not None:
         raise ctx.error(problem[0], "build.backend", hint=problem[1])
-    config_build = {k: v for k, v in build.items() if k not in ("threads", "plugin_libraries", "backend")}
-    config = {"build": {**config_build, "backend": backend}, "plugins": [
-        {"op": p["op"], "version": p["version"], "namespace": p["namespace"],
-         **({"catalog": p["catalog"]} if p.get("catalog") else {})} for p in plugins]}
+    declared = tuple(DeclaredPlugin.from_config(p) for p in plugins)
+    settings = BuildSettings(backend, build["precision"], build["workspace"], build["timing_cache"],
+                             tuple(copy.deepcopy(build["profiles"])), declared, build.get("gpu_type"),
+                             tuple(build["keep_fp32"]) if "keep_fp32" in build else None)
     files: dict[str, str] = {}
     libraries = []
     for index, library in enumerate(build["plugin_libraries"]):
@@ -267,13 +302,13 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
         files[f"library:{Path(library).name}#{index}"] = ctx.file_digest(path, f"build.plugin_libraries[{index}]")
         ctx.origins[f"library:{Path(library).name}#{index}"] = str(path)
         libraries.append(str(path))
-    for module in chosen.key_modules([DeclaredPlugin.from_config(p) for p in plugins]):
+    for module in chosen.key_modules(declared):
         label, digest = ctx.module_digest(module, "build.backend")
         files[f"kernel:{label}"] = digest
     tools = chosen.key_tools(build.get("gpu_type"))
     paths = {"plugin_libraries": libraries, "threads": build["threads"],
              "backend_reason": reason if build["backend"] == "auto" else None}
-    return Planned(Sections(config), {"graph": graph}, files, tools, paths)
+    return Planned(settings, {"graph": graph}, files, tools, paths)
 
 
 STAGE = Stage(

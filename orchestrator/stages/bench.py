@@ -52,7 +52,7 @@ def run(call: StageCall) -> StageResult:
     settings: BenchSettings = call.settings
     build, capture = call.inputs["build"], call.inputs["capture"]
     backend = build.manifest["result"]["backend"]
-    runner = backends.open_built(build, call.paths.get("threads", 0))
+    runner = backends.open_built(build, call.unkeyed.get("threads", 0))
     feeds = feeds_for(runner.inputs, capture.path)
     timed = runner.bench(feeds, settings.warmup, settings.iterations, settings.max_seconds, call.progress)
     timings, outputs = timed.seconds, timed.outputs

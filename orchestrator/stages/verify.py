@@ -321,7 +321,7 @@ def run(call: StageCall) -> StageResult:
     settings: VerifySettings = call.settings
     build, capture = call.inputs["build"], call.inputs["capture"]
     call.progress("loading the built artifact")
-    runner = backends.open_built(build, call.paths.get("threads", 0))
+    runner = backends.open_built(build, call.unkeyed.get("threads", 0))
     feeds = feeds_for(runner.inputs, capture.path)
     record = json.loads((capture.path / "capture.json").read_text())
     steps = runner.plugin_nodes() if record.get("calls") else None

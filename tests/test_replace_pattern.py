@@ -267,7 +267,10 @@ def test_a_library_encoder_reaches_a_verified_plugin_graph_without_tensor_names(
     assert result.code == 0, result.text
     lines = stage_lines(result.out)
     assert "no plugin node" in lines["export"] and "2 plugin nodes" in lines["surgery"]
-    assert "passed" in lines["verify"]
+    assert "passed" in lines["verify"] and "2 plugin nodes vs the subgraphs they replaced max|err|" in lines["verify"]
+    verify = json.loads(next(project.store.glob("verify/*/verify.json")).read_text())
+    assert sorted(verify["plugin_nodes"]) == [f"/model/layers.{k}/self_attn/{MSDA}" for k in (0, 1)]
+    assert all(s["max_abs"] < 1e-5 and not s["failed"] for s in verify["plugin_nodes"].values())
     record = json.loads(next(project.store.glob("surgery/*/surgery.json")).read_text())
     edit = record["edits"][0]
     assert [r["node"] for r in edit["replaced"]] == [f"/model/layers.{k}/self_attn/{MSDA}" for k in (0, 1)]
@@ -298,3 +301,7 @@ def test_rt_detr_exported_whole_gets_every_attention_replaced_and_verifies(proje
     assert record["diff"]["ops"]["GridSample"] == [6, 0] and record["graph"]["plugin_nodes"]
     verify = json.loads(next(project.store.glob("verify/*/verify.json")).read_text())
     assert all(stats["max_abs"] < 1e-4 for stats in verify["outputs"].values())
+    assert "2 plugin nodes vs the subgraphs they replaced max|err|" in lines["verify"]  # per layer, on ONNX Runtime
+    nodes = verify["plugin_nodes"]
+    assert [nodes[r["node"]]["replaced"] for r in replaced] == [r["original"] for r in replaced]
+    assert all(stats["max_abs"] < 1e-5 and stats["reference_abs_max"] > 0.1 for stats in nodes.values())

@@ -20,6 +20,10 @@ output is compared as well with the call it stands for (the k-th node of an op w
 of its callable), so an error is traced to the layer where it starts, with the tolerances of
 `verify.plugin_nodes` (default: the global ones). This needs a backend that can return
 intermediate tensors (the embedded ONNX Runtime one).
+
+When the surgery's replace_pattern made plugin nodes, each is compared as well with the subgraph it
+replaced: the surgery's input graph runs on ONNX Runtime with the replaced tensors as extra outputs
+(surgery.json says which tensor each node stands for), with the tolerances of `verify.plugin_nodes`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator import backends
+from orchestrator import backends, patterns
 from orchestrator import plugins as catalog
 from orchestrator.backends.base import PluginNodeRun
 from orchestrator.errors import UserError
@@ -324,12 +328,14 @@ def run(call: StageCall) -> StageResult:
     runner = backends.open_built(build, call.unkeyed.get("threads", 0))
     feeds = feeds_for(runner.inputs, capture.path)
     record = json.loads((capture.path / "capture.json").read_text())
-    steps = runner.plugin_nodes() if record.get("calls") else None
+    replaced = replaced_nodes(call)
+    steps = runner.plugin_nodes() if record.get("calls") or replaced else None
     pairs, pairing_problems = pair_plugin_calls(steps, record) if steps is not None else ([], [])
     references = reference_outputs(runner, capture)
-    skipped = left_out(settings, references, bool(pairs))
+    skipped = left_out(settings, references, bool(pairs) or bool(replaced and steps is not None))
     call.progress("running")
     keep = [node.outputs[0] for node, _ in pairs]
+    keep += [step.outputs[0] for step in steps or [] if step.name in {entry["node"] for entry in replaced}]
     results = runner.run(feeds, keep=keep)
     notes = runner.result_notes()
     runner.close()
@@ -341,6 +347,8 @@ def run(call: StageCall) -> StageResult:
         lines.append(f"not compared (verify.skip): {', '.join(skipped)}")
     if record.get("calls"):
         lines.append(_compare_plugin_nodes(call, settings, record, steps, pairs, pairing_problems, results, report))
+    if replaced:
+        lines.append(_compare_replaced(call, settings, replaced, steps, results, feeds, report))
     lines += notes
     (call.out / "verify.json").write_text(json.dumps(report, indent=1))
     slim = {**report, "outputs": {name: {k: v for k, v in stats.items() if k not in ("histogram", "sample")}
@@ -437,11 +445,64 @@ def _compare_plugin_nodes(call: StageCall, settings: VerifySettings, record: dic
     return f"{len(pairs)} plugin node{'s' if len(pairs) != 1 else ''} vs their calls max|err| {worst:.1e}{own}{allowed}"
 
 
+def replaced_nodes(call: StageCall) -> list[dict[str, Any]]:
+    """The plugin nodes replace_pattern made (surgery.json): each one's name, op, and the tensor it replaced."""
+    if "surgery" not in call.inputs:
+        return []
+    record = json.loads((call.inputs["surgery"].path / "surgery.json").read_text())
+    return [entry for edit in record["edits"] for entry in edit.get("replaced", [])]
+
+
+def _compare_replaced(call: StageCall, settings: VerifySettings, replaced: list[dict[str, Any]],
+                      steps: list[PluginNodeRun] | None, results: dict[str, Any], feeds: dict[str, Any],
+                      report: dict[str, Any]) -> str:
+    """Each plugin node replace_pattern made against the subgraph it replaced; one summary line."""
+    outputs = {step.name: step.outputs[0] for step in steps or []}
+    if steps is None or any(entry["node"] not in outputs for entry in replaced):
+        note = "plugin nodes not compared with the subgraphs they replaced: this backend returns the graph outputs only"
+        report["notes"].append(note)
+        return note
+    try:
+        originals = patterns.original_values(call.inputs["original"].path / "model.onnx", feeds,
+                                             [entry["original"] for entry in replaced])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot run every exported graph (a float64 grid)
+        note = (f"plugin nodes not compared with the subgraphs they replaced: ONNX Runtime cannot run the graph "
+                f"before the surgery ({str(exc).strip().splitlines()[0][:200]})")
+        report["notes"].append(note)
+        return note
+    atol, rtol = plugin_tolerance(settings)
+    field = "verify.plugin_nodes.atol" if settings.plugin_nodes.atol is not None else "verify.atol"
+    worst, failed = 0.0, 0
+    for entry in replaced:
+        result = patterns.as_replaced(results[outputs[entry["node"]]], entry.get("mapping"))
+        stats = compare(result, originals[entry["original"]], atol, rtol)
+        found = failures(stats, list(settings.fail_on), settings.max_mismatch, settings.allow_vacuous, field)
+        stats.update(failed=found, op=entry["op"], replaced=entry["original"])
+        report["plugin_nodes"][entry["node"] if entry["node"] not in report["plugin_nodes"]
+                               else f"{entry['node']} vs the subgraph it replaced"] = stats
+        if found:
+            failed += 1
+            report["passed"] = False
+            report["failed_checks"] += [f"plugin node {entry['node']} vs the subgraph it replaced: {p}" for p in found]
+        else:
+            worst = max(worst, stats.get("max_abs") or 0.0)
+    count = f"{len(replaced)} plugin node{'s' if len(replaced) != 1 else ''}"
+    if failed:
+        return f"plugin nodes: FAILED {failed} of {count} differ from the subgraphs they replaced"
+    own = f" <= atol {atol:g}" if (atol, rtol) != (settings.atol, settings.rtol) else ""
+    return f"{count} vs the subgraphs they replaced max|err| {worst:.1e}{own}"
+
+
 def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Planned:
-    """The verify's key: its tolerances and checks, the build and the capture it compares."""
+    """The verify's key: its tolerances and checks, the build and the capture it compares (and, after a
+    replace_pattern surgery, the graph before it and the surgery's record of what each node replaced)."""
     data = variant.data
-    return Planned(VerifySettings.from_keyed(data), {"build": planned["build"], "capture": planned["capture"]},
-                   {}, environment.tools("numpy"))
+    inputs = {"build": planned["build"], "capture": planned["capture"]}
+    tools = environment.tools("numpy")
+    if any("replace_pattern" in edit for edit in data.get("surgery") or []):
+        inputs.update(original=planned["export"], surgery=planned["surgery"])
+        tools |= environment.tools(patterns.REFERENCE_RUNTIME)
+    return Planned(VerifySettings.from_keyed(data), inputs, {}, tools)
 
 
 STAGE = Stage(

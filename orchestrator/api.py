@@ -1,6 +1,6 @@
 """What each command does, as functions that return results: the CLI prints them and makes exit codes.
 
-`run`, `plan`, `validate`, `show`, `push`, `pull`, `gc`, `fsck` and `doctor` take plain values (paths,
+`run`, `plan`, `validate`, `show`, `push`, `pull`, `gc`, `fsck`, `doctor` and `init` take plain values (paths,
 flags) and return dataclasses. What a command reports while it works (one line per stage or artifact)
 goes to the `echo` it is given, as it happens; what it found at the end is in the result. Nothing heavy
 (torch, onnx, numpy) is imported here: stages import theirs when they run.
@@ -487,3 +487,68 @@ def _plugin_lines() -> list[str]:
     from orchestrator import plugins as catalog
 
     return [f"  {line}" for op in catalog.BUILTIN for line in catalog.lookup(op).summary_lines()]
+
+
+# ------------------------------------------------------------------------------------------ init
+
+@dataclass
+class InitResult:
+    """What `init` found (report lines), the pipeline it wrote (None when no call maps), the exit code."""
+
+    lines: list[str]
+    written: str | None
+    exit_code: int
+
+
+def parse_kwargs(values: tuple[str, ...], option: str) -> dict[str, Any]:
+    """--kwargs values: a JSON object, or key=value (the value read as JSON where it is JSON, else text)."""
+    kwargs: dict[str, Any] = {}
+    for text in values:
+        if text.lstrip().startswith("{"):
+            try:
+                given = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{option}: '{text}' is not a JSON object: {exc}") from None
+            if not isinstance(given, dict):
+                raise UserError(f"{option}: '{text}' is not a JSON object")
+            kwargs.update(given)
+            continue
+        key, equals, raw = text.partition("=")
+        if not equals or not key.isidentifier():
+            raise UserError(f"{option}: expected key=value or a JSON object, got '{text}'")
+        try:
+            kwargs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            kwargs[key] = raw
+    return kwargs
+
+
+def init(factory: str, inputs: str | None, kwargs: dict[str, Any], inputs_kwargs: dict[str, Any],
+         output: str | None, device: str, force: bool, echo: Echo) -> InitResult:
+    """Build the model, watch one forward for calls a catalog entry recognises, and write a pipeline for the
+    first usable one (orchestrator.init); `echo` gets progress lines."""
+    from orchestrator import discover
+    from orchestrator import init as initialiser
+    from orchestrator.torch_model import ModelSettings
+
+    inputs = inputs or initialiser.default_inputs(factory)
+    path = Path(output or f"{initialiser.family(factory)}.yaml")
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; pass --force to replace it, or -o another file")
+    settings = ModelSettings(factory, inputs, kwargs, inputs_kwargs, device)
+    found = discover.discover(settings, [], progress=echo)
+    lines = initialiser.report(found)
+    usable = found.usable()
+    if not usable:
+        return InitResult(lines, None, EXIT_CHECK_FAILED)
+    command = " ".join(["orchestrate init --model", factory, "--inputs", inputs,
+                        *(["--kwargs", f"'{json.dumps(kwargs)}'"] if kwargs else []),
+                        *(["--inputs-kwargs", f"'{json.dumps(inputs_kwargs)}'"] if inputs_kwargs else []),
+                        *(["--device", device] if device != "cpu" else []), "-o", str(path)])
+    text = initialiser.pipeline(found, usable[0], initialiser.Written(settings, path, command))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    first = usable[0].calls[0].module or "the model"
+    lines += [f"wrote {path}: scope call at {first}; the whole model is commented at its end",
+              f"next: orchestrate run {path}"]
+    return InitResult(lines, str(path), EXIT_OK)

@@ -87,6 +87,7 @@ def _orchestrate() -> None:
       orchestrate run pipelines/msda_layer07.yaml         capture -> export -> build -> verify -> bench
       orchestrate show pipelines/msda_layer07.yaml        the last results as a table
       orchestrate doctor                                  which backends and tools are here
+      orchestrate init --model pkg.mod:build -o p.yaml    find the plugin calls, write a pipeline
 
     Exit codes: 0 ok, 1 a check failed (verify), 2 bad input, 3 a stage crashed.
     """
@@ -235,6 +236,25 @@ def _doctor() -> int:
     return 0
 
 
+def _init(model: str, inputs: str | None, kwargs: tuple[str, ...], inputs_kwargs: tuple[str, ...], output: str | None,
+          device: str, force: bool) -> int:
+    """Find the calls of a model that a plugin can stand for, and write a pipeline for them.
+
+    Builds the model (--model PKG:FACTORY, its forward arguments from --inputs PKG:FN), runs one forward
+    while watching every Python call, and prints each call a catalog entry recognises: module path,
+    callable, calls per forward, argument shapes, how each plugin input is fed. Writes a commented
+    pipeline for the first one (scope call; the whole model beside it) that `orchestrate run` takes as
+    it is. Exit 1 when no call maps onto a plugin, saying what was looked for and why calls did not map.
+    """
+    from orchestrator import api
+
+    result = api.init(model, inputs, api.parse_kwargs(kwargs, "--kwargs"),
+                      api.parse_kwargs(inputs_kwargs, "--inputs-kwargs"), output, device, force, _echo)
+    for line in result.lines:
+        _echo(line)
+    return result.exit_code
+
+
 # ------------------------------------------------------------------------------------------ the click application
 
 def _make_app() -> Any:
@@ -247,7 +267,8 @@ def _make_app() -> Any:
     options = _Options(click)
     for command in (_run_command(click, options), _plan_command(click, options), _validate_command(click),
                     _show_command(click, options), _push_command(click, options), _pull_command(click, options),
-                    _fsck_command(click, options), _gc_command(click, options), _doctor_command(click)):
+                    _fsck_command(click, options), _gc_command(click, options), _doctor_command(click),
+                    _init_command(click)):
         group.add_command(command)
     return group
 
@@ -342,6 +363,23 @@ def _gc_command(click: Any, o: _Options) -> Any:
 
 def _doctor_command(click: Any) -> Any:
     return _command(_doctor, click.command("doctor"))
+
+
+def _init_command(click: Any) -> Any:
+    kwargs_help = "as a JSON object or key=value (repeatable; values read as JSON where they are)"
+    return _command(
+        _init, click.command("init"),
+        click.option("--model", required=True, metavar="PKG:FACTORY", help="The callable that builds the model."),
+        click.option("--inputs", metavar="PKG:FN",
+                     help="The callable returning the forward arguments (default: <name>_inputs or example_inputs "
+                          "beside the factory)."),
+        click.option("--kwargs", multiple=True, metavar="ARGS", help=f"Factory keyword arguments, {kwargs_help}."),
+        click.option("--inputs-kwargs", multiple=True, metavar="ARGS",
+                     help=f"Keyword arguments of the inputs callable, {kwargs_help}."),
+        click.option("-o", "--output", metavar="FILE", help="The pipeline to write (default: <name>.yaml)."),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                     help="Where the model runs."),
+        click.option("--force", is_flag=True, help="Replace FILE if it exists."))
 
 
 if __name__ == "__main__":

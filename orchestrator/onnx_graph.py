@@ -8,7 +8,8 @@ write down. onnx is imported only by the functions that read a graph.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fnmatch
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 # ONNX's own operator sets. Any other domain (trt.plugins, com.microsoft, a user's) is not a standard
@@ -92,3 +93,9 @@ def describe_graph(model: Any) -> dict[str, Any]:
             "outputs": [value_meta(v) for v in graph.output], "plugin_nodes": nodes,
             "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
             "node_count": len(graph.node)}
+
+
+def named_by(op_type: str, name: str, entries: Sequence[str]) -> bool:
+    """Whether one of `entries` names a node: its op type, its name, or a glob over node names (the rule of
+    build.keep_fp32, the same on every backend)."""
+    return any(entry in (op_type, name) or fnmatch.fnmatchcase(name, entry) for entry in entries)

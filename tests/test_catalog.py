@@ -156,3 +156,16 @@ def test_msda_entry_registers_for_a_single_session(project: Project) -> None:
     result = session.run(None, feeds)[0]
     reference = np.load(capture / record["outputs"]["output"]["file"])
     np.testing.assert_allclose(result, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_a_plugin_kept_in_fp32_runs_its_fp32_kernel_in_a_half_embedded_build(project: Project) -> None:
+    """build.keep_fp32 means on the embedded backend what it means on TensorRT: the plugin is not halved, so an
+    fp32-only plugin no longer refuses the half build, and its result is the fp32 kernel's."""
+    write_toy_capture(project.root / "tensors")
+    half = TOY_PIPELINE.replace("  backend: onnxruntime\n", "  backend: onnxruntime\n  precision: fp16\n")
+    kept = half.replace("precision: fp16\n", "precision: fp16\n  keep_fp32: [ScaledGatherPlugin]\n")
+    results = {name: project.run("run", str(project.write(f"{name}.yaml", text.replace("name: toy", f"name: {name}"))))
+               for name, text in (("halved", half), ("kept", kept))}
+    assert results["halved"].code == 2 and "ScaledGatherPlugin runs only fp32" in results["halved"].err
+    assert results["kept"].code == 0, results["kept"].text
+    assert "output max|err| 0.0e+00" in results["kept"].out

@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "orchestrator"
 LONGEST_FUNCTION = 60
 # Mentions that name a library, not a backend: graphsurgeon's constant folding evaluates with onnxruntime,
-# whose version is therefore in the surgery key.
-LIBRARY_USES = {"stages/surgery.py": 'environment.tools("onnx", "onnx-graphsurgeon", "onnxruntime")'}
+# whose version is therefore in the surgery key; verify runs the graph a replace_pattern surgery edited with
+# it, to compare each plugin node with the subgraph it replaced.
+LIBRARY_USES = {"stages/surgery.py": 'environment.tools("onnx", "onnx-graphsurgeon", "onnxruntime")',
+                "patterns.py": 'REFERENCE_RUNTIME = "onnxruntime"'}
 
 
 def _modules() -> dict[str, Path]:

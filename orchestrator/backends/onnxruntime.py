@@ -43,7 +43,7 @@ from orchestrator.backends.base import (
     Trusted,
 )
 from orchestrator.errors import UserError
-from orchestrator.onnx_graph import is_plugin_node, is_standard_domain, node_attributes, value_meta
+from orchestrator.onnx_graph import is_plugin_node, is_standard_domain, named_by, node_attributes, value_meta
 
 PRECISIONS = ("fp32", "fp16")
 SEGMENT_FILE = re.compile(r"segments/[A-Za-z0-9_-]+\.onnx")
@@ -258,8 +258,10 @@ def _mark_frees(plan_steps: list[dict[str, Any]], keep: set[str]) -> None:
         step["free"] = sorted(n for n, last in needed_until.items() if last == index and n not in keep)
 
 
-def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]], progress: Any) -> dict[str, Any]:
-    """Write the segments and run plan for `model` (already shape-inferred and preflighted)."""
+def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]], progress: Any,
+          keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the segments and run plan for `model` (already shape-inferred and preflighted); at fp16, the plugin
+    nodes `keep_fp32` names (by op, node name or glob over names, as on TensorRT) run their fp32 kernel."""
     entries = {p["op"]: catalog.lookup(p["op"], p.get("catalog")) for p in declared}
     constants = constant_tensors(model)
     steps = partition(model, set(entries), constants)
@@ -270,6 +272,9 @@ def build(model: Any, out: Path, precision: str, declared: list[dict[str, Any]],
     held = [n for s in plan_steps if s["type"] != "onnx" for n in s["inputs"] if n in constants]
     held = list(dict.fromkeys([*held, *(n for n in graph_outputs if n in constants)]))
     _mark_frees(plan_steps, set(graph_outputs))
+    for step in plan_steps:
+        if step["type"] == "plugin" and named_by(step["op"], step["name"], keep_fp32):
+            step["fp32"] = True
     runplan = {
         "precision": precision,
         "inputs": [value_meta(i) for i in model.graph.input if i.name not in constants],
@@ -352,10 +357,11 @@ class Runner(RunnerBase):
                 values = target({n: env[n] for n in step["inputs"]})
             else:
                 arguments = [env[n] for n in step["inputs"]]
-                if self.half:
+                half = self.half and not step.get("fp32")
+                if half:
                     arguments = [a.astype(np.float16) if a.dtype == np.float32 else a for a in arguments]
                 values = target(arguments, step["attributes"])
-                if self.half:
+                if half:
                     values = [v.astype(np.float32) if v.dtype == np.float16 else v for v in values]
             env.update(zip(step["outputs"], values, strict=True))
             kept.update({name: env[name] for name in keep if name in step["outputs"]})
@@ -537,6 +543,8 @@ def _step_problem(step: Any) -> str:
                 "catalog installed here")
     if not all(isinstance(step.get(k), str) for k in ("op", "domain", "version", "name")):
         return "a plugin step names its op, domain, version and node name"
+    if not isinstance(step.get("fp32", False), bool):
+        return "a plugin step's fp32 is true or false"
     attributes = step.get("attributes")
     if not isinstance(attributes, dict) or not all(_plain(v) for v in attributes.values()):
         return "a plugin step's attributes are numbers, strings or lists of them"
@@ -584,7 +592,7 @@ class OnnxRuntimeBackend(Backend):
 
     def build(self, request: BuildRequest) -> Built:
         record = build(request.model, request.out, request.precision, [p.as_config() for p in request.plugins],
-                       request.progress)
+                       request.progress, request.keep_fp32)
         reason = request.chosen_because
         return Built(f"onnxruntime{f' ({reason})' if reason else ''}, {record['summary']}", record)
 

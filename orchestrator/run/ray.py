@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import backends, environment
 from orchestrator.errors import UserError
@@ -36,8 +36,10 @@ from orchestrator.run.executor import (
 from orchestrator.store.remote import Remote, localize
 from orchestrator.store.store import MANIFEST, Artifact, Store
 
+if TYPE_CHECKING:
+    from orchestrator.stages.build import BuildSettings
+
 INSTALL_HINT = "pip install 'orchestrate[ray]'"
-GPU_STAGES = ("build", "verify", "bench")
 
 
 def require_ray() -> None:
@@ -48,25 +50,25 @@ def require_ray() -> None:
         raise UserError("--executor ray needs Ray, which is not installed", hint=INSTALL_HINT) from None
 
 
-def build_settings(node: Node, plan: Plan) -> dict[str, Any] | None:
-    """The build section behind a node: its own for a build, its build input's for verify and bench."""
+def build_settings(node: Node, plan: Plan) -> BuildSettings | None:
+    """The build settings behind a node: its own for a build, its build input's for verify and bench."""
     if node.kind == "build":
-        return node.config["build"]  # type: ignore[no-any-return]
+        return node.settings  # type: ignore[no-any-return]
     build_key = node.inputs.get("build")
     if build_key is None or build_key not in plan.nodes:
         return None
-    return plan.nodes[build_key].config["build"]  # type: ignore[no-any-return]
+    return plan.nodes[build_key].settings  # type: ignore[no-any-return]
 
 
 def task_options(node: Node, plan: Plan) -> dict[str, Any]:
     """Ray resources for a node: defaults from its stage and backend, then the pipeline's `resources`."""
     options: dict[str, Any] = {"num_cpus": 1}
-    build = build_settings(node, plan) if node.kind in GPU_STAGES else None
+    build = build_settings(node, plan)
     if build is not None:
-        if backends.get(build["backend"]).needs_gpu:
+        if backends.get(build.backend).needs_gpu:
             options["num_gpus"] = 1
-        if build.get("gpu_type"):
-            options["accelerator_type"] = build["gpu_type"]
+        if build.gpu_type:
+            options["accelerator_type"] = build.gpu_type
     for variant in plan.spec.variants:
         if variant.name in node.variants:
             asked = (variant.data.get("resources") or {}).get(node.kind) or {}

@@ -32,7 +32,7 @@ from orchestrator import backends
 from orchestrator import plugins as catalog
 from orchestrator.backends.base import Backend, BuildRequest, CheckedNode, DeclaredPlugin
 from orchestrator.errors import UserError
-from orchestrator.onnx_graph import dtype_name, node_attributes, plugin_nodes, value_dims
+from orchestrator.onnx_graph import dtype_name, named_by, node_attributes, plugin_nodes, value_dims
 from orchestrator.plugins import Dims
 from orchestrator.stages.base import PlanContext, Planned, Stage, StageCall, StageResult, Variant
 
@@ -199,7 +199,7 @@ def _plugin_attributes(node: Any) -> tuple[str, str]:
 
 
 def _check_node(model: Any, node: Any, plugin: DeclaredPlugin, types: dict[str, tuple[str, Dims | None]],
-                precision: str, backend: Backend) -> dict[str, Any]:
+                precision: str, backend: Backend, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
     """One plugin node against its catalog entry and declaration: what was checked, or a UserError."""
     label = f"plugin node '{node.name or node.output[0]}' ({node.op_type})"
     entry = catalog.lookup(node.op_type, plugin.catalog)
@@ -223,12 +223,13 @@ def _check_node(model: Any, node: Any, plugin: DeclaredPlugin, types: dict[str, 
     if problems:
         hint = _cast_hint(entry, dtypes, names) if len(names) == len(entry.inputs) else None
         raise UserError(f"{label}: " + "; ".join(problems), field="export.plugins", hint=hint)
-    backend.check_plugin_precision(precision, entry.op, entry.precisions)
+    if not named_by(node.op_type, node.name, keep_fp32):  # a plugin kept in float32 runs fp32 at any precision
+        backend.check_plugin_precision(precision, entry.op, entry.precisions)
     return {"node": node.name, "op": node.op_type, "version": version, "namespace": namespace, "dtypes": dtypes}
 
 
 def preflight(model: Any, declared: Sequence[DeclaredPlugin | Mapping[str, Any]], precision: str, backend: str,
-              libraries: Sequence[str] = ()) -> list[dict[str, Any]]:
+              libraries: Sequence[str] = (), keep_fp32: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Check each plugin node; return what was checked. Raise UserError naming the node and the mismatch.
 
     `declared`: the build's plugins, or their declarations as JSON (op, version, namespace, catalog)."""
@@ -245,7 +246,7 @@ def preflight(model: Any, declared: Sequence[DeclaredPlugin | Mapping[str, Any]]
         if plugin is None:
             raise UserError(f"plugin node '{node.name or node.output[0]}' ({node.op_type}): op is not declared in "
                             f"export.plugins (declared: {', '.join(by_op)})", field="export.plugins")
-        checked.append(_check_node(model, node, plugin, types, precision, chosen))
+        checked.append(_check_node(model, node, plugin, types, precision, chosen, keep_fp32))
     for plugin in plugins:
         chosen.check_plugin(plugin, libraries)
     chosen.check_graph(model)
@@ -260,7 +261,7 @@ def run(call: StageCall) -> StageResult:
     graph_path = call.inputs["graph"].path / "model.onnx"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(graph_path)))
     checked = preflight(model, settings.plugins, settings.precision, settings.backend,
-                        [str(p) for p in call.unkeyed.get("plugin_libraries", [])])
+                        [str(p) for p in call.unkeyed.get("plugin_libraries", [])], settings.keep_fp32 or ())
     request = build_request(call, graph_path, model, checked)
     command = backends.write_equivalent_command(request)
     built = backends.get(request.backend).build(request)

@@ -12,13 +12,12 @@ FLOAT16 fields).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.onnx_graph import is_plugin_node
+from orchestrator.onnx_graph import is_plugin_node, named_by
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -132,8 +131,7 @@ def fp32_nodes(model: Any, keep_fp32: Sequence[str] = (), defaults: bool = True)
         for chain in decomposed_layer_norms(model):
             kept.update({name: "LayerNorm (decomposed)" for name in chain if name not in kept})
     for position, entry in enumerate(keep_fp32):
-        matched = [name for name, node in nodes
-                   if node.op_type == entry or name == entry or fnmatch.fnmatchcase(name, entry)]
+        matched = [name for name, node in nodes if named_by(node.op_type, name, [entry])]
         if not matched:
             ops = sorted({node.op_type for _, node in nodes})
             raise UserError(f"build.keep_fp32 entry '{entry}' is no op type or node name of the graph",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +58,16 @@ def toy(project: Project) -> Path:
     return project.write("toy.yaml", TOY_PIPELINE)
 
 
+def forget_scratch_modules(scratch: Path) -> None:
+    """Drop modules earlier tests of this process imported from their scratch folders (under `scratch`): a stage
+    run in this process records every user module loaded (discovered inputs), and those folders change."""
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(f"{scratch}{os.sep}"):
+            del sys.modules[name]
+
+
 def run_in_process(pipeline: Path, store: Store) -> dict[str, str]:
+    forget_scratch_modules(pipeline.resolve().parents[1])  # pytest's base folder of every test's tmp_path
     report = Executor(make_plan(spec.load(pipeline), store.digests), store, echo=lambda _: None,
                       progress=False).run()
     assert report.exit_code == 0

@@ -7,6 +7,7 @@ stat signature is remembered for the no-op fast path. Stages' `plan` functions a
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ class Inputs:
             raise self.spec.error(f"module '{module}' ({self.origins[label]}) defines no '{attrs[0]}'", field)
         return label, digest
 
-    def model_sources(self, model: dict[str, Any]) -> dict[str, str]:
+    def model_sources(self, model: Mapping[str, Any]) -> dict[str, str]:
         """The source digests of the factory and the inputs callable, once their kwargs fit their signatures.
 
         Checked here, from the source, so that a misspelt keyword is a located error before any stage
@@ -119,7 +120,7 @@ class Inputs:
     def python_path(self) -> list[Path]:
         return [self.spec.resolve_path(p) for p in self.spec.data.get("python_path", [])]
 
-    def env_digests(self, model: dict[str, Any] | None) -> dict[str, str | None]:
+    def env_digests(self, model: Mapping[str, Any] | None) -> dict[str, str | None]:
         """The digest of each environment variable the pipeline declares in model.env (None: unset).
 
         Values are hashed, so that the run record and `plan --why` name the variable and never show its

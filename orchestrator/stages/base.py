@@ -28,23 +28,6 @@ class Settings(Protocol):
 
 
 @dataclass(frozen=True)
-class Sections:
-    """Settings kept as the validated YAML sections they come from, for stages whose settings are read
-    as the schema shapes them; `keyed()` is those sections."""
-
-    sections: Mapping[str, Any]
-
-    def keyed(self) -> dict[str, Any]:
-        return dict(self.sections)
-
-    def __getitem__(self, section: str) -> Any:
-        return self.sections[section]
-
-    def get(self, section: str, default: Any = None) -> Any:
-        return self.sections.get(section, default)
-
-
-@dataclass(frozen=True)
 class Unkeyed:
     """What a stage's run needs that is in no key: file locations (their digests are keyed) and run-time
     knobs that do not change what it writes (threads), plus what the import system searches."""
@@ -91,6 +74,7 @@ class PlanContext(Protocol):
     """What a stage's `plan` may ask of the planner: digests of what it reads, located errors."""
 
     spec: Spec
+    origins: dict[str, str]  # label of a keyed file -> the path it digests (for `plan --why`)
 
     @property
     def python_path(self) -> list[Path]: ...
@@ -113,10 +97,6 @@ class PlanContext(Protocol):
 
     def keyed_python_path(self) -> tuple[str, ...]: ...
 
-    def origin(self, label: str, path: Path | str) -> None: ...
-
-    def origin_of(self, label: str) -> str: ...
-
 
 @dataclass
 class StageCall:
@@ -129,15 +109,6 @@ class StageCall:
     # A store-managed directory for caches that speed up a stage without changing its result
     # (TensorRT timing caches). Shared by all builds; guard writes with a lock.
     shared_dir: Path | None = None
-
-    @property
-    def config(self) -> Any:
-        """The keyed settings (while stages move to their typed Settings)."""
-        return self.settings
-
-    @property
-    def paths(self) -> Unkeyed:
-        return self.unkeyed
 
 
 @dataclass

@@ -25,10 +25,38 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import environment
 from orchestrator.errors import UserError
 from orchestrator.onnx_graph import describe_graph, is_standard_domain, value_dims
-from orchestrator.stages.base import PlanContext, Planned, Sections, Stage, StageCall, StageResult, Variant
+from orchestrator.stages.base import PlanContext, Planned, Stage, StageCall, StageResult, Variant
 
 if TYPE_CHECKING:
     from orchestrator.planning.plan import Node
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One surgery edit: its kind (rename_op, replace_subgraph, replace_pattern, ...) and its fields as written."""
+
+    kind: str
+    spec: Mapping[str, object] | None  # None: an edit written without fields (`- cleanup:`)
+
+    def keyed(self) -> dict[str, object]:
+        return {self.kind: dict(self.spec) if self.spec is not None else None}
+
+
+@dataclass(frozen=True)
+class SurgerySettings:
+    """The edits in order (the plugins' `subgraph` edits first, then the pipeline's surgery list), and the
+    plugins' resolved contracts, which type the nodes the edits make."""
+
+    edits: tuple[Edit, ...]
+    contracts: tuple[Mapping[str, object], ...]
+
+    @classmethod
+    def from_keyed(cls, config: Mapping[str, Any]) -> SurgerySettings:
+        edits = tuple(Edit(kind, spec) for edit in config["surgery"] for kind, spec in edit.items())
+        return cls(edits, tuple(config["contracts"]))
+
+    def keyed(self) -> dict[str, Any]:
+        return {"surgery": [edit.keyed() for edit in self.edits], "contracts": [dict(c) for c in self.contracts]}
 
 
 class NoMatch(UserError):
@@ -647,17 +675,20 @@ def run(call: StageCall) -> StageResult:
     original = onnx.load(str(source))
     model = onnx.shape_inference.infer_shapes(original)
     before = node_table(model)
-    contracts = {plugin["op"]: plugin for plugin in call.config["contracts"]}
-    edits = call.config["surgery"]
-    fields = call.paths.get("fields") or [f"surgery[{i}]" for i in range(len(edits))]
+    settings = call.settings
+    if not isinstance(settings, SurgerySettings):  # its keyed JSON, as a test may pass it
+        settings = SurgerySettings.from_keyed(settings)
+    contracts = {str(plugin["op"]): dict(plugin) for plugin in settings.contracts}
+    edits = settings.edits
+    fields = call.unkeyed.get("fields") or [f"surgery[{i}]" for i in range(len(edits))]
     reports = []
     for index, edit in enumerate(edits):
-        kind, spec = next(iter(edit.items()))
+        kind, spec = edit.kind, edit.spec
         where = fields[index] if fields[index].startswith("export.") else f"{fields[index]}.{kind}"
         call.progress(f"{kind} ({index + 1}/{len(edits)})")
         graph = gs.import_onnx(model)
         ctx = Context(graph, contracts, where)
-        summary = EDITS[kind](ctx, spec or {})
+        summary = EDITS[kind](ctx, dict(spec or {}))
         if kind not in ("cleanup",):
             graph.cleanup().toposort()
         model = finish(graph, original, where, where, contracts)
@@ -703,8 +734,8 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
     edits, fields = _edits(ctx, variant.data, plugins)
     if not edits:
         return None
-    config = {"surgery": edits, "contracts": plugins}
-    return Planned(Sections(config), {"onnx": planned["export"]}, {},
+    settings = SurgerySettings.from_keyed({"surgery": edits, "contracts": plugins})
+    return Planned(settings, {"onnx": planned["export"]}, {},
                    environment.tools("onnx", "onnx-graphsurgeon", "onnxruntime"), {"fields": fields})
 
 

@@ -21,9 +21,9 @@ MSDA = "MultiscaleDeformableAttnPlugin_TRT"
 LIBRARY = ROOT / "examples" / "thirdparty_detr"
 
 
-def small_pure_torch(project: Project) -> Path:
-    """The example pipeline, unchanged but for a small model (2 layers, d_model 32, 3 small levels)."""
-    text = (ROOT / "pipelines" / "msda_pure_torch.yaml").read_text()
+def small_pure_torch(project: Project, pipeline: str = "msda_pure_torch.yaml") -> Path:
+    """A shipped pure-torch pipeline, unchanged but for a small model (2 layers, d_model 32, 3 small levels)."""
+    text = (ROOT / "pipelines" / pipeline).read_text()
     replacements = {
         "kwargs: {num_layers: 6, levels: 3, seed: 0}":
             "kwargs: {num_layers: 2, d_model: 32, heads: 2, levels: 3, points: 2, ffn_dim: 64, seed: 0}\n"
@@ -33,7 +33,7 @@ def small_pure_torch(project: Project) -> Path:
     for old, new in replacements.items():
         assert old in text, old
         text = text.replace(old, new)
-    return project.write("msda_pure_torch.yaml", text)
+    return project.write(pipeline, text)
 
 
 def library_digest() -> str:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from conftest import ROOT, Project
+from test_pure_torch import small_pure_torch
 from test_surgery import PLUGIN, chain_graph, run_edits
 from torch import nn
 
@@ -239,19 +240,9 @@ def test_the_edit_needs_the_plugin_declared(project: Project) -> None:
 
 # ---------------------------------------------------------------------- the shipped pipelines
 
-def small_pure_torch(project: Project) -> Path:
+def small_pure_torch_pattern(project: Project) -> Path:
     """pipelines/msda_pure_torch_pattern.yaml unchanged but for a small model (2 layers, d_model 32)."""
-    text = (ROOT / "pipelines" / "msda_pure_torch_pattern.yaml").read_text()
-    replacements = {
-        "kwargs: {num_layers: 6, levels: 3, seed: 0}":
-            "kwargs: {num_layers: 2, d_model: 32, heads: 2, levels: 3, points: 2, ffn_dim: 64, seed: 0}\n"
-            "  inputs_kwargs: {shapes: [[8, 10], [4, 5], [2, 3]], d_model: 32}",
-        "iterations: 5": "iterations: 2",
-    }
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return project.write("msda_pure_torch_pattern.yaml", text)
+    return small_pure_torch(project, "msda_pure_torch_pattern.yaml")
 
 
 def stage_lines(output: str) -> dict[str, str]:
@@ -260,7 +251,7 @@ def stage_lines(output: str) -> dict[str, str]:
 
 
 def test_a_library_encoder_reaches_a_verified_plugin_graph_without_tensor_names(project: Project) -> None:
-    pipeline = small_pure_torch(project)
+    pipeline = small_pure_torch_pattern(project)
     plugins = yaml.safe_load(pipeline.read_text())["export"]["plugins"]
     assert [sorted(p) for p in plugins] == [["domain", "op"]]  # no callable, no subgraph tensors
     result = project.run("run", str(pipeline))

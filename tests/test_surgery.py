@@ -15,6 +15,8 @@ from onnx import TensorProto, helper
 
 from orchestrator.errors import UserError
 from orchestrator.stages import StageCall, surgery
+from orchestrator.stages.base import Unkeyed
+from orchestrator.stages.surgery import SurgerySettings
 from orchestrator.store.store import Artifact
 
 MSDA = "MultiscaleDeformableAttnPlugin_TRT"
@@ -76,8 +78,8 @@ def run_edits(tmp_path: Path, model: onnx.ModelProto, edits: list[dict[str, Any]
     onnx.save(model, str(source / "model.onnx"))
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    call = StageCall("surgery", {"surgery": edits, "contracts": contracts or []}, {},
-                     {"onnx": Artifact("export", "k", source, {})}, out)
+    settings = SurgerySettings.from_keyed({"surgery": edits, "contracts": contracts or []})
+    call = StageCall("surgery", settings, Unkeyed(), {"onnx": Artifact("export", "k", source, {})}, out)
     surgery.run(call)
     written = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(written, full_check=True)

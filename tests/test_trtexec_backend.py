@@ -28,7 +28,8 @@ from orchestrator.backends.base import BuildRequest, Trusted
 from orchestrator.backends.tensorrt import ShapeRange, TensorSpec, trtexec
 from orchestrator.errors import UserError
 from orchestrator.stages import StageCall
-from orchestrator.stages.build import build_request, preflight
+from orchestrator.stages.base import Unkeyed
+from orchestrator.stages.build import BuildSettings, build_request, preflight
 from orchestrator.store.store import Store
 
 BUILD = {"workspace": "4GiB", "precision": "fp32"}
@@ -143,8 +144,9 @@ def stage_call(tmp_path: Path, build: dict[str, object]) -> BuildRequest:
                 "profiles": [], **build}
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    return build_request(StageCall("build", {"build": settings, "plugins": []}, {"plugin_libraries": []}, {}, out,
-                                   shared_dir=tmp_path / "shared"), out / "model.onnx", None, [])
+    typed = BuildSettings.from_keyed({"build": settings, "plugins": []})
+    return build_request(StageCall("build", typed, Unkeyed(), {}, out, shared_dir=tmp_path / "shared"),
+                         out / "model.onnx", None, [])
 
 
 def test_the_equivalent_command_carries_the_yaml_profiles(tmp_path: Path) -> None:

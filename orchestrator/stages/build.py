@@ -269,9 +269,9 @@ def run(call: StageCall) -> StageResult:
 
 
 def build_request(call: StageCall, graph_path: Path, model: Any, checked: list[dict[str, Any]]) -> BuildRequest:
-    """What the backend builds from: the build's settings (or their keyed JSON), the checked plugin nodes,
+    """What the backend builds from: the build's typed settings, the checked plugin nodes,
     and where things are."""
-    settings = call.settings if isinstance(call.settings, BuildSettings) else BuildSettings.from_keyed(call.settings)
+    settings: BuildSettings = call.settings
     return BuildRequest(
         graph=graph_path, model=model, out=call.out, backend=settings.backend, precision=settings.precision,
         workspace=settings.workspace, timing_cache=settings.timing_cache, profiles=settings.profiles,

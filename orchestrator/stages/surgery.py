@@ -675,9 +675,7 @@ def run(call: StageCall) -> StageResult:
     original = onnx.load(str(source))
     model = onnx.shape_inference.infer_shapes(original)
     before = node_table(model)
-    settings = call.settings
-    if not isinstance(settings, SurgerySettings):  # its keyed JSON, as a test may pass it
-        settings = SurgerySettings.from_keyed(settings)
+    settings: SurgerySettings = call.settings
     contracts = {str(plugin["op"]): dict(plugin) for plugin in settings.contracts}
     edits = settings.edits
     fields = call.unkeyed.get("fields") or [f"surgery[{i}]" for i in range(len(edits))]

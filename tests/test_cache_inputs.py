@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, SMALL_PIPELINE, stage_status
-from test_store import TracedProject, age
+from test_store import TracedProject, age, built_once, copied
 
 from orchestrator import imports
 from orchestrator.config import spec
@@ -86,18 +83,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     write_library(root / "lib")
     (root / "tiny.yaml").write_text(pipeline_text())
-    age(*root.rglob("*"), root)
-    environment = {**os.environ, "ORCHESTRATE_STORE": str(root / "store"), "NO_COLOR": "1"}
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(root / "tiny.yaml")], cwd=ROOT,
-                          env=environment, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return root
+    return built_once(root)
 
 
 @pytest.fixture
 def project(template: Path, tmp_path: Path) -> TracedProject:
-    shutil.copytree(template, tmp_path / "p", symlinks=True)
-    return TracedProject(tmp_path / "p")
+    return copied(template, tmp_path)
 
 
 def line(out: str, stage: str) -> str:

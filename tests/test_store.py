@@ -101,6 +101,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                         "python_path: [.]\ncapture: {from_dir: tensors}").replace(
         "      dtypes:", "      replace: userops:ms_deform_attn\n      dtypes:"))
     (root / "userops.py").write_text(ENGINE)
+    return built_once(root)
+
+
+def built_once(root: Path) -> Path:
+    """`root` with its files aged (so digests are vouched for) and tiny.yaml run once into root/store."""
     age(*root.rglob("*"), root)
     environment = {**os.environ, "ORCHESTRATE_STORE": str(root / "store"), "NO_COLOR": "1"}
     done = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(root / "tiny.yaml")], cwd=ROOT,
@@ -111,6 +116,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def project(template: Path, tmp_path: Path) -> TracedProject:
+    return copied(template, tmp_path)
+
+
+def copied(template: Path, tmp_path: Path) -> TracedProject:
+    """A copy of a module's built template project, for one test to change."""
     shutil.copytree(template, tmp_path / "p", symlinks=True)
     return TracedProject(tmp_path / "p")
 

@@ -36,11 +36,13 @@ LEVELS = np.array([[2, 3], [1, 2]], np.int32)  # the levels of tests/test_bad_in
 STARTS = np.array([0, 6], np.int32)
 TOKENS, HEADS, DIM, POINTS = 8, 2, 4, 2
 
-PIPELINE = """\
+# A given graph over a capture folder; the verify section's other lines go in {verify}.
+GRAPH_PIPELINE = """\
 version: 1
-name: graphs
+name: {name}
 capture:
   from_dir: tensors
+  outputs: {outputs}
 export:
   onnx: graph.onnx
   plugins:
@@ -49,9 +51,11 @@ build:
   backend: onnxruntime
 verify:
   atol: 1.0e-5
+{verify}
 bench:
   enabled: false
 """
+PIPELINE = GRAPH_PIPELINE.format(name="graphs", outputs="[output]", verify="")
 
 
 def info(name: str, dtype: int, shape: Sequence[int | str] | None) -> onnx.ValueInfoProto:

@@ -14,31 +14,24 @@ from conftest import Project, stage_status
 from onnx import TensorProto, helper
 from test_bad_input import make_tensors
 from test_export_model import whole_model
-from test_plugin_graphs import HEADS, LEVELS, MSDA_INPUTS, STARTS, TOKENS, info, model_of, msda, query_inputs
+from test_plugin_graphs import (
+    GRAPH_PIPELINE,
+    HEADS,
+    LEVELS,
+    MSDA_INPUTS,
+    STARTS,
+    TOKENS,
+    info,
+    model_of,
+    msda,
+    query_inputs,
+)
 
 from orchestrator.reports.html import render_html
 from orchestrator.stages.verify import compare, failures
 
 ALL = ["nan", "inf", "all_zero", "constant"]
 NAN_EVERYWHERE = "reference is NaN everywhere: the capture is broken"
-PIPELINE = """\
-version: 1
-name: semantics
-capture:
-  from_dir: tensors
-  outputs: {outputs}
-export:
-  onnx: graph.onnx
-  plugins:
-    - op: MultiscaleDeformableAttnPlugin_TRT
-build:
-  backend: onnxruntime
-verify:
-  atol: 1.0e-5
-{verify}
-bench:
-  enabled: false
-"""
 
 
 def verdict(result: list[float], reference: list[float], fail_on: list[str] = ALL, atol: float = 1e-4,
@@ -166,7 +159,7 @@ def masked_project(project: Project, mask: np.ndarray, reference: np.ndarray | N
     plain = kernel_output(project)
     make_tensors(project.root / "tensors", output=plain + mask if reference is None else reference, extra=plain)
     onnx.save(masked_graph(mask), str(project.root / "graph.onnx"))
-    return project.write("semantics.yaml", PIPELINE.format(outputs=outputs, verify=verify))
+    return project.write("semantics.yaml", GRAPH_PIPELINE.format(name="semantics", outputs=outputs, verify=verify))
 
 
 def the_verify(project: Project) -> dict:

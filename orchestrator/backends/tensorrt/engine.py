@@ -37,6 +37,7 @@ from orchestrator.backends.tensorrt.settings import (
     graph_input_dims,
     needs_profiles,
     parse_size,
+    require_ordered,
     resolve_profiles,
 )
 from orchestrator.errors import UserError
@@ -118,10 +119,7 @@ def value_range(given: Mapping[str, Sequence[int]] | None, name: str, dims: Dims
         if len(values) != count:
             raise UserError(f"{label} {list(values)} gives {len(values)} values; shape-tensor input '{name}' "
                             f"{list(dims)} holds {count}", field=f"{where}.{name}.{label}")
-    if not all(a <= b <= c for a, b, c in zip(shape_range.min, shape_range.opt, shape_range.max, strict=True)):
-        raise UserError(f"shape-tensor input '{name}': need min <= opt <= max for every value, got min "
-                        f"{list(shape_range.min)}, opt {list(shape_range.opt)}, max {list(shape_range.max)}",
-                        field=f"{where}.{name}")
+    require_ordered(shape_range, f"shape-tensor input '{name}'", "for every value", f"{where}.{name}")
     return shape_range
 
 

@@ -99,10 +99,7 @@ def resolve_profiles(profiles: Sequence[Mapping[str, Mapping[str, Sequence[int]]
                     if fixed is not None and wanted != fixed:
                         raise UserError(f"{label} {list(shape)} sets axis {axis} to {wanted}, but the graph fixes it "
                                         f"at {fixed} {_shown(dims)}", field=f"{where}.{name}.{label}")
-            if not all(a <= b <= c for a, b, c in zip(shape_range.min, shape_range.opt, shape_range.max, strict=True)):
-                raise UserError(f"input '{name}': need min <= opt <= max on every axis, got min "
-                                f"{list(shape_range.min)}, opt {list(shape_range.opt)}, max {list(shape_range.max)}",
-                                field=f"{where}.{name}")
+            require_ordered(shape_range, f"input '{name}'", "on every axis", f"{where}.{name}")
             ranges[name] = shape_range
         resolved.append(ranges)
     return resolved
@@ -111,3 +108,10 @@ def resolve_profiles(profiles: Sequence[Mapping[str, Mapping[str, Sequence[int]]
 def needs_profiles(inputs: Mapping[str, Dims], configured: bool) -> bool:
     """A static network builds without a profile; a dynamic one (or an explicit request) needs one."""
     return configured or any(None in dims for dims in inputs.values())
+
+
+def require_ordered(shape_range: ShapeRange, subject: str, unit: str, field: str) -> None:
+    """Refuse a profile range whose min, opt and max are not in order ({unit}: 'on every axis', 'for every value')."""
+    if not all(a <= b <= c for a, b, c in zip(shape_range.min, shape_range.opt, shape_range.max, strict=True)):
+        raise UserError(f"{subject}: need min <= opt <= max {unit}, got min {list(shape_range.min)}, "
+                        f"opt {list(shape_range.opt)}, max {list(shape_range.max)}", field=field)

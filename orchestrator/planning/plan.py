@@ -87,9 +87,8 @@ def make_node(stage: stages.Stage, planned: Planned, context: Inputs) -> Node:
     }
     if planned.env:  # only when declared, so that the keys of pipelines without model.env stay as they were
         parts["env"] = dict(sorted(planned.env.items()))
-    # Not keyed: where the import system looks, for re-checking the modules any stage's run imported.
-    values = {k: v for k, v in planned.unkeyed.items() if k != "python_path"}
-    unkeyed = Unkeyed(tuple(str(p) for p in context.python_path), values)
+    # Not keyed: where the import system looks (every stage's, for re-checking the modules its run imported).
+    unkeyed = Unkeyed(tuple(str(p) for p in context.python_path), dict(planned.unkeyed))
     origins = {label: context.origins[label] for label in planned.files if label in context.origins}
     return Node(stage.name, digest_json(parts), planned.settings, unkeyed, parts["inputs"], parts, origins=origins)
 

@@ -36,13 +36,9 @@ class Unkeyed:
     values: Mapping[str, Any] = field(default_factory=dict)
 
     def get(self, name: str, default: Any = None) -> Any:
-        if name == "python_path":
-            return list(self.python_path)
         return self.values.get(name, default)
 
     def __getitem__(self, name: str) -> Any:
-        if name == "python_path":
-            return list(self.python_path)
         return self.values[name]
 
     def as_json(self) -> dict[str, Any]:

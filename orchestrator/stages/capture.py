@@ -546,7 +546,7 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
     capture = data["capture"]
     expect, rules = contracts.capture_contract(data["export"], plugins)
     files: dict[str, str] = {}
-    paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
+    paths: dict[str, Any] = {}
     contract = {"expect": tuple(Expected.from_keyed(e) for e in expect),
                 "rules": CatalogRules.from_keyed(rules) if rules else None,
                 "python_path": ctx.keyed_python_path()}

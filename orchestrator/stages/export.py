@@ -993,7 +993,7 @@ def plan(ctx: PlanContext, variant: Variant, planned: Mapping[str, Node]) -> Pla
     export = data["export"]
     files = _plugin_sources(ctx, plugins)
     env: dict[str, str | None] = {}
-    paths: dict[str, Any] = {"python_path": [str(p) for p in ctx.python_path]}
+    paths: dict[str, Any] = {}
     notes = [p[contracts.NOTE] for p in variant.plugins if p.get(contracts.NOTE)]
     if notes:  # why `version: auto` chose a version, deprecations: for the summary, in no key
         paths["plugin_notes"] = notes
